@@ -1,0 +1,52 @@
+"""`recsys-mtl` command line. Each stage registers its own subcommands; imports stay lazy."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from recsys_mtl.config.loader import ConfigError
+
+# Modules that define `register(subparsers)`; each adds its subcommands with set_defaults(func=...).
+COMMAND_MODULES = [
+    "recsys_mtl.data.commands",
+    "recsys_mtl.bench.commands",
+    "recsys_mtl.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys-mtl", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"recsys-mtl: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        from recsys_mtl.data.errors import DataError
+
+        if isinstance(exc, (DataError, FileNotFoundError)):
+            print(f"recsys-mtl: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Feature specs: what each Parquet column is (sparse ids, dense values, task labels).
+
+A spec is YAML under `feature_specs/`, loaded with `FeatureSpec.load(path)`:
+
+    name: example
+    tables:                      # embedding tables; several features may share one
+      item: {num_embeddings: 500000, embedding_dim: 16, pooling: sum}
+    sparse:
+      - {name: item_id, table: item}
+      - {name: hist_items, table: item, multi_valued: true}
+      - {name: query_hash, table: query, hashed: true}     # id -> id mod table size
+    dense:
+      - {name: price, transform: log1p}
+    tasks:
+      - {name: click}                                      # label column defaults to the name
+      - {name: conversion, label: is_conversion}
+
+A null label means "no label for this task on this row": it is masked, not 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+
+from recsys_mtl.config.loader import ConfigError, Where, load_yaml
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    num_embeddings: int
+    embedding_dim: int
+    pooling: Literal["sum", "mean"] = "sum"
+
+    def validate(self, where: Where) -> None:
+        if self.num_embeddings < 1:
+            raise where.child("num_embeddings").error(f"must be >= 1, got {self.num_embeddings}")
+        if self.embedding_dim < 1:
+            raise where.child("embedding_dim").error(f"must be >= 1, got {self.embedding_dim}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseFeature:
+    """An id feature. Single-valued: an integer column. Multi-valued: a list<integer> column."""
+
+    name: str
+    table: str
+    column: str | None = None
+    multi_valued: bool = False
+    hashed: bool = False  # ids are taken modulo the table size; otherwise an id >= size is an error
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseFeature:
+    """A numeric feature; nulls become `fill`, then the transform is applied."""
+
+    name: str
+    column: str | None = None
+    transform: Literal["none", "log1p", "standard", "log1p_standard"] = "none"
+    mean: float = 0.0
+    std: float = 1.0
+    fill: float = 0.0
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+    def validate(self, where: Where) -> None:
+        if self.std <= 0:
+            raise where.child("std").error(f"must be > 0, got {self.std}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """A binary task. Labels are 0/1; null means unlabelled for that row."""
+
+    name: str
+    label: str | None = None
+    loss: Literal["bce"] = "bce"
+    weight_column: str | None = None
+
+    @property
+    def source(self) -> str:
+        return self.label or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    tables: dict[str, TableSpec]
+    sparse: list[SparseFeature]
+    tasks: list[TaskSpec]
+    dense: list[DenseFeature] = dataclasses.field(default_factory=list)
+    description: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureSpec":
+        return load_yaml(path, cls)
+
+    # -- derived views -------------------------------------------------------------------
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def sparse_names(self) -> list[str]:
+        return [f.name for f in self.sparse]
+
+    @property
+    def dense_names(self) -> list[str]:
+        return [f.name for f in self.dense]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def num_dense(self) -> int:
+        return len(self.dense)
+
+    def columns(self) -> list[str]:
+        """Every column the reader projects, in a stable order, without repeats."""
+        cols = [f.source for f in self.sparse] + [f.source for f in self.dense]
+        cols += [t.source for t in self.tasks] + [t.weight_column for t in self.tasks if t.weight_column]
+        return list(dict.fromkeys(cols))
+
+    def features_of_table(self, table: str) -> list[str]:
+        return [f.name for f in self.sparse if f.table == table]
+
+    # -- validation ----------------------------------------------------------------------
+    def validate(self, where: Where) -> None:
+        if not self.sparse:
+            raise where.child("sparse").error("at least one sparse feature is required")
+        if not self.tasks:
+            raise where.child("tasks").error("at least one task is required")
+        seen: dict[str, str] = {}
+        for section, items in (("sparse", self.sparse), ("dense", self.dense), ("tasks", self.tasks)):
+            for i, item in enumerate(items):
+                if not item.name:
+                    raise where.child(section).child(i).child("name").error("must not be empty")
+                if item.name in seen:
+                    raise where.child(section).child(i).child("name").error(
+                        f"duplicate name {item.name!r} (already used in {seen[item.name]})"
+                    )
+                seen[item.name] = section
+        used = set()
+        for i, f in enumerate(self.sparse):
+            if f.table not in self.tables:
+                raise where.child("sparse").child(i).child("table").error(
+                    f"unknown table {f.table!r}; tables: {', '.join(sorted(self.tables))}"
+                )
+            used.add(f.table)
+        unused = sorted(set(self.tables) - used)
+        if unused:
+            raise where.child("tables").child(unused[0]).error("table is not used by any sparse feature")
+        sparse_cols = [f.source for f in self.sparse]
+        for i, f in enumerate(self.sparse):
+            if sparse_cols.count(f.source) > 1:
+                raise where.child("sparse").child(i).error(f"column {f.source!r} is used by two sparse features")
+        label_cols = [t.source for t in self.tasks]
+        for i, t in enumerate(self.tasks):
+            if label_cols.count(t.source) > 1:
+                raise where.child("tasks").child(i).error(f"label column {t.source!r} is used by two tasks")
+
+    def check_schema(self, schema: pa.Schema, source: str) -> None:
+        """Raise ConfigError if a column is missing or of the wrong type in `source`'s schema."""
+        names = set(schema.names)
+
+        def field(col: str, role: str) -> pa.DataType:
+            if col not in names:
+                raise ConfigError(
+                    f"{source}: column {col!r} ({role}) is missing; the file has: {', '.join(schema.names)}"
+                )
+            return schema.field(col).type
+
+        for f in self.sparse:
+            t = field(f.source, f"sparse feature {f.name!r}")
+            if f.multi_valued:
+                ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
+                expected = "a list of integers"
+            else:
+                ok = pa.types.is_integer(t)
+                expected = "integers"
+            if not ok:
+                raise ConfigError(
+                    f"{source}: column {f.source!r} (sparse feature {f.name!r}) has type {t}, expected {expected}"
+                    + ("" if f.multi_valued else " (set multi_valued: true for list columns)")
+                )
+        for f in self.dense:
+            t = field(f.source, f"dense feature {f.name!r}")
+            if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)):
+                raise ConfigError(f"{source}: column {f.source!r} (dense feature {f.name!r}) has type {t}, expected numbers")
+        for task in self.tasks:
+            t = field(task.source, f"label of task {task.name!r}")
+            if not (pa.types.is_integer(t) or pa.types.is_boolean(t)):
+                raise ConfigError(
+                    f"{source}: column {task.source!r} (label of task {task.name!r}) has type {t}, "
+                    "expected binary integers (0/1, null = unlabelled)"
+                )
+            if task.weight_column:
+                t = field(task.weight_column, f"sample weight of task {task.name!r}")
+                if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
+                    raise ConfigError(f"{source}: column {task.weight_column!r} (weight of task {task.name!r}) has type {t}, expected numbers")
+
+
+__all__ = ["FeatureSpec", "SparseFeature", "DenseFeature", "TaskSpec", "TableSpec"]

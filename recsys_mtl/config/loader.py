@@ -1,0 +1,217 @@
+"""The one config loader: YAML -> frozen dataclasses, with errors that name the file and key.
+
+Every config object in the project is a dataclass; `load_yaml(path, Cls)` and
+`from_dict(Cls, data, source)` validate types, reject unknown keys (with a
+did-you-mean), and fill defaults. A dataclass may define `validate(self, where)`
+for cross-field checks; it raises `ConfigError` via `where.error(...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import types
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config or feature-spec problem. The message names the file, the key and what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Where:
+    """A position inside a config document, used to build error messages."""
+
+    source: str
+    path: tuple[str, ...] = ()
+
+    def child(self, key: str | int) -> "Where":
+        return Where(self.source, self.path + (str(key) if isinstance(key, str) else f"[{key}]",))
+
+    def __str__(self) -> str:
+        key = ""
+        for p in self.path:
+            key += p if p.startswith("[") else (f".{p}" if key else p)
+        return f"{self.source}: {key}" if key else self.source
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"{self}: {message}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return f"mapping of str to {_type_name(get_args(tp)[1])}"
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return " | ".join(repr(m.value) for m in tp)
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _convert(tp: Any, value: Any, where: Where) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise where.error(f"expected {_type_name(tp)}, got {_describe(value)}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise where.error(f"expected one of {_type_name(tp)}, got {_describe(value)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise where.error(f"expected {_type_name(tp)}, got {_describe(value)}")
+        (item_tp,) = get_args(tp)
+        return [_convert(item_tp, v, where.child(i)) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise where.error(f"expected {_type_name(tp)}, got {_describe(value)}")
+        _, val_tp = get_args(tp)
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise where.error(f"keys must be strings, got {_describe(k)}")
+            out[k] = _convert(val_tp, v, where.child(k))
+        return out
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise where.error(f"expected one of {_type_name(tp)}, got {_describe(value)}") from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise where.error(f"expected true or false, got {_describe(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise where.error(f"expected an integer, got {_describe(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise where.error(f"expected a number, got {_describe(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise where.error(f"expected a string, got {_describe(value)}")
+    raise TypeError(f"unsupported config type {tp!r} at {where}")
+
+
+def from_dict(cls: type[T], data: Any, where: Where | str = "<config>") -> T:
+    """Build dataclass `cls` from a plain mapping, validating every key."""
+    if isinstance(where, str):
+        where = Where(where)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise where.error(f"expected {_type_name(cls)}, got {_describe(data)}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), list(fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise where.child(str(key)).error(
+            f"unknown key{hint}; allowed keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, field in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], where.child(name))
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise where.error(f"missing required key {name!r} ({_type_name(hints[name])})")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate(where)
+    return obj
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file, turning I/O and syntax errors into ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+
+
+def load_yaml(path: str | Path, cls: type[T]) -> T:
+    return from_dict(cls, read_yaml(path), Where(str(path)))
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data form of a config object (for logging, artifacts and round trips)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists of mappings are keyed by index."""
+    data = to_dict(obj)
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(data, list) and any(isinstance(v, (dict, list)) for v in data):
+        for i, v in enumerate(data):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = data
+    return out
+
+
+__all__ = ["ConfigError", "Where", "from_dict", "load_yaml", "read_yaml", "to_dict", "flatten"]
