@@ -1,0 +1,267 @@
+"""Training config: what `recsys-mtl train CONFIG` reads. Loaded by the one config loader.
+
+    data:      {train_path, eval_path, spec, batch_size, eval_batch_size, shuffle, shuffle_buffer_rows, num_workers}
+    model:     {architecture: shared_bottom|mmoe|ple, dense_tower, task_tower, dropout,
+                shared_bottom: {hidden}, mmoe: {num_experts, expert_hidden},
+                ple: {levels, shared_experts, task_experts, expert_hidden}}
+    sharding:  {tables: {TABLE: table_wise|row_wise|column_wise|data_parallel}, memory_per_rank_gb}
+               (tables not listed: the planner decides)
+    optim:     {embedding: {type: rowwise_adagrad|adagrad|sgd, lr, eps},
+                dense: {type: adam|adagrad|sgd, lr, weight_decay}}
+    weighting: {method: equal, args: {}}
+    train:     {epochs, max_steps, eval_every, log_every, seed, device, output_dir,
+                deterministic, progress_bar, checkpoint: {every, keep, dir, resume}}
+    tracking:  {}   (owned by the tracking stage)
+
+Relative paths are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from recsys_mtl.config.loader import Where, load_yaml
+
+SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
+ShardingChoice = Literal["table_wise", "row_wise", "column_wise", "data_parallel"]
+
+
+def _positive(where: Where, key: str, value: float | int | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise where.child(key).error(f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _layer_sizes(where: Where, key: str, sizes: list[int], allow_empty: bool = True) -> None:
+    if not sizes and not allow_empty:
+        raise where.child(key).error("needs at least one layer size")
+    for i, s in enumerate(sizes):
+        if s < 1:
+            raise where.child(key).child(i).error(f"layer sizes must be >= 1, got {s}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    train_path: str
+    spec: str
+    eval_path: str | None = None
+    batch_size: int = 512
+    eval_batch_size: int | None = None
+    shuffle: bool = True
+    shuffle_buffer_rows: int = 0
+    num_workers: int = 0
+
+    def validate(self, where: Where) -> None:
+        _positive(where, "batch_size", self.batch_size)
+        _positive(where, "eval_batch_size", self.eval_batch_size)
+        _positive(where, "shuffle_buffer_rows", self.shuffle_buffer_rows, allow_zero=True)
+        _positive(where, "num_workers", self.num_workers, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedBottomConfig:
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [256, 128])
+
+    def validate(self, where: Where) -> None:
+        _layer_sizes(where, "hidden", self.hidden, allow_empty=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class MMoEConfig:
+    num_experts: int = 4
+    expert_hidden: list[int] = dataclasses.field(default_factory=lambda: [128, 64])
+
+    def validate(self, where: Where) -> None:
+        _positive(where, "num_experts", self.num_experts)
+        _layer_sizes(where, "expert_hidden", self.expert_hidden, allow_empty=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class PLEConfig:
+    levels: int = 2
+    shared_experts: int = 2
+    task_experts: int = 1
+    expert_hidden: list[int] = dataclasses.field(default_factory=lambda: [64])
+
+    def validate(self, where: Where) -> None:
+        _positive(where, "levels", self.levels)
+        _positive(where, "shared_experts", self.shared_experts)
+        _positive(where, "task_experts", self.task_experts)
+        _layer_sizes(where, "expert_hidden", self.expert_hidden, allow_empty=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    architecture: str = "mmoe"
+    dense_tower: list[int] = dataclasses.field(default_factory=lambda: [64])
+    task_tower: list[int] = dataclasses.field(default_factory=lambda: [32])
+    dropout: float = 0.0
+    shared_bottom: SharedBottomConfig = dataclasses.field(default_factory=SharedBottomConfig)
+    mmoe: MMoEConfig = dataclasses.field(default_factory=MMoEConfig)
+    ple: PLEConfig = dataclasses.field(default_factory=PLEConfig)
+
+    def validate(self, where: Where) -> None:
+        from recsys_mtl.models.architectures import ARCHITECTURES
+
+        if self.architecture not in ARCHITECTURES:
+            raise where.child("architecture").error(
+                f"unknown architecture {self.architecture!r}; set it to one of: {', '.join(sorted(ARCHITECTURES))}"
+            )
+        _layer_sizes(where, "dense_tower", self.dense_tower)
+        _layer_sizes(where, "task_tower", self.task_tower)
+        if not 0.0 <= self.dropout < 1.0:
+            raise where.child("dropout").error(f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingConfig:
+    """Per-table forced sharding; tables not listed are left to the planner."""
+
+    tables: dict[str, ShardingChoice] = dataclasses.field(default_factory=dict)
+    # memory one rank may use for embedding tables + optimizer state; null = the device's memory
+    memory_per_rank_gb: float | None = None
+
+    def validate(self, where: Where) -> None:
+        _positive(where, "memory_per_rank_gb", self.memory_per_rank_gb)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingOptimConfig:
+    """Fused into backward by FBGEMM (CPU supports sgd, adagrad, rowwise_adagrad)."""
+
+    type: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
+    lr: float = 0.05
+    eps: float = 1e-8
+
+    def validate(self, where: Where) -> None:
+        _positive(where, "lr", self.lr)
+        _positive(where, "eps", self.eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseOptimConfig:
+    type: Literal["adam", "adagrad", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+    def validate(self, where: Where) -> None:
+        _positive(where, "lr", self.lr)
+        _positive(where, "weight_decay", self.weight_decay, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    embedding: EmbeddingOptimConfig = dataclasses.field(default_factory=EmbeddingOptimConfig)
+    dense: DenseOptimConfig = dataclasses.field(default_factory=DenseOptimConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightingConfig:
+    method: str = "equal"
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self, where: Where) -> None:
+        from recsys_mtl.weighting import weighting_methods
+
+        known = weighting_methods()
+        if self.method not in known:
+            raise where.child("method").error(
+                f"unknown weighting method {self.method!r}; set it to one of: {', '.join(sorted(known))}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 0  # steps between checkpoints; 0 = only at the end of training
+    keep: int = 2  # complete checkpoints kept on disk
+    dir: str | None = None  # default: <output_dir>/checkpoints
+    resume: bool = True  # continue from the latest complete checkpoint in dir
+
+    def validate(self, where: Where) -> None:
+        _positive(where, "every", self.every, allow_zero=True)
+        _positive(where, "keep", self.keep)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many steps in total (over all epochs)
+    eval_every: int = 0  # steps between evaluations; 0 = after each epoch
+    log_every: int = 50
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: str = "runs/default"
+    deterministic: bool = False  # torch.use_deterministic_algorithms, bitwise-repeatable runs
+    progress_bar: bool = True
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+    def validate(self, where: Where) -> None:
+        _positive(where, "epochs", self.epochs)
+        _positive(where, "max_steps", self.max_steps)
+        _positive(where, "eval_every", self.eval_every, allow_zero=True)
+        _positive(where, "log_every", self.log_every)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    sharding: ShardingConfig = dataclasses.field(default_factory=ShardingConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    weighting: WeightingConfig = dataclasses.field(default_factory=WeightingConfig)
+    train: TrainSection = dataclasses.field(default_factory=TrainSection)
+    tracking: dict[str, Any] = dataclasses.field(default_factory=dict)  # filled by the tracking stage
+
+    @classmethod
+    def load(cls, path: str, overrides: list[str] | None = None) -> "TrainConfig":
+        """Load YAML, then apply `section.key=value` overrides (values parsed as YAML)."""
+        if not overrides:
+            return load_yaml(path, cls)
+        from recsys_mtl.config.loader import from_dict, read_yaml
+
+        data = read_yaml(path) or {}
+        apply_overrides(data, overrides, source=str(path))
+        return from_dict(cls, data, Where(f"{path} (with overrides)"))
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str = "<config>") -> None:
+    """`train.seed=3` sets data["train"]["seed"] = 3 in place (the value is parsed as YAML)."""
+    import yaml
+
+    from recsys_mtl.config.loader import ConfigError
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source}: override {item!r} must look like section.key=value")
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: override {item!r}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+
+
+__all__ = [
+    "TrainConfig",
+    "DataConfig",
+    "ModelConfig",
+    "SharedBottomConfig",
+    "MMoEConfig",
+    "PLEConfig",
+    "ShardingConfig",
+    "OptimConfig",
+    "EmbeddingOptimConfig",
+    "DenseOptimConfig",
+    "WeightingConfig",
+    "TrainSection",
+    "CheckpointConfig",
+    "SHARDING_TYPES",
+    "apply_overrides",
+]

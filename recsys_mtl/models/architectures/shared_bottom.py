@@ -1,0 +1,21 @@
+"""Shared-bottom (Caruana 1997): one MLP shared by all tasks, then the task towers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recsys_mtl.config.train import ModelConfig
+from recsys_mtl.models.layers import MLP
+
+
+class SharedBottom(nn.Module):
+    def __init__(self, in_dim: int, num_tasks: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_tasks = num_tasks
+        self.bottom = MLP(in_dim, config.shared_bottom.hidden, config.dropout)
+        self.out_dim = self.bottom.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bottom(x)
+        return h.unsqueeze(1).expand(-1, self.num_tasks, -1)

@@ -1,0 +1,63 @@
+"""Building blocks shared by the architectures: an MLP and its batched (grouped) form.
+
+A batched layer holds G independent linear maps as one [G, in, out] weight and
+runs them with one einsum: T task towers or E experts cost one kernel, not T.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    """Linear -> ReLU (-> Dropout) for each size in `hidden`; `out_dim` is the last size."""
+
+    def __init__(self, in_dim: int, hidden: list[int], dropout: float = 0.0) -> None:
+        layers: list[nn.Module] = []
+        for size in hidden:
+            layers += [nn.Linear(in_dim, size), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = size
+        super().__init__(*layers)
+        self.out_dim = in_dim
+
+
+class BatchedLinear(nn.Module):
+    """G linear maps at once: x[B, G, in] -> y[B, G, out] (or x[B, in] shared by all G)."""
+
+    def __init__(self, groups: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(groups, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(groups, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default init, per group
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return torch.einsum("bi,gio->bgo", x, self.weight) + self.bias
+        return torch.einsum("bgi,gio->bgo", x, self.weight) + self.bias
+
+
+class BatchedMLP(nn.Module):
+    """G independent MLPs with the same layer sizes, run as batched layers."""
+
+    def __init__(self, groups: int, in_dim: int, hidden: list[int], dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for size in hidden:
+            layers += [BatchedLinear(groups, in_dim, size), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_dim = size
+        self.layers = nn.Sequential(*layers)
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not len(self.layers):
+            return x
+        return self.layers(x)

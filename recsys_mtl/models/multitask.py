@@ -1,0 +1,94 @@
+"""MultiTaskModel: feature spec + model config -> logits[B, T].
+
+    sparse KJT -> EmbeddingBagCollection (one table per spec table, shared by
+    its features) -> pooled [B, dim] per feature, read by key
+    dense [B, D] -> dense tower MLP
+    concat -> architecture (shared_bottom | mmoe | ple) -> [B, T, H]
+    -> T task towers as one batched MLP -> T logits as one batched linear
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys_mtl.config.features import FeatureSpec
+from recsys_mtl.config.train import ModelConfig
+from recsys_mtl.models.architectures import ARCHITECTURES
+from recsys_mtl.models.embedding_init import init_embedding_state_
+from recsys_mtl.models.layers import MLP, BatchedLinear, BatchedMLP
+
+_POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+
+
+def embedding_bag_configs(spec: FeatureSpec) -> list[EmbeddingBagConfig]:
+    """One EmbeddingBagConfig per spec table, listing every feature that reads it."""
+    return [
+        EmbeddingBagConfig(
+            name=name,
+            embedding_dim=table.embedding_dim,
+            num_embeddings=table.num_embeddings,
+            feature_names=spec.features_of_table(name),
+            pooling=_POOLING[table.pooling],
+        )
+        for name, table in spec.tables.items()
+    ]
+
+
+class MultiTaskModel(nn.Module):
+    """Plain (unsharded) module; DistributedModelParallel shards its `ebc`.
+
+    embedding_device="meta" builds the tables without memory (DMP materialises
+    only each rank's shards; call `init_embeddings_` on the sharded state).
+    """
+
+    def __init__(self, spec: FeatureSpec, config: ModelConfig, *, seed: int = 0,
+                 device: torch.device | str | None = None,
+                 embedding_device: torch.device | str | None = None) -> None:
+        super().__init__()
+        if config.architecture not in ARCHITECTURES:
+            from recsys_mtl.config.loader import ConfigError
+
+            raise ConfigError(
+                f"model.architecture: unknown architecture {config.architecture!r}; "
+                f"set it to one of: {', '.join(sorted(ARCHITECTURES))}"
+            )
+        self.spec = spec
+        self.seed = seed
+        self.sparse_names = spec.sparse_names
+        self.num_tasks = spec.num_tasks
+        embedding_device = embedding_device if embedding_device is not None else device
+        self.ebc = EmbeddingBagCollection(tables=embedding_bag_configs(spec), device=torch.device(embedding_device or "cpu"))
+        if self.ebc.embedding_bags[next(iter(spec.tables))].weight.device.type != "meta":
+            self.init_embeddings_(self.state_dict(), prefix="")
+
+        with torch.device(device or "cpu"):
+            self.dense_tower = MLP(spec.num_dense, config.dense_tower, config.dropout) if spec.num_dense else None
+            dense_out = self.dense_tower.out_dim if self.dense_tower is not None else 0
+            emb_out = sum(spec.tables[f.table].embedding_dim for f in spec.sparse)
+            self.architecture = ARCHITECTURES[config.architecture](emb_out + dense_out, self.num_tasks, config)
+            self.task_towers = BatchedMLP(self.num_tasks, self.architecture.out_dim, config.task_tower, config.dropout)
+            self.heads = BatchedLinear(self.num_tasks, self.task_towers.out_dim, 1)
+
+    def table_state_keys(self, prefix: str) -> dict[str, tuple[int, int]]:
+        """state_dict key of each table's weight -> (table index, num_embeddings)."""
+        return {
+            f"{prefix}ebc.embedding_bags.{name}.weight": (i, table.num_embeddings)
+            for i, (name, table) in enumerate(self.spec.tables.items())
+        }
+
+    def init_embeddings_(self, state: dict[str, torch.Tensor], prefix: str) -> None:
+        """Deterministic, sharding-independent table init, written into `state` (sharded or not)."""
+        init_embedding_state_(state, self.table_state_keys(prefix), self.seed)
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        pooled = self.ebc(sparse).to_dict()  # by key: column order changes after sharding
+        parts = [pooled[name] for name in self.sparse_names]
+        if self.dense_tower is not None:
+            parts.append(self.dense_tower(dense))
+        x = torch.cat(parts, dim=1)
+        h = self.task_towers(self.architecture(x))  # [B, T, H]
+        return self.heads(h).squeeze(-1)  # [B, T]

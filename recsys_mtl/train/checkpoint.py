@@ -1,0 +1,199 @@
+"""Atomic, sharded checkpoints with torch.distributed.checkpoint (DCP).
+
+Layout under the checkpoint directory:
+
+    step-00000120/        complete checkpoints (DCP files + .metadata + model.json)
+    latest                name of the newest complete one (written by atomic rename)
+    .tmp-step-00000140/   a save in progress; never read, removed on the next save
+
+A save writes everything into a temp directory, then rank 0 renames it into
+place and rewrites `latest` by rename: a crash at any moment leaves the
+previous checkpoint and pointer untouched. `model.json` describes the model's
+shape so resuming with another model fails with what to change, before any
+tensor is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+from recsys_mtl.config.loader import ConfigError
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+SIGNATURE = "model.json"
+_PREFIX = "step-"
+_TMP_PREFIX = ".tmp-"
+
+
+class CheckpointMismatchError(ConfigError):
+    """The checkpoint was written by a model of another shape than the configured one."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _signature_diff(saved: dict, current: dict) -> list[str]:
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{d}" for d in _signature_diff(a, b)]
+        else:
+            diffs.append(f"{key}: checkpoint has {a!r}, this config has {b!r}")
+    return diffs
+
+
+class CheckpointManager:
+    """Saves and finds checkpoints in one directory; every rank calls save/load together."""
+
+    def __init__(self, directory: str | Path, *, keep: int = 2, rank: int = 0, world_size: int = 1) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+        self.rank = rank
+        self.world_size = world_size
+
+    # -- finding -------------------------------------------------------------------------
+    @staticmethod
+    def is_complete(path: Path) -> bool:
+        return (path / ".metadata").is_file() and (path / SIGNATURE).is_file()
+
+    def complete_checkpoints(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if p.name.startswith(_PREFIX) and self.is_complete(p)]
+        return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+
+    def latest(self) -> Path | None:
+        """The checkpoint `latest` names, else the newest complete one, else None."""
+        pointer = self.directory / LATEST
+        if pointer.is_file():
+            candidate = self.directory / pointer.read_text().strip()
+            if self.is_complete(candidate):
+                return candidate
+            log.warning("checkpoint pointer %s names %s, which is incomplete; scanning", pointer, candidate)
+        found = self.complete_checkpoints()
+        return found[-1] if found else None
+
+    # -- saving --------------------------------------------------------------------------
+    def save(self, step: int, state: dict[str, Any], signature: dict[str, Any]) -> Path:
+        """Write `state` (model/optimizer state dicts, bytes objects) as checkpoint `step`."""
+        name = f"{_PREFIX}{step:08d}"
+        final = self.directory / name
+        tmp = self.directory / f"{_TMP_PREFIX}{name}"
+        if self.rank == 0:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for stale in self.directory.glob(f"{_TMP_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        self._barrier()
+        dcp.save(state, checkpoint_id=str(tmp))
+        self._barrier()
+        if self.rank == 0:
+            with open(tmp / SIGNATURE, "w") as f:
+                json.dump(signature, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            if final.exists():  # same step saved again (e.g. the end of a resumed run)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.directory)
+            _write_atomic(self.directory / LATEST, name + "\n")
+            for old in self.complete_checkpoints()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        self._barrier()
+        return final
+
+    # -- loading -------------------------------------------------------------------------
+    def check_signature(self, path: Path, signature: dict[str, Any]) -> None:
+        saved = json.loads((path / SIGNATURE).read_text())
+        diffs = _signature_diff(saved, json.loads(json.dumps(signature)))
+        if diffs:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} was written by a model of another shape:\n  "
+                + "\n  ".join(diffs)
+                + "\nResume with the config (and feature spec) it was trained with, or start fresh: "
+                "set train.checkpoint.resume: false or point train.checkpoint.dir (or train.output_dir) "
+                "at a new directory."
+            )
+
+    def load(self, path: Path, state: dict[str, Any], signature: dict[str, Any]) -> None:
+        """Fill `state` in place from checkpoint `path` (after checking the model's shape)."""
+        self.check_signature(path, signature)
+        try:
+            dcp.load(state, checkpoint_id=str(path))
+        except Exception as exc:  # DCP raises a CheckpointException wrapping per-rank errors
+            raise CheckpointMismatchError(
+                f"checkpoint {path} does not fit this model ({type(exc).__name__}: {str(exc)[:500]}). "
+                "Resume with the config it was trained with, or set train.checkpoint.resume: false."
+            ) from exc
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def pack(obj: Any) -> bytes:
+    """Non-tensor state (data position, RNG, counters) travels through DCP as one bytes object."""
+    return pickle.dumps(obj)
+
+
+def unpack(data: Any) -> Any:
+    if isinstance(data, (bytes, bytearray)):
+        return pickle.loads(data)
+    if hasattr(data, "read"):
+        return pickle.loads(data.read())
+    raise TypeError(f"unexpected checkpoint object {type(data).__name__}")
+
+
+__all__ = ["CheckpointManager", "CheckpointMismatchError", "pack", "unpack", "rng_state", "set_rng_state"]

@@ -1,0 +1,101 @@
+"""Evaluation during training: exact per-task AUC and log loss over the whole eval set.
+
+Each rank scores its share of the eval data; predictions are gathered to every
+rank and the metrics computed on the full set.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys_mtl.data.batch import Batch
+
+log = logging.getLogger(__name__)
+
+
+def exact_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """ROC AUC with ties counted as half (Mann-Whitney U); NaN if one class is missing."""
+    scores = scores.double().flatten()
+    labels = labels.flatten() > 0.5
+    n_pos = int(labels.sum())
+    n_neg = labels.numel() - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = torch.argsort(scores)
+    sorted_scores = scores[order]
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    avg_rank = ends - (counts.double() - 1.0) / 2.0  # 1-based average rank of each tie group
+    ranks = avg_rank[inverse]
+    pos_rank_sum = ranks[labels[order]].sum().item()
+    return (pos_rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def task_metrics(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                 task_names: list[str]) -> dict[str, dict[str, float]]:
+    """task -> {auc, logloss, count, positives} over labelled rows."""
+    out = {}
+    for t, name in enumerate(task_names):
+        m = mask[:, t]
+        s, y = logits[m, t], labels[m, t]
+        ll = torch.nn.functional.binary_cross_entropy_with_logits(s.double(), y.double()).item() if m.any() else float("nan")
+        out[name] = {"auc": exact_auc(s, y), "logloss": ll, "count": int(m.sum()), "positives": int(y.sum())}
+    return out
+
+
+def pad_batch(batch: Batch, size: int) -> Batch:
+    """Pad to `size` rows with unlabelled rows and empty id lists (ranks then exchange equal batches)."""
+    b = batch.batch_size
+    if b >= size:
+        return batch
+    extra = size - b
+    keys = batch.sparse.keys()
+    lengths = batch.sparse.lengths().view(len(keys), b)
+    lengths = torch.cat([lengths, lengths.new_zeros(len(keys), extra)], dim=1).flatten()
+    sparse = KeyedJaggedTensor(keys=keys, values=batch.sparse.values(), lengths=lengths,
+                               weights=batch.sparse.weights_or_none())
+
+    def pad(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        return torch.cat([t, t.new_zeros((extra,) + tuple(t.shape[1:]))], dim=0)
+
+    return Batch(dense=pad(batch.dense), sparse=sparse, labels=pad(batch.labels), label_mask=pad(batch.label_mask),
+                 sample_weights=pad(batch.sample_weights))
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches: Iterable[Batch], batch_size: int, device: torch.device,
+            world_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits, labels and mask of the whole eval set (all ranks), on CPU.
+
+    `model(dense, sparse) -> logits`. Every rank must see the same number of
+    batches (the stream guarantees it); short batches are padded and the
+    padding masked out.
+    """
+    logits, labels, masks = [], [], []
+    for batch in batches:
+        batch = pad_batch(batch, batch_size).to(device)
+        logits.append(model(batch.dense, batch.sparse).float().cpu())
+        labels.append(batch.labels.cpu())
+        masks.append(batch.label_mask.cpu())
+    local = (torch.cat(logits), torch.cat(labels), torch.cat(masks))
+    if world_size == 1:
+        return local
+    gathered: list = [None] * world_size
+    dist.all_gather_object(gathered, local)
+    return tuple(torch.cat([g[i] for g in gathered]) for i in range(3))  # type: ignore[return-value]
+
+
+def format_eval_line(step: int, epoch: int, metrics: dict[str, dict[str, float]]) -> str:
+    aucs = [m["auc"] for m in metrics.values() if m["auc"] == m["auc"]]
+    mean_auc = sum(aucs) / len(aucs) if aucs else float("nan")
+    lls = [m["logloss"] for m in metrics.values() if m["logloss"] == m["logloss"]]
+    mean_ll = sum(lls) / len(lls) if lls else float("nan")
+    per_task = " ".join(f"{name}={m['auc']:.4f}" for name, m in metrics.items())
+    return f"eval step {step} epoch {epoch}: mean AUC {mean_auc:.4f}, mean logloss {mean_ll:.4f} | AUC {per_task}"

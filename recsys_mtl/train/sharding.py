@@ -1,0 +1,208 @@
+"""Sharding plan and DistributedModelParallel: planner by default, per-table overrides by config.
+
+- Tables named in `sharding.tables` are forced to that sharding type; the
+  others are left to TorchRec's planner (which may pick table-, row- or
+  column-wise, all with the fused kernel so their optimizer runs in backward).
+- `data_parallel` tables are replicated with the dense kernel: the dense
+  optimizer trains them and their gradients are all-reduced like DDP's.
+- Row-wise on CPU: the stock sharder lists it only for CUDA, so we use a
+  sharder that also allows it on CPU (FBGEMM's CPU kernels handle it).
+- Before planning, each forced table is checked against the memory one rank
+  may use, so a table too large for its sharding fails with what to change.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from torch import nn
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
+from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+
+from recsys_mtl.config.features import FeatureSpec
+from recsys_mtl.config.loader import ConfigError
+from recsys_mtl.config.train import EmbeddingOptimConfig, ShardingConfig
+
+_SHARDING_TYPE = {
+    "table_wise": ShardingType.TABLE_WISE.value,
+    "row_wise": ShardingType.ROW_WISE.value,
+    "column_wise": ShardingType.COLUMN_WISE.value,
+    "data_parallel": ShardingType.DATA_PARALLEL.value,
+}
+# what the planner may choose for a table the config leaves open
+_PLANNER_TYPES = [
+    ShardingType.TABLE_WISE.value,
+    ShardingType.ROW_WISE.value,
+    ShardingType.COLUMN_WISE.value,
+    ShardingType.TABLE_ROW_WISE.value,
+    ShardingType.TABLE_COLUMN_WISE.value,
+]
+_FUSED_OPTIMIZER = {
+    "sgd": EmbOptimType.EXACT_SGD,
+    "adagrad": EmbOptimType.EXACT_ADAGRAD,
+    "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+}
+
+
+class EmbeddingBagCollectionSharderAnyDevice(EmbeddingBagCollectionSharder):
+    """The stock sharder, plus row-wise (and table-row-wise) on CPU."""
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types = list(super().sharding_types(compute_device_type))
+        for extra in (ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value):
+            if extra not in types:
+                types.append(extra)
+        return types
+
+
+def fused_params(optim: EmbeddingOptimConfig) -> dict:
+    params = {"optimizer": _FUSED_OPTIMIZER[optim.type], "learning_rate": optim.lr}
+    if optim.type != "sgd":
+        params["eps"] = optim.eps
+    return params
+
+
+def build_sharders(optim: EmbeddingOptimConfig) -> list[EmbeddingBagCollectionSharder]:
+    return [EmbeddingBagCollectionSharderAnyDevice(fused_params=fused_params(optim))]
+
+
+def memory_per_rank_bytes(config: ShardingConfig, device: torch.device) -> int:
+    """Memory one rank may give to tables + optimizer state: the config's, else the device's."""
+    if config.memory_per_rank_gb is not None:
+        return int(config.memory_per_rank_gb * (1 << 30))
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return int(total // local)
+
+
+def table_bytes(rows: int, dim: int, optimizer: str) -> int:
+    """float32 weights plus optimizer state (row-wise Adagrad: one float a row)."""
+    state = {"sgd": 0, "adagrad": rows * dim, "rowwise_adagrad": rows}[optimizer]
+    return 4 * (rows * dim + state)
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.3g} GiB"
+
+
+def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: str,
+                          world_size: int, capacity: int) -> None:
+    """Raise ConfigError for unknown table names and for forced shardings that cannot fit one rank."""
+    for table, choice in config.tables.items():
+        if table not in spec.tables:
+            raise ConfigError(
+                f"sharding.tables.{table}: no table {table!r} in feature spec {spec.name!r}; "
+                f"its tables are: {', '.join(spec.tables)}"
+            )
+        t = spec.tables[table]
+        full = table_bytes(t.num_embeddings, t.embedding_dim, optimizer)
+        if choice in ("table_wise", "data_parallel"):
+            per_rank = full
+        elif choice == "row_wise":
+            per_rank = table_bytes(-(-t.num_embeddings // world_size), t.embedding_dim, optimizer)
+        else:  # column_wise: shards of >= 4 columns, spread over the ranks
+            shards = max(1, min(world_size, t.embedding_dim // 4))
+            per_rank = table_bytes(t.num_embeddings, -(-t.embedding_dim // shards), optimizer)
+        if per_rank > capacity:
+            fixes = []
+            if choice in ("table_wise", "data_parallel"):
+                fixes.append("row_wise or column_wise (split over ranks)")
+            fixes.append("more ranks")
+            fixes.append(f"fewer rows (feature spec tables.{table}.num_embeddings, e.g. hashed ids)")
+            raise ConfigError(
+                f"sharding.tables.{table}: table {table!r} ({t.num_embeddings} x {t.embedding_dim}, "
+                f"{_gib(full)} with {optimizer} state) needs {_gib(per_rank)} per rank as {choice} over "
+                f"{world_size} rank(s), but a rank has {_gib(capacity)} "
+                f"(sharding.memory_per_rank_gb). Use " + ", or ".join(fixes) + "."
+            )
+
+
+def parameter_constraints(spec: FeatureSpec, config: ShardingConfig) -> dict[str, ParameterConstraints]:
+    constraints = {}
+    for table in spec.tables:
+        choice = config.tables.get(table)
+        if choice is None:
+            constraints[table] = ParameterConstraints(
+                sharding_types=_PLANNER_TYPES, compute_kernels=[EmbeddingComputeKernel.FUSED.value]
+            )
+        elif choice == "data_parallel":
+            constraints[table] = ParameterConstraints(
+                sharding_types=[_SHARDING_TYPE[choice]], compute_kernels=[EmbeddingComputeKernel.DENSE.value]
+            )
+        else:
+            constraints[table] = ParameterConstraints(
+                sharding_types=[_SHARDING_TYPE[choice]], compute_kernels=[EmbeddingComputeKernel.FUSED.value]
+            )
+    return constraints
+
+
+def plan_sharding(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, optim: EmbeddingOptimConfig,
+                  sharders: list, world_size: int, device: torch.device, batch_size: int) -> ShardingPlan:
+    """Plan on every rank (the planner is deterministic), fail together, then use rank 0's plan."""
+    capacity = memory_per_rank_bytes(config, device)
+    check_forced_sharding(spec, config, optim.type, world_size, capacity)
+    topology = Topology(
+        world_size=world_size,
+        compute_device=device.type,
+        **({"hbm_cap": capacity} if device.type == "cuda" else {"ddr_cap": capacity}),
+    )
+    planner = EmbeddingShardingPlanner(
+        topology=topology, constraints=parameter_constraints(spec, config), batch_size=batch_size
+    )
+    error: str | None = None
+    plan = None
+    try:
+        plan = planner.plan(module, sharders)
+    except PlannerError as exc:
+        forced = ", ".join(f"{k}: {v}" for k, v in config.tables.items()) or "none (planner's choice)"
+        error = (
+            f"sharding: TorchRec's planner found no plan for {world_size} rank(s) with {_gib(capacity)} each "
+            f"(forced: {forced}). Force row_wise or column_wise for the largest tables in sharding.tables, "
+            f"raise sharding.memory_per_rank_gb, or use more ranks. Planner said: {str(exc).splitlines()[0]}"
+        )
+    if world_size > 1:
+        failed = torch.tensor([1 if error else 0])
+        dist.all_reduce(failed)
+        if failed.item() and error is None:
+            error = "sharding: another rank failed to plan (see its error)"
+        box = [plan]
+        if not error:
+            dist.broadcast_object_list(box, src=0)
+            plan = box[0]
+    if error:
+        raise ConfigError(error)
+    return plan
+
+
+def shard_model(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, optim: EmbeddingOptimConfig,
+                device: torch.device, batch_size: int, pg: dist.ProcessGroup | None = None) -> DistributedModelParallel:
+    """Plan and wrap `module` in DMP; dense parts are DDP-wrapped, tables sharded with fused optimizers."""
+    pg = pg or dist.group.WORLD
+    world_size = dist.get_world_size(pg)
+    sharders = build_sharders(optim)
+    plan = plan_sharding(module, spec, config, optim, sharders, world_size, device, batch_size)
+    return DistributedModelParallel(
+        module=module,
+        env=ShardingEnv.from_process_group(pg),
+        device=device,
+        plan=plan,
+        sharders=sharders,
+    )
+
+
+def describe_plan(dmp: DistributedModelParallel) -> dict[str, str]:
+    """table -> sharding type (for logs)."""
+    out = {}
+    for module_plan in dmp.plan.plan.values():
+        for table, param in module_plan.items():  # type: ignore[union-attr]
+            out[table] = f"{param.sharding_type}/{param.compute_kernel}"
+    return out

@@ -1,0 +1,70 @@
+"""The module DMP wraps and the train pipeline calls: batch -> (loss, (losses, logits, weights)).
+
+TorchRec's pipelines run backward on the first output themselves, so the task
+weighting happens here, inside forward, and each step has one backward.
+
+Per-task losses are made global before weighting: ranks all-reduce the
+per-task sums and label counts, so every rank computes the same L[T] (the
+loss of the whole global batch) and the same weights. The differentiable loss
+of rank r is sum_t w_t * world_size * sums_r[t] / count[t]; gradients are
+averaged over ranks (DDP, TorchRec), which gives exactly the gradient of the
+global loss: a 2-process step equals a 1-process step on the same rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from recsys_mtl.data.batch import Batch
+from recsys_mtl.losses import masked_bce_sums
+from recsys_mtl.weighting.base import WeightingMethod
+
+
+class WeightedTaskLoss(nn.Module):
+    """logits, labels, mask -> (loss to backprop, global L[T] detached, weights[T]).
+
+    Holds no sharded module, so the pipeline's tracer treats it as one leaf.
+    The weighting is not a submodule: it has no gradients for DDP to reduce and
+    the checkpoint saves its state on its own.
+    """
+
+    def __init__(self, weighting: WeightingMethod, world_size: int = 1,
+                 process_group: dist.ProcessGroup | None = None) -> None:
+        super().__init__()
+        object.__setattr__(self, "weighting", weighting)
+        self.world_size = world_size
+        self.process_group = process_group
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                sample_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sums, counts = masked_bce_sums(logits, labels, mask, sample_weights)
+        num_tasks = sums.shape[0]
+        if self.world_size > 1:
+            stats = torch.cat([sums.detach(), counts])
+            dist.all_reduce(stats, group=self.process_group)
+            global_sums, global_counts = stats[:num_tasks], stats[num_tasks:]
+        else:
+            global_sums, global_counts = sums.detach(), counts
+        denom = global_counts.clamp(min=1.0)
+        losses = global_sums / denom
+        present = global_counts > 0
+        weights = self.weighting(losses, present)
+        local = sums * (float(self.world_size) / denom)
+        return (weights * local).sum(), losses, weights
+
+
+class MultiTaskTrainModule(nn.Module):
+    """`model` (a MultiTaskModel) + the weighted loss; DMP shards `model.ebc` inside it."""
+
+    def __init__(self, model: nn.Module, weighting: WeightingMethod, world_size: int = 1,
+                 process_group: dist.ProcessGroup | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.task_loss = WeightedTaskLoss(weighting, world_size, process_group)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        logits = self.model(batch.dense, batch.sparse)
+        loss, losses, weights = self.task_loss(logits, batch.labels, batch.label_mask, batch.sample_weights)
+        return loss, (losses, logits, weights)

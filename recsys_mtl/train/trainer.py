@@ -1,0 +1,428 @@
+"""The training loop: DMP model, fused embedding optimizer + dense optimizer, TrainPipelineSparseDist.
+
+    trainer = Trainer(TrainConfig.load("configs/kuairand.yaml"))
+    result = trainer.fit()
+
+Per step the pipeline runs: batch copy -> sparse input dist (overlapped with
+the previous step) -> forward (model, masked BCE, all-reduced L[T], weighting)
+-> one backward (embedding optimizer fused into it) -> dense optimizer step.
+Rank 0 appends every step's losses to `<output_dir>/train_log.jsonl`, shows a
+progress bar, and logs one line per evaluation.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from recsys_mtl.config.features import FeatureSpec
+from recsys_mtl.config.loader import ConfigError, to_dict
+from recsys_mtl.config.train import DenseOptimConfig, TrainConfig
+from recsys_mtl.data.batch import Batch
+from recsys_mtl.models import MultiTaskModel
+from recsys_mtl.train.checkpoint import CheckpointManager, pack, rng_state, set_rng_state, unpack
+from recsys_mtl.train.distributed import DistEnv, init_distributed
+from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
+from recsys_mtl.train.sharding import describe_plan, shard_model
+from recsys_mtl.train.train_module import MultiTaskTrainModule
+from recsys_mtl.weighting import WeightingMethod, build_weighting
+
+log = logging.getLogger(__name__)
+
+TRAIN_LOG = "train_log.jsonl"
+
+
+class BatchSource(Protocol):
+    """What the trainer needs from a reader (ParquetStream implements it)."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Batch]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+    def position_after(self, num_batches_consumed: int) -> dict: ...
+
+
+class TrainerCallback:
+    """Hooks for tracking; called on rank 0 only. Override what you need."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def on_log(self, trainer: "Trainer", records: list[dict[str, Any]]) -> None: ...
+    def on_eval(self, trainer: "Trainer", step: int, epoch: int, metrics: dict[str, dict[str, float]]) -> None: ...
+    def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None: ...
+
+
+@dataclasses.dataclass
+class TrainResult:
+    steps: int
+    epochs_completed: int
+    samples_per_second: float
+    last_loss: float
+    eval_metrics: dict[str, dict[str, float]] | None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def set_deterministic(enabled: bool) -> None:
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=False)
+
+
+def build_dense_optimizer(named_params: dict[str, torch.nn.Parameter], cfg: DenseOptimConfig) -> KeyedOptimizerWrapper:
+    def factory(params):
+        if cfg.type == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.type == "adagrad":
+            return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    return KeyedOptimizerWrapper(named_params, factory)
+
+
+def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
+    """What must match for a checkpoint to load: table shapes, features, tasks, architecture, optimizers."""
+    return {
+        "tables": {name: [t.num_embeddings, t.embedding_dim] for name, t in spec.tables.items()},
+        "sparse_features": spec.sparse_names,
+        "dense_features": spec.dense_names,
+        "tasks": spec.task_names,
+        "model": to_dict(config.model),
+        "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
+        "weighting": config.weighting.method,
+    }
+
+
+def build_parquet_source(path: str, spec: FeatureSpec, batch_size: int, env: DistEnv, *, seed: int,
+                         shuffle: bool, shuffle_buffer_rows: int, num_workers: int, drop_remainder: bool) -> BatchSource:
+    from recsys_mtl.data.stream import ParquetStream
+
+    return ParquetStream(path, spec, batch_size, rank=env.rank, world_size=env.world_size, num_workers=num_workers,
+                         seed=seed, shuffle=shuffle, shuffle_buffer_rows=shuffle_buffer_rows,
+                         drop_remainder=drop_remainder)
+
+
+class Trainer:
+    """Builds everything from a TrainConfig; `fit()` trains, evaluates, checkpoints and resumes.
+
+    train_data / eval_data: any BatchSource (default: ParquetStream over the
+    config's paths, sharded by rank). spec: defaults to the config's spec file.
+    """
+
+    def __init__(self, config: TrainConfig, *, spec: FeatureSpec | None = None,
+                 train_data: BatchSource | None = None, eval_data: BatchSource | None = None,
+                 env: DistEnv | None = None, callbacks: list[TrainerCallback] | None = None) -> None:
+        self.config = config
+        self.env = env or init_distributed(config.train.device)
+        self.device = self.env.device
+        self.spec = spec or FeatureSpec.load(config.data.spec)
+        self.callbacks = callbacks or []
+        self.output_dir = Path(config.train.output_dir)
+        tc = config.train
+        set_deterministic(tc.deterministic)
+        seed_everything(tc.seed)
+
+        # model: dense parts built identically on every rank from the seed; tables on meta until sharded
+        self.weighting: WeightingMethod = self._build_weighting()
+        self.model = MultiTaskModel(self.spec, config.model, seed=tc.seed, device=self.device, embedding_device="meta")
+        module = MultiTaskTrainModule(self.model, self.weighting, self.env.world_size, dist.group.WORLD)
+        self.dmp = shard_model(module, self.spec, config.sharding, config.optim.embedding, self.device,
+                               config.data.batch_size)
+        self.model.init_embeddings_(self.dmp.state_dict(), prefix="model.")
+        if self.env.is_main:
+            log.info("sharding plan: %s", describe_plan(self.dmp))
+        # after the model build so dropout streams differ per rank while parameters match
+        seed_everything(tc.seed + 1_000_003 * self.env.rank)
+
+        self.dense_optimizer = build_dense_optimizer(
+            dict(in_backward_optimizer_filter(self.dmp.named_parameters())), config.optim.dense
+        )
+        self.optimizer = CombinedOptimizer([("embedding", self.dmp.fused_optimizer), ("dense", self.dense_optimizer)])
+        self.pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, self.device, execute_all_batches=True)
+
+        self.train_data = train_data or self._default_source(config.data.train_path, train=True)
+        self.eval_data = eval_data
+        if self.eval_data is None and config.data.eval_path:
+            self.eval_data = self._default_source(config.data.eval_path, train=False)
+
+        ckpt_dir = Path(tc.checkpoint.dir) if tc.checkpoint.dir else self.output_dir / "checkpoints"
+        self.checkpoints = CheckpointManager(ckpt_dir, keep=tc.checkpoint.keep, rank=self.env.rank,
+                                             world_size=self.env.world_size)
+        self.signature = model_signature(self.spec, config)
+        self.step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self._resume_position: dict | None = None
+        self._saved_step = -1
+        self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+        self.last_eval: dict[str, dict[str, float]] | None = None
+        self.last_loss = float("nan")
+
+    # -- construction helpers ----------------------------------------------------------------
+    def _build_weighting(self) -> WeightingMethod:
+        wc = self.config.weighting
+        try:
+            weighting = build_weighting(wc.method, self.spec.num_tasks, **wc.args)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"weighting: cannot build {wc.method!r} with args {wc.args}: {exc}") from None
+        return weighting.to(self.device)
+
+    def _default_source(self, path: str, train: bool) -> BatchSource:
+        d = self.config.data
+        return build_parquet_source(
+            path, self.spec, d.batch_size if train else (d.eval_batch_size or d.batch_size), self.env,
+            seed=self.config.train.seed, shuffle=d.shuffle and train,
+            shuffle_buffer_rows=d.shuffle_buffer_rows if train else 0, num_workers=d.num_workers,
+            drop_remainder=train,
+        )
+
+    @property
+    def module(self) -> MultiTaskTrainModule:
+        return self.dmp.module  # type: ignore[return-value]
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.dmp.state_dict(),
+            "optim": self.optimizer.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "train_state": b"",
+            f"rng_rank{self.env.rank}": b"",
+        }
+
+    def save_checkpoint(self) -> Path:
+        state = self._checkpoint_state()
+        position = self.train_data.position_after(self.step_in_epoch) if self.step_in_epoch else None
+        state["train_state"] = pack({
+            "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "data": position,
+            "world_size": self.env.world_size,
+        })
+        state[f"rng_rank{self.env.rank}"] = pack(rng_state())
+        path = self.checkpoints.save(self.step, state, self.signature)
+        self._saved_step = self.step
+        if self.env.is_main:
+            log.info("checkpoint step %d saved to %s", self.step, path)
+        return path
+
+    def maybe_resume(self) -> bool:
+        path = self.checkpoints.latest() if self.config.train.checkpoint.resume else None
+        if path is None:
+            return False
+        self.dense_optimizer.init_state()  # Adam's state is lazy; DCP loads in place
+        state = self._checkpoint_state()
+        self.checkpoints.load(path, state, self.signature)
+        self.dmp.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optim"])
+        self.weighting.load_state_dict(state["weighting"])
+        train_state = unpack(state["train_state"])
+        if train_state["world_size"] != self.env.world_size:
+            raise ConfigError(
+                f"checkpoint {path} was written by {train_state['world_size']} process(es) and this run has "
+                f"{self.env.world_size}: the data position is per rank. Resume with --nproc "
+                f"{train_state['world_size']}, or set train.checkpoint.resume: false."
+            )
+        set_rng_state(unpack(state[f"rng_rank{self.env.rank}"]))
+        self.step, self.epoch, self.step_in_epoch = train_state["step"], train_state["epoch"], train_state["step_in_epoch"]
+        self._resume_position = train_state["data"]
+        self._saved_step = self.step
+        if self.env.is_main:
+            self._truncate_train_log(self.step)
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.step_in_epoch)
+        return True
+
+    # -- logging -----------------------------------------------------------------------------
+    def _truncate_train_log(self, step: int) -> None:
+        path = self.output_dir / TRAIN_LOG
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+    def _flush_records(self) -> list[dict[str, Any]]:
+        """One host sync for the whole window: stack the pending step tensors and write them out."""
+        if not self._pending:
+            return []
+        losses = torch.stack([p[2] for p in self._pending]).cpu()
+        weights = torch.stack([p[3] for p in self._pending]).cpu()
+        totals = (losses * weights).sum(dim=1)
+        records = [
+            {"step": s, "epoch": e, "loss": float(totals[i]), "losses": losses[i].tolist(), "weights": weights[i].tolist()}
+            for i, (s, e, _, _) in enumerate(self._pending)
+        ]
+        self._pending.clear()
+        self.last_loss = records[-1]["loss"]
+        if self.env.is_main:
+            with open(self.output_dir / TRAIN_LOG, "a") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+            for cb in self.callbacks:
+                cb.on_log(self, records)
+        return records
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, dict[str, float]] | None:
+        if self.eval_data is None:
+            return None
+        self.pipeline.detach()
+        self.dmp.eval()
+        try:
+            batch_size = self.config.data.eval_batch_size or self.config.data.batch_size
+            self.eval_data.set_epoch(0)
+            logits, labels, mask = predict(self.module.model, iter(self.eval_data), batch_size, self.device,
+                                           self.env.world_size)
+        finally:
+            self.dmp.train()
+            self.pipeline.attach(sparse_dist=False)
+        metrics = task_metrics(logits, labels, mask, self.spec.task_names)
+        self.last_eval = metrics
+        if self.env.is_main:
+            log.info(format_eval_line(self.step, self.epoch, metrics))
+            for cb in self.callbacks:
+                cb.on_eval(self, self.step, self.epoch, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def _post_step_losses(self, batch: Batch) -> None:
+        """Same batch's losses after the optimizer step, for weighting methods that ask for them."""
+        self.pipeline.detach()
+        try:
+            batch = batch.to(self.device)
+            logits = self.module.model(batch.dense, batch.sparse)
+            _, losses, _ = self.module.task_loss(logits, batch.labels, batch.label_mask, batch.sample_weights)
+        finally:
+            self.pipeline.attach(sparse_dist=False)
+        present = batch.label_mask.any(dim=0)
+        if self.env.world_size > 1:
+            present = present.to(torch.int32)
+            dist.all_reduce(present)
+            present = present > 0
+        self.weighting.post_step(losses, present)
+
+    # -- training ----------------------------------------------------------------------------
+    def _batches(self, remaining: int, keep: collections.deque | None) -> Iterator[Batch]:
+        for batch in itertools.islice(iter(self.train_data), remaining):
+            if keep is not None:
+                keep.append(batch)
+            yield batch
+
+    def fit(self) -> TrainResult:
+        tc = self.config.train
+        if self.env.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.maybe_resume()
+        if not resumed and self.env.is_main:
+            (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
+        if self.env.is_main:
+            for cb in self.callbacks:
+                cb.on_train_start(self)
+        samples_per_step = self.config.data.batch_size * self.env.world_size
+        post_step = self.weighting.needs_post_step_losses
+        bar = self._progress_bar()
+        start_time, start_step = time.perf_counter(), self.step
+        evaluated_at = -1
+
+        while self.epoch < tc.epochs and (tc.max_steps is None or self.step < tc.max_steps):
+            if self._resume_position is not None:
+                self.train_data.load_state_dict(self._resume_position)
+                self._resume_position = None
+            else:
+                self.train_data.set_epoch(self.epoch)
+                self.step_in_epoch = 0
+            steps_in_epoch = len(self.train_data)
+            remaining = steps_in_epoch - self.step_in_epoch
+            if tc.max_steps is not None:
+                remaining = min(remaining, tc.max_steps - self.step)
+            kept: collections.deque | None = collections.deque() if post_step else None
+            batches = self._batches(remaining, kept)
+            while True:
+                try:
+                    losses, _logits, weights = self.pipeline.progress(batches)
+                except StopIteration:
+                    break
+                self.step += 1
+                self.step_in_epoch += 1
+                self._pending.append((self.step, self.epoch, losses.detach(), weights.detach()))
+                if kept is not None:
+                    self._post_step_losses(kept.popleft())
+                if self.step % tc.log_every == 0:
+                    self._flush_records()
+                    if bar is not None:
+                        rate = (self.step - start_step) * samples_per_step / max(time.perf_counter() - start_time, 1e-9)
+                        bar.set_postfix(step=self.step, samples_s=f"{rate:,.0f}", loss=f"{self.last_loss:.4f}")
+                if bar is not None:
+                    bar.update(1)
+                if tc.eval_every and self.step % tc.eval_every == 0:
+                    self._flush_records()
+                    self.evaluate()
+                    evaluated_at = self.step
+                if tc.checkpoint.every and self.step % tc.checkpoint.every == 0:
+                    self._flush_records()
+                    self.save_checkpoint()
+            if self.step_in_epoch < steps_in_epoch:
+                break  # max_steps reached inside the epoch
+            self.epoch += 1
+            self.step_in_epoch = 0
+            if not tc.eval_every and evaluated_at != self.step:
+                self._flush_records()
+                self.evaluate()
+                evaluated_at = self.step
+
+        self._flush_records()
+        elapsed = max(time.perf_counter() - start_time, 1e-9)
+        if bar is not None:
+            bar.close()
+        if self.eval_data is not None and evaluated_at != self.step:
+            self.evaluate()
+        if self.step > 0 and self._saved_step != self.step:
+            self.save_checkpoint()  # the end of training is always checkpointed
+        result = TrainResult(
+            steps=self.step,
+            epochs_completed=self.epoch,
+            samples_per_second=(self.step - start_step) * samples_per_step / elapsed,
+            last_loss=self.last_loss,
+            eval_metrics=self.last_eval,
+        )
+        if self.env.is_main:
+            log.info("training done: %d steps, %.0f samples/s, last loss %.4f", result.steps,
+                     result.samples_per_second, result.last_loss)
+            for cb in self.callbacks:
+                cb.on_train_end(self, result)
+        return result
+
+    def _progress_bar(self):
+        if not (self.env.is_main and self.config.train.progress_bar):
+            return None
+        from tqdm import tqdm
+
+        tc = self.config.train
+        total = tc.max_steps
+        try:
+            if total is None:
+                total = tc.epochs * len(self.train_data)
+        except TypeError:
+            total = None
+        return tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+
+
+__all__ = ["Trainer", "TrainResult", "TrainerCallback", "BatchSource", "model_signature", "TRAIN_LOG"]
