@@ -117,26 +117,30 @@ class Columns:
         )
 
     def to_batch(self, keys: list[str]) -> Batch:
-        values, lengths = [], []
-        for f, off in enumerate(self.offsets):
-            if off is None:
-                values.append(self.ids[f])
-                lengths.append(np.ones(self.n, dtype=np.int32))
+        """Tensors for this run. numpy does the little arithmetic (torch's intra-op thread pool
+        costs more than the work on arrays this small); torch wraps the results without copies."""
+        n = self.n
+        jagged = [None if off is None else self._jagged(f) for f, off in enumerate(self.offsets)]
+        total = sum(n if j is None else len(j[0]) for j in jagged)
+        values = np.empty(total, dtype=np.int64)
+        lengths = np.empty(n * len(self.ids), dtype=np.int32)
+        pos = 0
+        for f, j in enumerate(jagged):
+            if j is None:
+                values[pos : pos + n] = self.ids[f]
+                lengths[f * n : (f + 1) * n] = 1
+                pos += n
             else:
-                v, l = self._jagged(f)
-                values.append(v)
-                lengths.append(l.astype(np.int32, copy=False))
-        sparse = KeyedJaggedTensor(
-            keys=keys,
-            values=torch.from_numpy(np.concatenate(values)),
-            lengths=torch.from_numpy(np.concatenate(lengths)),
-        )
-        raw = torch.from_numpy(self.labels)
+                values[pos : pos + len(j[0])] = j[0]
+                lengths[f * n : (f + 1) * n] = j[1]
+                pos += len(j[0])
+        sparse = KeyedJaggedTensor(keys=keys, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths))
+        labels = np.maximum(self.labels, 0).astype(np.float32)
         return Batch(
             dense=torch.from_numpy(np.ascontiguousarray(self.dense)),
             sparse=sparse,
-            labels=raw.clamp(min=0).to(torch.float32),
-            label_mask=raw >= 0,
+            labels=torch.from_numpy(labels),
+            label_mask=torch.from_numpy(self.labels >= 0),
             sample_weights=None if self.weights is None else torch.from_numpy(np.ascontiguousarray(self.weights)),
         )
 

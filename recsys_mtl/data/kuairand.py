@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from recsys_mtl.data.errors import DataError
+from recsys_mtl.io import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -126,23 +127,25 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False) 
 
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for split, mask in (("train", is_train), ("test", ~is_train)):
-        part = full.filter(pa.array(mask))
-        for d in np.unique(part.column("date").to_numpy()):
-            day = part.filter(pc.equal(part.column("date"), int(d))).drop_columns(["date"])
-            folder = tmp / split / f"date={d // 10000:04d}-{d // 100 % 100:02d}-{d % 100:02d}"
-            folder.mkdir(parents=True)
-            pq.write_table(day, folder / "part-00000.parquet", compression="snappy")
-    spec = kuairand_spec(sizes, transforms, stats)
-    (tmp / "feature_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    (tmp / "README.md").write_text(
-        "Derived from KuaiRand (Gao et al., CIKM 2022), CC BY-SA 4.0. "
-        f"Train: date <= {SPLIT_DATE} ({int(is_train.sum())} rows); test: later ({int((~is_train).sum())} rows). "
-        f"Source sha256 of {INTERACTIONS}: {hashlib.sha256((src / INTERACTIONS).read_bytes()).hexdigest()}\n"
-    )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    try:
+        for split, mask in (("train", is_train), ("test", ~is_train)):
+            part = full.filter(pa.array(mask))
+            for d in np.unique(part.column("date").to_numpy()):
+                day = part.filter(pc.equal(part.column("date"), int(d))).drop_columns(["date"])
+                folder = tmp / split / f"date={d // 10000:04d}-{d // 100 % 100:02d}-{d % 100:02d}"
+                folder.mkdir(parents=True)
+                pq.write_table(day, folder / "part-00000.parquet", compression="snappy")
+        spec = kuairand_spec(sizes, transforms, stats)
+        (tmp / "feature_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        (tmp / "README.md").write_text(
+            "Derived from KuaiRand (Gao et al., CIKM 2022), CC BY-SA 4.0. "
+            f"Train: date <= {SPLIT_DATE} ({int(is_train.sum())} rows); test: later ({int((~is_train).sum())} rows). "
+            f"Source sha256 of {INTERACTIONS}: {hashlib.sha256((src / INTERACTIONS).read_bytes()).hexdigest()}\n"
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out)
     log.info("wrote KuaiRand: %d train rows, %d test rows to %s", int(is_train.sum()), int((~is_train).sum()), out)
     return out
 

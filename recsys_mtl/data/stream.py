@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -253,18 +254,27 @@ class ParquetStream:
         return self._converter.convert(table, where)
 
     def _rows(self, units: list[RowGroup], start: int, stop: int) -> Iterator[Columns]:
-        """Rows [start, stop) of the concatenation of `units`, as Columns pieces."""
+        """Rows [start, stop) of the concatenation of `units`, as Columns pieces.
+
+        The next row group is decoded and converted on a read-ahead thread (Arrow and numpy
+        release the GIL) while the caller cuts batches from the current one.
+        """
+        wanted = []
         pos = 0
         for unit in units:
             lo, hi = pos, pos + unit.num_rows
             pos = hi
-            if hi <= start:
-                continue
-            if lo >= stop:
-                return
-            cols = self._read(unit)
-            a, b = max(start, lo) - lo, min(stop, hi) - lo
-            yield cols if (a, b) == (0, cols.n) else cols.slice(a, b)
+            if hi > start and lo < stop:
+                wanted.append((unit, max(start, lo) - lo, min(stop, hi) - lo))
+        if not wanted:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-read-ahead") as pool:
+            future = pool.submit(self._read, wanted[0][0])
+            for i, (unit, a, b) in enumerate(wanted):
+                cols = future.result()
+                if i + 1 < len(wanted):
+                    future = pool.submit(self._read, wanted[i + 1][0])
+                yield cols if (a, b) == (0, cols.n) else cols.slice(a, b)
 
     def iter_slot(self, slot: int, epoch: int, start_batch: int) -> Iterator[Batch]:
         """Batches of one slot from `start_batch` on. Deterministic in (seed, epoch, slot)."""

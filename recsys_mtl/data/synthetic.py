@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from recsys_mtl.io import replace_dir
+
 log = logging.getLogger(__name__)
 
 ROW_GROUP = 131_072
@@ -336,47 +338,49 @@ def generate_synthetic(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), ov
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    world = _World(cfg)
-    start = dt.date.fromisoformat(cfg.start_date)
-    per_day = np.full(cfg.days, cfg.rows // cfg.days)
-    per_day[: cfg.rows % cfg.days] += 1
-    chunk_index = 0
-    files = 0
-    for day, day_rows in enumerate(per_day):
-        if day_rows == 0:
-            continue
-        day_dir = tmp / f"date={(start + dt.timedelta(days=day)).isoformat()}"
-        day_dir.mkdir()
-        written = 0
-        part = 0
-        while written < day_rows:
-            file_rows = min(cfg.rows_per_file, day_rows - written)
-            writer = None
-            done = 0
-            while done < file_rows:
-                n = min(cfg.row_group_size, file_rows - done)
-                table = _chunk(world, chunk_index, n, day)
-                chunk_index += 1
-                if writer is None:
-                    writer = pq.ParquetWriter(day_dir / f"part-{part:05d}.parquet", table.schema, compression="snappy")
-                writer.write_table(table, row_group_size=cfg.row_group_size)
-                done += n
-            writer.close()
-            files += 1
-            part += 1
-            written += file_rows
-    spec = feature_spec_dict(cfg)
-    (tmp / "feature_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    meta = dataclasses.asdict(cfg) | {
-        "task_families": {n: FAMILIES[f] for n, f in zip(world.names, world.family)},
-        "target_base_rates": {n: float(r) for n, r in zip(world.names, world.target_rate)},
-        "post_click_tasks": [n for n, pc in zip(world.names, world.post_click) if pc],
-        "partly_labelled_tasks": [n for n, pl in zip(world.names, world.partial) if pl],
-    }
-    (tmp / "synthetic.json").write_text(json.dumps(meta, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    try:
+        world = _World(cfg)
+        start = dt.date.fromisoformat(cfg.start_date)
+        per_day = np.full(cfg.days, cfg.rows // cfg.days)
+        per_day[: cfg.rows % cfg.days] += 1
+        chunk_index = 0
+        files = 0
+        for day, day_rows in enumerate(per_day):
+            if day_rows == 0:
+                continue
+            day_dir = tmp / f"date={(start + dt.timedelta(days=day)).isoformat()}"
+            day_dir.mkdir()
+            written = 0
+            part = 0
+            while written < day_rows:
+                file_rows = min(cfg.rows_per_file, day_rows - written)
+                writer = None
+                done = 0
+                while done < file_rows:
+                    n = min(cfg.row_group_size, file_rows - done)
+                    table = _chunk(world, chunk_index, n, day)
+                    chunk_index += 1
+                    if writer is None:
+                        writer = pq.ParquetWriter(day_dir / f"part-{part:05d}.parquet", table.schema, compression="snappy")
+                    writer.write_table(table, row_group_size=cfg.row_group_size)
+                    done += n
+                writer.close()
+                files += 1
+                part += 1
+                written += file_rows
+        spec = feature_spec_dict(cfg)
+        (tmp / "feature_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        meta = dataclasses.asdict(cfg) | {
+            "task_families": {n: FAMILIES[f] for n, f in zip(world.names, world.family)},
+            "target_base_rates": {n: float(r) for n, r in zip(world.names, world.target_rate)},
+            "post_click_tasks": [n for n, pc in zip(world.names, world.post_click) if pc],
+            "partly_labelled_tasks": [n for n, pl in zip(world.names, world.partial) if pl],
+        }
+        (tmp / "synthetic.json").write_text(json.dumps(meta, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out)
     log.info("wrote %d rows in %d files over %d days to %s", cfg.rows, files, cfg.days, out)
     return out
 
