@@ -1,0 +1,240 @@
+"""The one place that turns Arrow into tensors.
+
+A row group is converted once into `Columns` (numpy arrays, zero-copy where
+Arrow allows: non-null integer and float columns), validated with vectorised
+Arrow kernels, then cut into batches by slicing. `Columns.to_batch()` builds
+the torch tensors and the KeyedJaggedTensor. No per-row Python anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from recsys_mtl.config.features import FeatureSpec
+from recsys_mtl.data.batch import Batch
+from recsys_mtl.data.errors import DataError
+
+
+@dataclasses.dataclass
+class Columns:
+    """A run of rows as numpy arrays.
+
+    ids[f]:      int64 ids of sparse feature f (flattened values for multi-valued features)
+    offsets[f]:  None for single-valued features, else int64 [n+1] offsets into ids[f]
+                 (absolute: ids[f][offsets[0]:offsets[-1]] are this run's values)
+    dense:       float32 [n, D], already transformed
+    labels:      int8 [n, T], -1 where unlabelled
+    weights:     float32 [n, T] or None
+    """
+
+    n: int
+    ids: list[np.ndarray]
+    offsets: list[np.ndarray | None]
+    dense: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray | None = None
+
+    def slice(self, start: int, stop: int) -> "Columns":
+        """Rows [start, stop) as views (no copy)."""
+        ids, offsets = [], []
+        for values, off in zip(self.ids, self.offsets):
+            if off is None:
+                ids.append(values[start:stop])
+                offsets.append(None)
+            else:
+                ids.append(values)
+                offsets.append(off[start : stop + 1])
+        return Columns(
+            n=stop - start,
+            ids=ids,
+            offsets=offsets,
+            dense=self.dense[start:stop],
+            labels=self.labels[start:stop],
+            weights=None if self.weights is None else self.weights[start:stop],
+        )
+
+    def _jagged(self, f: int) -> tuple[np.ndarray, np.ndarray]:
+        """(values, lengths) of multi-valued feature f for exactly this run's rows."""
+        off = self.offsets[f]
+        return self.ids[f][off[0] : off[-1]], np.diff(off)
+
+    def take(self, index: np.ndarray) -> "Columns":
+        """Rows in the order of `index` (a copy), jagged features included."""
+        ids, offsets = [], []
+        for f, off in enumerate(self.offsets):
+            if off is None:
+                ids.append(self.ids[f][index])
+                offsets.append(None)
+                continue
+            values, lengths = self._jagged(f)
+            starts = off[:-1] - off[0]
+            new_len = lengths[index]
+            new_off = np.zeros(len(index) + 1, dtype=np.int64)
+            np.cumsum(new_len, out=new_off[1:])
+            # gather position of each output value: start of its source row + position within row
+            src = np.repeat(starts[index] - new_off[:-1], new_len) + np.arange(new_off[-1], dtype=np.int64)
+            ids.append(values[src])
+            offsets.append(new_off)
+        return Columns(
+            n=len(index),
+            ids=ids,
+            offsets=offsets,
+            dense=self.dense[index],
+            labels=self.labels[index],
+            weights=None if self.weights is None else self.weights[index],
+        )
+
+    @staticmethod
+    def concat(parts: list["Columns"]) -> "Columns":
+        if len(parts) == 1:
+            return parts[0]
+        ids, offsets = [], []
+        for f, off in enumerate(parts[0].offsets):
+            if off is None:
+                ids.append(np.concatenate([p.ids[f] for p in parts]))
+                offsets.append(None)
+                continue
+            vals, lens = zip(*(p._jagged(f) for p in parts))
+            lengths = np.concatenate(lens)
+            new_off = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=new_off[1:])
+            ids.append(np.concatenate(vals))
+            offsets.append(new_off)
+        weights = None if parts[0].weights is None else np.concatenate([p.weights for p in parts])
+        return Columns(
+            n=sum(p.n for p in parts),
+            ids=ids,
+            offsets=offsets,
+            dense=np.concatenate([p.dense for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            weights=weights,
+        )
+
+    def to_batch(self, keys: list[str]) -> Batch:
+        """Tensors for this run. numpy does the little arithmetic (torch's intra-op thread pool
+        costs more than the work on arrays this small); torch wraps the results without copies."""
+        n = self.n
+        jagged = [None if off is None else self._jagged(f) for f, off in enumerate(self.offsets)]
+        total = sum(n if j is None else len(j[0]) for j in jagged)
+        values = np.empty(total, dtype=np.int64)
+        lengths = np.empty(n * len(self.ids), dtype=np.int32)
+        pos = 0
+        for f, j in enumerate(jagged):
+            if j is None:
+                values[pos : pos + n] = self.ids[f]
+                lengths[f * n : (f + 1) * n] = 1
+                pos += n
+            else:
+                values[pos : pos + len(j[0])] = j[0]
+                lengths[f * n : (f + 1) * n] = j[1]
+                pos += len(j[0])
+        sparse = KeyedJaggedTensor(keys=keys, values=torch.from_numpy(values), lengths=torch.from_numpy(lengths))
+        labels = np.maximum(self.labels, 0).astype(np.float32)
+        return Batch(
+            dense=torch.from_numpy(np.ascontiguousarray(self.dense)),
+            sparse=sparse,
+            labels=torch.from_numpy(labels),
+            label_mask=torch.from_numpy(self.labels >= 0),
+            sample_weights=None if self.weights is None else torch.from_numpy(np.ascontiguousarray(self.weights)),
+        )
+
+
+def _min_max(arr: pa.Array) -> tuple[int | None, int | None]:
+    mm = pc.min_max(arr)
+    return mm["min"].as_py(), mm["max"].as_py()
+
+
+def _int64(arr: pa.Array) -> np.ndarray:
+    if arr.type != pa.int64():
+        arr = arr.cast(pa.int64())
+    return arr.to_numpy(zero_copy_only=True)
+
+
+class ArrowConverter:
+    """Converts projected Arrow tables of one feature spec into validated `Columns`."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self.keys = spec.sparse_names
+        self._table_size = {f.name: spec.tables[f.table].num_embeddings for f in spec.sparse}
+        self._has_weights = any(t.weight_column for t in spec.tasks)
+
+    def convert(self, table: pa.Table, where: str) -> Columns:
+        """`where` names the file (and row group) for error messages."""
+        n = table.num_rows
+        ids: list[np.ndarray] = []
+        offsets: list[np.ndarray | None] = []
+        for f in self.spec.sparse:
+            col = table.column(f.source).combine_chunks()
+            size = self._table_size[f.name]
+            if f.multi_valued:
+                lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+                values = col.flatten()
+                if values.null_count:
+                    raise DataError(f"{where}: column {f.source!r} (sparse feature {f.name!r}) has a null id inside a list; expected integer ids")
+                off = np.zeros(n + 1, dtype=np.int64)
+                np.cumsum(lengths, out=off[1:])
+                offsets.append(off)
+                col = values
+            else:
+                if col.null_count:
+                    raise DataError(
+                        f"{where}: column {f.source!r} (sparse feature {f.name!r}) has {col.null_count} null ids; "
+                        "expected an id on every row (use a multi_valued list column for optional ids)"
+                    )
+                offsets.append(None)
+            arr = _int64(col) if len(col) else np.zeros(0, dtype=np.int64)
+            if len(col):
+                lo, hi = _min_max(col)
+                if f.hashed:
+                    arr = np.remainder(arr, size)
+                else:
+                    if lo < 0:
+                        raise DataError(f"{where}: column {f.source!r} (sparse feature {f.name!r}) has negative id {lo}; expected ids in [0, {size}) or hashed: true")
+                    if hi >= size:
+                        raise DataError(
+                            f"{where}: column {f.source!r} (sparse feature {f.name!r}) has id {hi} beyond table "
+                            f"{f.table!r} of size {size}; expected ids in [0, {size}), a larger num_embeddings, or hashed: true"
+                        )
+            ids.append(arr)
+
+        dense = np.empty((n, len(self.spec.dense)), dtype=np.float32)
+        for j, f in enumerate(self.spec.dense):
+            col = table.column(f.source).combine_chunks()
+            if col.null_count:
+                col = pc.fill_null(col, f.fill)
+            x = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            if f.transform in ("log1p", "log1p_standard"):
+                x = np.sign(x) * np.log1p(np.abs(x))
+            if f.transform in ("standard", "log1p_standard"):
+                x = (x - f.mean) / f.std
+            dense[:, j] = x
+
+        labels = np.empty((n, len(self.spec.tasks)), dtype=np.int8)
+        weights = np.ones((n, len(self.spec.tasks)), dtype=np.float32) if self._has_weights else None
+        for j, t in enumerate(self.spec.tasks):
+            col = table.column(t.source).combine_chunks()
+            if pa.types.is_boolean(col.type):
+                col = col.cast(pa.int8())
+            if n and col.null_count < n:
+                lo, hi = _min_max(col)
+                if lo < 0 or hi > 1:
+                    bad = lo if lo < 0 else hi
+                    raise DataError(
+                        f"{where}: column {t.source!r} (label of task {t.name!r}) has value {bad}; "
+                        "expected binary labels 0/1 (null = unlabelled)"
+                    )
+            labels[:, j] = pc.fill_null(col, -1).cast(pa.int8()).to_numpy(zero_copy_only=False)
+            if t.weight_column:
+                w = table.column(t.weight_column).combine_chunks()
+                weights[:, j] = pc.fill_null(w, 0).to_numpy(zero_copy_only=False)
+        return Columns(n=n, ids=ids, offsets=offsets, dense=dense, labels=labels, weights=weights)
+
+
+__all__ = ["Columns", "ArrowConverter"]

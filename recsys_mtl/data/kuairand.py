@@ -1,0 +1,175 @@
+"""KuaiRand subset -> Parquet (train/test time split) with user features joined.
+
+Source: KuaiRand (Gao et al., CIKM 2022), CC BY-SA 4.0; see the data's README.
+Derived files stay under that license.
+
+- Split: `date <= 20220418` is train, later dates are test (the data README's split).
+- Leaking columns are dropped: `play_time_ms` (determines long_view and is_click),
+  `comment_stay_time` (leaks is_comment); raw timestamps are not features.
+- Categorical columns become contiguous ids with a vocabulary fitted on the train
+  split only (id 0 = unknown or null), so no test information reaches the encoding.
+- `duration_ms` is 0 for 18.5% of rows: kept as a dense feature plus a
+  `duration_missing` flag.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import yaml
+
+from recsys_mtl.data.errors import DataError
+from recsys_mtl.io import replace_dir
+
+log = logging.getLogger(__name__)
+
+INTERACTIONS = "kuairand27k_standard_kcore15_likehate.tsv"
+USER_FEATURES = "kuairand_user_features_pure.csv"
+SPLIT_DATE = 20220418
+TASKS = ["is_click", "long_view", "is_follow", "is_comment", "is_forward", "is_profile_enter", "label"]
+LEAKING = ["play_time_ms", "comment_stay_time"]
+USER_CATEGORICAL = [
+    "user_active_degree", "is_live_streamer", "is_video_author", "follow_user_num_range",
+    "fans_user_num_range", "friend_user_num_range", "register_days_range",
+] + [f"onehot_feat{i}" for i in range(18)]
+USER_NUMERIC = ["follow_user_num", "fans_user_num", "friend_user_num", "register_days"]
+EMBEDDING_DIM = 16
+
+
+def _read(src: Path, name: str, **kwargs) -> pa.Table:
+    path = src / name
+    if not path.exists():
+        raise DataError(f"{path}: not found (expected the KuaiRand subset from ../shared/data/kuairand)")
+    try:
+        return pcsv.read_csv(path, **kwargs)
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{path}: cannot parse: {exc}") from None
+
+
+def _vocab_ids(train_values: pa.Array, values: pa.Array) -> np.ndarray:
+    """Contiguous ids 1..V for values seen in train (sorted), 0 for unseen or null."""
+    vocab = pc.unique(train_values.drop_null())
+    vocab = vocab.take(pc.sort_indices(vocab))
+    idx = pc.index_in(values, value_set=vocab)
+    return pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write `out/train/date=YYYY-MM-DD/part-00000.parquet`, `out/test/...` and `out/feature_spec.yaml`."""
+    src, out = Path(src), Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    inter = _read(src, INTERACTIONS, parse_options=pcsv.ParseOptions(delimiter="\t"))
+    users = _read(src, USER_FEATURES)
+    missing = [c for c in ["user_id", "video_id", "date", "hourmin", "duration_ms", *TASKS] if c not in inter.column_names]
+    if missing:
+        raise DataError(f"{src / INTERACTIONS}: missing columns {missing}; has {inter.column_names}")
+    missing = [c for c in ["user_id", *USER_CATEGORICAL, *USER_NUMERIC] if c not in users.column_names]
+    if missing:
+        raise DataError(f"{src / USER_FEATURES}: missing columns {missing}")
+
+    inter = inter.drop_columns([c for c in LEAKING if c in inter.column_names])
+    joined = inter.join(users, keys="user_id", join_type="left outer").combine_chunks()
+    # the join does not keep row order: restore the interaction log's time order
+    joined = joined.take(pc.sort_indices(joined, sort_keys=[("time_ms", "ascending"), ("user_id", "ascending"), ("video_id", "ascending")]))
+    if joined.num_rows != inter.num_rows:
+        raise DataError(f"{src / USER_FEATURES}: user_id is not unique ({joined.num_rows} rows after the join, {inter.num_rows} before)")
+    date = joined.column("date").to_numpy()
+    is_train = date <= SPLIT_DATE
+    train = joined.filter(pa.array(is_train))
+
+    cols: dict[str, np.ndarray] = {}
+    sizes: dict[str, int] = {}
+    for name in ["user_id", "video_id", *USER_CATEGORICAL]:
+        col = joined.column(name)
+        if pa.types.is_floating(col.type):
+            col = col.cast(pa.int64())
+            train_col = train.column(name).cast(pa.int64())
+        else:
+            train_col = train.column(name)
+        cols[name] = _vocab_ids(train_col.combine_chunks(), col.combine_chunks())
+        sizes[name] = int(len(pc.unique(train_col.combine_chunks().drop_null()))) + 1
+    hourmin = joined.column("hourmin").to_numpy()
+    cols["hour"] = (hourmin // 100).astype(np.int64)
+    sizes["hour"] = 24
+    days = np.array([dt.date(d // 10000, d // 100 % 100, d % 100).weekday() for d in np.unique(date)])
+    cols["weekday"] = days[np.searchsorted(np.unique(date), date)].astype(np.int64)
+    sizes["weekday"] = 7
+
+    duration = joined.column("duration_ms").to_numpy().astype(np.float32)
+    dense = {"duration_s": duration / 1000.0, "duration_missing": (duration <= 0).astype(np.float32)}
+    for name in USER_NUMERIC:
+        dense[name] = pc.fill_null(joined.column(name), 0).to_numpy(zero_copy_only=False).astype(np.float32)
+    transforms = {"duration_missing": "none"}
+    stats = {}
+    for name, x in dense.items():
+        transform = transforms.get(name, "log1p_standard")
+        if transform == "log1p_standard":
+            lx = np.sign(x[is_train]) * np.log1p(np.abs(x[is_train]))
+            stats[name] = (round(float(lx.mean()), 4), round(float(lx.std()) + 1e-4, 4))
+        transforms[name] = transform
+
+    table = {"date": pa.array(date)}
+    table.update({k: pa.array(v) for k, v in cols.items()})
+    table.update({k: pa.array(v) for k, v in dense.items()})
+    for t in TASKS:
+        table[t] = joined.column(t).cast(pa.int8())
+    full = pa.table(table)
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for split, mask in (("train", is_train), ("test", ~is_train)):
+            part = full.filter(pa.array(mask))
+            for d in np.unique(part.column("date").to_numpy()):
+                day = part.filter(pc.equal(part.column("date"), int(d))).drop_columns(["date"])
+                folder = tmp / split / f"date={d // 10000:04d}-{d // 100 % 100:02d}-{d % 100:02d}"
+                folder.mkdir(parents=True)
+                pq.write_table(day, folder / "part-00000.parquet", compression="snappy")
+        spec = kuairand_spec(sizes, transforms, stats)
+        (tmp / "feature_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        (tmp / "README.md").write_text(
+            "Derived from KuaiRand (Gao et al., CIKM 2022), CC BY-SA 4.0. "
+            f"Train: date <= {SPLIT_DATE} ({int(is_train.sum())} rows); test: later ({int((~is_train).sum())} rows). "
+            f"Source sha256 of {INTERACTIONS}: {hashlib.sha256((src / INTERACTIONS).read_bytes()).hexdigest()}\n"
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out)
+    log.info("wrote KuaiRand: %d train rows, %d test rows to %s", int(is_train.sum()), int((~is_train).sum()), out)
+    return out
+
+
+def kuairand_spec(sizes: dict[str, int], transforms: dict[str, str], stats: dict[str, tuple[float, float]]) -> dict:
+    tables, sparse = {}, []
+    for name, size in sizes.items():
+        table = "video" if name == "video_id" else ("user" if name == "user_id" else name)
+        tables[table] = {"num_embeddings": size, "embedding_dim": EMBEDDING_DIM}
+        sparse.append({"name": name, "table": table})
+    dense = []
+    for name, transform in transforms.items():
+        entry = {"name": name, "transform": transform}
+        if name in stats:
+            entry["mean"], entry["std"] = stats[name]
+        dense.append(entry)
+    return {
+        "name": "kuairand",
+        "description": "KuaiRand-27K subset (CC BY-SA 4.0), 7 tasks, time split at 2022-04-18",
+        "tables": tables,
+        "sparse": sparse,
+        "dense": dense,
+        "tasks": [{"name": t} for t in TASKS],
+    }
+
+
+__all__ = ["convert_kuairand", "TASKS", "SPLIT_DATE"]

@@ -1,0 +1,347 @@
+"""ParquetStream: partitioned Parquet -> Batch, split across ranks and loader workers.
+
+Design (see ARCHITECTURE.md, "Data"):
+- The unit of work is a row group. At construction every file's footer is read
+  once (row counts, schema check against the feature spec), so a missing,
+  corrupt or mismatched file fails fast with its name.
+- Each epoch, units are ordered (seeded shuffle of (epoch, seed) when
+  `shuffle`), then assigned greedily to the emptiest of `world_size *
+  max(num_workers, 1)` slots; every rank computes the same assignment from
+  metadata alone. With `drop_remainder` (training), every slot yields exactly
+  `min_slot_rows // batch_size` batches, so every rank gets the same number of
+  steps and collectives never hang at an epoch's end.
+- An optional shuffle buffer permutes windows of `shuffle_buffer_rows` rows
+  (rounded up to whole batches) with a seeded permutation per window, so a
+  position can be restored by re-reading one window at most.
+- The position is (epoch, batches yielded). Worker i of a rank serves slot
+  (i + start) % W, so the DataLoader's round-robin over workers continues
+  exactly where a restored position left off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from recsys_mtl.config.features import FeatureSpec
+from recsys_mtl.data.arrow import ArrowConverter, Columns
+from recsys_mtl.data.batch import Batch
+from recsys_mtl.data.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RowGroup:
+    path: str
+    index: int
+    num_rows: int
+
+
+# Side files that live next to data (specs, manifests, checksums) and are not Parquet.
+NON_DATA_SUFFIXES = {".yaml", ".yml", ".json", ".txt", ".md", ".crc", ".csv", ".tsv"}
+
+
+def _data_files(paths: list[Path]) -> list[str]:
+    files = []
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"{p}: no such file or directory (expected a Parquet file or a folder of Parquet files)")
+        if p.is_file():
+            files.append(str(p))
+            continue
+        for f in sorted(p.rglob("*")):
+            rel = f.relative_to(p).parts
+            if f.is_file() and not any(part.startswith((".", "_")) for part in rel) and f.suffix not in NON_DATA_SUFFIXES:
+                files.append(str(f))
+    if not files:
+        raise DataError(f"{', '.join(map(str, paths))}: no Parquet files found")
+    return files
+
+
+def _discover(path: str | Path | list, spec: FeatureSpec) -> tuple[ds.Dataset, list[RowGroup], list]:
+    paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+    files = _data_files(paths)
+    base = str(paths[0]) if len(paths) == 1 and paths[0].is_dir() else None
+    try:
+        dataset = ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{', '.join(map(str, paths))}: cannot open as a Parquet dataset: {exc}") from None
+    fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
+    units: list[RowGroup] = []
+    columns = spec.columns()
+    first_types: dict[str, tuple[pa.DataType, str]] = {}
+    for frag in fragments:
+        try:
+            meta = frag.metadata
+            schema = frag.physical_schema
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{frag.path}: not a readable Parquet file ({exc})") from None
+        spec.check_schema(schema, frag.path)
+        for col in columns:
+            t = schema.field(col).type
+            if col not in first_types:
+                first_types[col] = (t, frag.path)
+            elif first_types[col][0] != t:
+                raise DataError(
+                    f"{frag.path}: column {col!r} has type {t} but {first_types[col][1]} has {first_types[col][0]}; "
+                    "all files of a dataset must share one schema"
+                )
+        for i in range(meta.num_row_groups):
+            rows = meta.row_group(i).num_rows
+            if rows:
+                units.append(RowGroup(frag.path, i, rows))
+    return dataset, units, fragments
+
+
+def _rng(*keys: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in keys])
+
+
+class ParquetStream:
+    """An iterable of `Batch` over a Parquet dataset for one rank.
+
+    Args:
+        path: a Parquet file, a folder (hive partitions such as `date=2026-01-01/` allowed) or a list of them.
+        spec: the feature spec; its columns are the only ones read.
+        batch_size: rows per batch.
+        rank, world_size: this process's place among the data-parallel ranks.
+        num_workers: DataLoader worker processes (0: read in this process).
+        seed: seeds the per-epoch unit shuffle and the shuffle buffer.
+        shuffle: shuffle row-group order each epoch.
+        shuffle_buffer_rows: if > 0, also permute rows within windows of this many rows.
+        drop_remainder: give every rank the same number of full batches (training); False keeps
+            every row, the last batch of each slot may be short (evaluation on one rank).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | list,
+        spec: FeatureSpec,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer_rows: int = 0,
+        drop_remainder: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if shuffle_buffer_rows < 0:
+            raise ValueError(f"shuffle_buffer_rows must be >= 0, got {shuffle_buffer_rows}")
+        self.spec = spec
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.shuffle = shuffle
+        self.window = -(-shuffle_buffer_rows // batch_size) * batch_size if shuffle_buffer_rows else 0
+        self.drop_remainder = drop_remainder
+        self.columns = spec.columns()
+        self.dataset, self.units, fragments = _discover(path, spec)
+        self._fragments = {f.path: f for f in fragments}
+        self.num_rows = sum(u.num_rows for u in self.units)
+        self.fingerprint = hashlib.sha1(
+            "|".join(f"{u.path}:{u.index}:{u.num_rows}" for u in self.units).encode()
+        ).hexdigest()[:16]
+        self.epoch = 0
+        self.batch = 0
+        self._plans: dict[int, tuple[list[list[RowGroup]], list[int]]] = {}
+        self._converter = ArrowConverter(spec)
+        if drop_remainder and len(self) == 0:
+            slots = world_size * max(num_workers, 1)
+            raise DataError(
+                f"{path}: {self.num_rows} rows in {len(self.units)} row groups give no full batch of "
+                f"{batch_size} rows for each of {slots} reader slots ({world_size} ranks x "
+                f"{max(num_workers, 1)} workers); use a smaller batch_size or fewer ranks/workers"
+            )
+
+    # -- planning ------------------------------------------------------------------------
+    @property
+    def slots_per_rank(self) -> int:
+        return max(self.num_workers, 1)
+
+    def _plan(self, epoch: int) -> tuple[list[list[RowGroup]], list[int]]:
+        """(row groups of each slot, batches of each slot) for an epoch; same on every rank."""
+        if epoch not in self._plans:
+            order = list(self.units)
+            if self.shuffle:
+                perm = _rng(self.seed, epoch, 0x5EED).permutation(len(order))
+                order = [order[i] for i in perm]
+            n_slots = self.world_size * self.slots_per_rank
+            slots: list[list[RowGroup]] = [[] for _ in range(n_slots)]
+            rows = [0] * n_slots
+            for unit in order:
+                s = min(range(n_slots), key=rows.__getitem__)
+                slots[s].append(unit)
+                rows[s] += unit.num_rows
+            if self.drop_remainder:
+                steps = min(rows) // self.batch_size
+                counts = [steps] * n_slots
+            else:
+                counts = [-(-r // self.batch_size) for r in rows]
+            self._plans = {epoch: (slots, counts)}
+        return self._plans[epoch]
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the current epoch (equal on every rank with drop_remainder)."""
+        _, counts = self._plan(self.epoch)
+        first = self.rank * self.slots_per_rank
+        return sum(counts[first : first + self.slots_per_rank])
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.batch = 0
+
+    # -- position --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return self.position_after(self.batch)
+
+    def position_after(self, batches_consumed: int) -> dict:
+        """The position after `batches_consumed` batches of the current epoch (for checkpoints:
+        a prefetching pipeline has pulled more batches than the model has consumed)."""
+        return {
+            "epoch": self.epoch,
+            "batch": int(batches_consumed),
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "window": self.window,
+            "fingerprint": self.fingerprint,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("batch_size", "world_size", "num_workers", "seed", "shuffle", "window", "fingerprint"):
+            mine = self.position_after(0)[key]
+            if key in state and state[key] != mine:
+                what = "the dataset's files or row groups changed" if key == "fingerprint" else f"{key} was {state[key]}, the stream has {mine}"
+                raise DataError(f"cannot restore the data position: {what}; resume with the same data and reader settings")
+        self.epoch = int(state["epoch"])
+        self.batch = int(state["batch"])
+        if self.batch > len(self):
+            raise DataError(f"cannot restore the data position: batch {self.batch} is beyond the epoch's {len(self)} batches")
+
+    # -- reading ---------------------------------------------------------------------------
+    def _read(self, unit: RowGroup) -> Columns:
+        where = f"{unit.path} (row group {unit.index})"
+        try:
+            table = self._fragments[unit.path].subset(row_group_ids=[unit.index]).to_table(
+                columns=self.columns, use_threads=True
+            )
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{where}: cannot read: {exc}") from None
+        return self._converter.convert(table, where)
+
+    def _rows(self, units: list[RowGroup], start: int, stop: int) -> Iterator[Columns]:
+        """Rows [start, stop) of the concatenation of `units`, as Columns pieces.
+
+        The next row group is decoded and converted on a read-ahead thread (Arrow and numpy
+        release the GIL) while the caller cuts batches from the current one.
+        """
+        wanted = []
+        pos = 0
+        for unit in units:
+            lo, hi = pos, pos + unit.num_rows
+            pos = hi
+            if hi > start and lo < stop:
+                wanted.append((unit, max(start, lo) - lo, min(stop, hi) - lo))
+        if not wanted:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-read-ahead") as pool:
+            future = pool.submit(self._read, wanted[0][0])
+            for i, (unit, a, b) in enumerate(wanted):
+                cols = future.result()
+                if i + 1 < len(wanted):
+                    future = pool.submit(self._read, wanted[i + 1][0])
+                yield cols if (a, b) == (0, cols.n) else cols.slice(a, b)
+
+    def iter_slot(self, slot: int, epoch: int, start_batch: int) -> Iterator[Batch]:
+        """Batches of one slot from `start_batch` on. Deterministic in (seed, epoch, slot)."""
+        slots, counts = self._plan(epoch)
+        units, n_batches = slots[slot], counts[slot]
+        total = sum(u.num_rows for u in units)
+        end = min(n_batches * self.batch_size, total)
+        start = start_batch * self.batch_size
+        if start >= end:
+            return
+        keys = self._converter.keys
+        B = self.batch_size
+        if self.window:
+            w0 = start // self.window * self.window
+            skip = start - w0
+            for wstart in range(w0, end, self.window):
+                wend = min(wstart + self.window, end)
+                block = Columns.concat(list(self._rows(units, wstart, wend)))
+                block = block.take(_rng(self.seed, epoch, slot, wstart // self.window).permutation(block.n))
+                for s in range(skip, block.n, B):
+                    yield block.slice(s, min(s + B, block.n)).to_batch(keys)
+                skip = 0
+            return
+        pending: list[Columns] = []
+        have = 0
+        for piece in self._rows(units, start, end):
+            while piece.n:
+                take = min(B - have, piece.n)
+                pending.append(piece.slice(0, take) if take < piece.n else piece)
+                have += take
+                piece = piece.slice(take, piece.n) if take < piece.n else piece.slice(0, 0)
+                if have == B:
+                    yield Columns.concat(pending).to_batch(keys)
+                    pending, have = [], 0
+        if pending:
+            yield Columns.concat(pending).to_batch(keys)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, start = self.epoch, self.batch
+        if self.num_workers == 0:
+            for batch in self.iter_slot(self.rank, epoch, start):
+                self.batch += 1
+                yield batch
+            return
+        loader = DataLoader(
+            _WorkerSlots(self, epoch, start), batch_size=None, num_workers=self.num_workers,
+            persistent_workers=False, prefetch_factor=2,
+        )
+        for batch in loader:
+            self.batch += 1
+            yield batch
+
+
+class _WorkerSlots(IterableDataset):
+    """Worker i of the rank serves slot (i + start) % W, continuing the round-robin at `start`."""
+
+    def __init__(self, stream: ParquetStream, epoch: int, start: int) -> None:
+        self.stream, self.epoch, self.start = stream, epoch, start
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        W = self.stream.slots_per_rank
+        i = info.id if info is not None else 0
+        j = (i + self.start) % W  # this worker's slot within the rank
+        torch.set_num_threads(1)
+        consumed = self.start // W + (1 if j < self.start % W else 0)
+        return self.stream.iter_slot(self.stream.rank * W + j, self.epoch, consumed)
+
+
+__all__ = ["ParquetStream", "RowGroup"]

@@ -1,0 +1,34 @@
+"""Shared fixtures: small real datasets written once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def kuairand_source() -> Path:
+    return Path(os.environ.get("RECSYS_MTL_KUAIRAND", REPO.parent / "shared" / "data" / "kuairand"))
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> Path:
+    """8 tasks, 3 days, 24k rows in files of 4 row groups of 2048 rows; tiny tables."""
+    from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
+
+    cfg = SynthConfig(tasks=8, rows=24_000, days=3, seed=7, rows_per_file=8192, row_group_size=2048, table_scale=0.001)
+    return generate_synthetic(tmp_path_factory.mktemp("synth") / "data", cfg)
+
+
+@pytest.fixture(scope="session")
+def kuairand_dir(tmp_path_factory) -> Path:
+    from recsys_mtl.data.kuairand import convert_kuairand
+
+    src = kuairand_source()
+    if not (src / "kuairand27k_standard_kcore15_likehate.tsv").exists():
+        pytest.skip(f"KuaiRand subset not found at {src} (set RECSYS_MTL_KUAIRAND)")
+    return convert_kuairand(src, tmp_path_factory.mktemp("kuairand") / "kr")
