@@ -13,6 +13,7 @@ from recsys_mtl.config.loader import ConfigError
 COMMAND_MODULES = [
     "recsys_mtl.data.commands",
     "recsys_mtl.bench.commands",
+    "recsys_mtl.train.commands",
     "recsys_mtl.demo",
 ]
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        force=True,  # a library may have configured the root logger while commands were imported
     )
     try:
         return int(args.func(args) or 0)

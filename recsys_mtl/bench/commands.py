@@ -7,6 +7,7 @@ import importlib
 
 BENCHMARKS = {
     "data": ("recsys_mtl.bench.data", "raw pyarrow scan vs the full reader producing batches"),
+    "train": ("recsys_mtl.bench.train", "plain TorchRec loop vs the full framework step, same model"),
 }
 
 

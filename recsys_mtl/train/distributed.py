@@ -47,6 +47,7 @@ def init_distributed(device_preference: str = "auto") -> DistEnv:
         if launched:
             dist.init_process_group(backend=backend)
         else:
+            os.environ.setdefault("LOCAL_WORLD_SIZE", "1")  # read by TorchRec's topology code
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     else:
         backend = dist.get_backend()

@@ -6,13 +6,15 @@ rank and the metrics computed on the full set.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from typing import Iterable
+from typing import Iterator, Sized
 
 import torch
 import torch.distributed as dist
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recsys_mtl.config.features import FeatureSpec
 from recsys_mtl.data.batch import Batch
 
 log = logging.getLogger(__name__)
@@ -69,21 +71,44 @@ def pad_batch(batch: Batch, size: int) -> Batch:
                  sample_weights=pad(batch.sample_weights))
 
 
+def empty_batch(spec: FeatureSpec, size: int) -> Batch:
+    """`size` unlabelled rows with no ids: filler for a rank that ran out of eval batches."""
+    sparse = KeyedJaggedTensor(keys=spec.sparse_names, values=torch.zeros(0, dtype=torch.long),
+                               lengths=torch.zeros(size * len(spec.sparse_names), dtype=torch.int32))
+    return Batch(dense=torch.zeros(size, spec.num_dense), sparse=sparse,
+                 labels=torch.zeros(size, spec.num_tasks), label_mask=torch.zeros(size, spec.num_tasks, dtype=torch.bool))
+
+
+def _equal_count(batches: Sized, spec: FeatureSpec, batch_size: int, world_size: int) -> Iterator[Batch]:
+    """The rank's batches, then empty ones up to the largest rank's count (sharded lookups are collective)."""
+    n_local = len(batches)
+    n_max = n_local
+    if world_size > 1:
+        t = torch.tensor([n_local])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        n_max = int(t.item())
+    yield from itertools.islice(iter(batches), n_local)
+    for _ in range(n_max - n_local):
+        yield empty_batch(spec, batch_size)
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, batches: Iterable[Batch], batch_size: int, device: torch.device,
+def predict(model: torch.nn.Module, batches: Sized, spec: FeatureSpec, batch_size: int, device: torch.device,
             world_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits, labels and mask of the whole eval set (all ranks), on CPU.
 
-    `model(dense, sparse) -> logits`. Every rank must see the same number of
-    batches (the stream guarantees it); short batches are padded and the
-    padding masked out.
+    `model(dense, sparse) -> logits`; `batches` is a sized iterable (a stream).
+    Ranks may hold different numbers of eval rows: short batches are padded and
+    missing batches filled with empty ones, all masked out.
     """
     logits, labels, masks = [], [], []
-    for batch in batches:
+    for batch in _equal_count(batches, spec, batch_size, world_size):
         batch = pad_batch(batch, batch_size).to(device)
         logits.append(model(batch.dense, batch.sparse).float().cpu())
         labels.append(batch.labels.cpu())
         masks.append(batch.label_mask.cpu())
+    if not logits:
+        logits, labels, masks = [torch.zeros(0, spec.num_tasks)], [torch.zeros(0, spec.num_tasks)], [torch.zeros(0, spec.num_tasks, dtype=torch.bool)]
     local = (torch.cat(logits), torch.cat(labels), torch.cat(masks))
     if world_size == 1:
         return local

@@ -289,7 +289,8 @@ class Trainer:
         try:
             batch_size = self.config.data.eval_batch_size or self.config.data.batch_size
             self.eval_data.set_epoch(0)
-            logits, labels, mask = predict(self.module.model, iter(self.eval_data), batch_size, self.device,
+            self.eval_data.load_state_dict(self.eval_data.position_after(0))
+            logits, labels, mask = predict(self.module.model, self.eval_data, self.spec, batch_size, self.device,
                                            self.env.world_size)
         finally:
             self.dmp.train()
@@ -348,6 +349,7 @@ class Trainer:
                 self._resume_position = None
             else:
                 self.train_data.set_epoch(self.epoch)
+                self.train_data.load_state_dict(self.train_data.position_after(0))  # from the epoch's start
                 self.step_in_epoch = 0
             steps_in_epoch = len(self.train_data)
             remaining = steps_in_epoch - self.step_in_epoch

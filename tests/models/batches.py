@@ -1,8 +1,7 @@
-"""Small random specs and batches for model/train tests (no Parquet needed)."""
+"""Small random specs, batches and an in-memory BatchSource for model and train tests."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -50,11 +49,6 @@ def random_batch(spec: FeatureSpec, batch_size: int, seed: int = 0, label_rate: 
     labels = ((torch.rand(batch_size, t, generator=g) < 0.4) & mask).float()
     return Batch(dense=torch.randn(batch_size, spec.num_dense, generator=g), sparse=sparse, labels=labels,
                  label_mask=mask)
-
-
-@pytest.fixture
-def spec() -> FeatureSpec:
-    return tiny_spec()
 
 
 def concat_batches(parts: list[Batch]) -> Batch:

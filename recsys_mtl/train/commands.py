@@ -1,0 +1,66 @@
+"""`recsys-mtl train CONFIG [--set key=value ...] [--nproc N]`.
+
+One process by default. `--nproc N` re-launches the same command under
+torchrun (`--standalone`, N processes on this machine: gloo on CPU, nccl on
+GPUs); `torchrun --nproc_per_node N -m recsys_mtl.cli train CONFIG` works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import warnings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a multi-task model from a config (configs/*.yaml)")
+    p.add_argument("config", help="training config YAML (see recsys_mtl/config/train.py)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.seed=1 (repeatable; value parsed as YAML)")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="run N processes on this machine through torchrun (default: 1, no torchrun)")
+    p.set_defaults(func=run)
+
+
+def quiet_library_logs() -> None:
+    """TorchRec and FBGEMM log every pipeline fill, planner and kernel detail; keep our lines readable."""
+    logging.getLogger().setLevel(logging.WARNING)  # FBGEMM logs its kernel arguments on the root logger
+    logging.getLogger("recsys_mtl").setLevel(logging.INFO)
+    logging.getLogger("torchrec").setLevel(logging.WARNING)
+    logging.getLogger("torchrec.distributed.comm").setLevel(logging.ERROR)
+    logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
+    logging.getLogger("torch.distributed").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module=r"torchrec\..*")
+    warnings.filterwarnings("ignore", message=r".*is_fx_tracing.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed\..*")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
+def launch_torchrun(config: str, overrides: list[str], nproc: int) -> int:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "recsys_mtl.cli", "train", config] + [f"--set={o}" for o in overrides]
+    return subprocess.call(cmd)
+
+
+def run(args: argparse.Namespace) -> int:
+    from recsys_mtl.config.train import TrainConfig
+
+    config = TrainConfig.load(args.config, args.overrides)  # fail fast, once, before launching anything
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(args.config, args.overrides, args.nproc)
+
+    quiet_library_logs()
+    from recsys_mtl.train.distributed import init_distributed, shutdown_distributed
+    from recsys_mtl.train.trainer import Trainer
+
+    env = init_distributed(config.train.device)
+    if not env.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        Trainer(config, env=env).fit()
+    finally:
+        shutdown_distributed()
+    return 0

@@ -1,0 +1,75 @@
+import pytest
+import torch
+from torch import nn
+
+from recsys_mtl.config.loader import ConfigError, from_dict
+from recsys_mtl.config.train import ModelConfig, TrainConfig
+from recsys_mtl.losses import masked_bce
+from recsys_mtl.models import ARCHITECTURES, MultiTaskModel
+from recsys_mtl.models.embedding_init import fill_table_
+from recsys_mtl.models.layers import BatchedLinear
+
+from .batches import random_batch, tiny_spec
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_every_architecture_gives_one_logit_per_task_and_trains_every_parameter(architecture):
+    spec = tiny_spec(num_tasks=24)
+    model = MultiTaskModel(spec, ModelConfig(architecture=architecture))
+    batch = random_batch(spec, 32)
+    logits = model(batch.dense, batch.sparse)
+    assert logits.shape == (32, 24)
+    masked_bce(logits, batch.labels, batch.label_mask).losses.sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+
+
+def test_two_features_share_one_table():
+    spec = tiny_spec()
+    model = MultiTaskModel(spec, ModelConfig(architecture="shared_bottom"))
+    assert sorted(model.ebc.embedding_bags) == ["item", "user"]
+    assert model.ebc.embedding_bag_configs()[1].feature_names == ["item_id", "hist_items"]
+
+
+def test_batched_heads_equal_separate_linear_layers():
+    layer = BatchedLinear(groups=5, in_dim=7, out_dim=3)
+    x = torch.randn(4, 5, 7)
+    expected = torch.stack(
+        [nn.functional.linear(x[:, g], layer.weight[g].T, layer.bias[g]) for g in range(5)], dim=1
+    )
+    torch.testing.assert_close(layer(x), expected)
+    shared = torch.randn(4, 7)
+    torch.testing.assert_close(layer(shared), layer(shared.unsqueeze(1).expand(-1, 5, -1)))
+
+
+def test_embedding_init_of_a_block_equals_that_block_of_the_whole_table():
+    whole = torch.empty(50, 8)
+    fill_table_(whole, seed=3, table=1, num_embeddings=50)
+    block = torch.empty(20, 4)
+    fill_table_(block, seed=3, table=1, num_embeddings=50, row_offset=25, col_offset=4)
+    torch.testing.assert_close(block, whole[25:45, 4:8], rtol=0, atol=0)
+    bound = (1 / 50) ** 0.5
+    assert whole.abs().max() <= bound and whole.std() > bound / 3
+    other = torch.empty(50, 8)
+    fill_table_(other, seed=4, table=1, num_embeddings=50)
+    assert not torch.equal(whole, other)
+
+
+def test_same_seed_same_model():
+    spec = tiny_spec()
+    torch.manual_seed(0)
+    a = MultiTaskModel(spec, ModelConfig(architecture="ple"), seed=1)
+    torch.manual_seed(0)
+    b = MultiTaskModel(spec, ModelConfig(architecture="ple"), seed=1)
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), n
+
+
+def test_unknown_architecture_is_a_config_error_listing_the_choices():
+    with pytest.raises(ConfigError, match=r"model\.architecture: unknown architecture 'mmoee'; set it to one of: mmoe, ple, shared_bottom"):
+        from_dict(TrainConfig, {"data": {"train_path": "x", "spec": "y"}, "model": {"architecture": "mmoee"}}, "cfg.yaml")
+
+
+def test_unknown_sharding_type_is_a_config_error_listing_the_choices():
+    with pytest.raises(ConfigError, match=r"sharding\.tables\.user: expected one of 'table_wise' \| 'row_wise' \| 'column_wise' \| 'data_parallel', got 'rowwise'"):
+        from_dict(TrainConfig, {"data": {"train_path": "x", "spec": "y"}, "sharding": {"tables": {"user": "rowwise"}}}, "cfg.yaml")

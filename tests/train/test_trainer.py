@@ -1,0 +1,202 @@
+"""Single-process trainer behaviour on in-memory batches."""
+
+import json
+
+import pytest
+import torch
+
+from recsys_mtl.config.loader import ConfigError
+from recsys_mtl.losses import masked_bce
+from recsys_mtl.train import Trainer
+from recsys_mtl.train.checkpoint import CheckpointMismatchError
+from recsys_mtl.train.trainer import TRAIN_LOG
+from recsys_mtl.weighting import WeightingMethod, register_weighting
+
+from tests.models.batches import ListSource, random_batch, rank_batches, tiny_spec
+from tests.train.helpers import tiny_config
+
+
+def logged(out) -> list[dict]:
+    return [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]
+
+
+def test_trainer_logs_every_step_and_evaluates_each_epoch(tmp_path, caplog):
+    spec = tiny_spec()
+    cfg = tiny_config(tmp_path, train={"epochs": 2})
+    trainer = Trainer(cfg, spec=spec, train_data=ListSource(rank_batches(spec, 4, 16, 1, 0)),
+                      eval_data=ListSource(rank_batches(spec, 2, 16, 1, 0, seed=5)))
+    with caplog.at_level("INFO", logger="recsys_mtl"):
+        result = trainer.fit()
+    assert result.steps == 8 and result.epochs_completed == 2
+    records = logged(tmp_path)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert all(len(r["losses"]) == spec.num_tasks for r in records)
+    # rank_batches leaves task 5 unlabelled on steps 1, 4, 7: weight 0, loss 0
+    assert records[0]["weights"][5] == 0.0 and records[0]["losses"][5] == 0.0
+    eval_lines = [r.message for r in caplog.records if r.message.startswith("eval step")]
+    assert len(eval_lines) == 2 and "mean AUC" in eval_lines[0] and "task0=" in eval_lines[0]
+    assert set(result.eval_metrics) == set(spec.task_names)
+
+
+def test_pipeline_losses_equal_a_plain_forward_backward_loop(tmp_path):
+    """TrainPipelineSparseDist overlaps input dist with compute; it must not change the math."""
+    spec = tiny_spec()
+    batches = rank_batches(spec, 5, 16, 1, 0)
+    cfg = tiny_config(tmp_path)
+    trainer = Trainer(cfg, spec=spec, train_data=ListSource(batches))
+    trainer.fit()
+    piped = [r["losses"] for r in logged(tmp_path)]
+
+    plain = Trainer(tiny_config(tmp_path / "plain"), spec=spec, train_data=ListSource(batches))
+    losses = []
+    for batch in batches:
+        plain.optimizer.zero_grad()
+        loss, (task_losses, _, _) = plain.dmp(batch)
+        loss.backward()
+        plain.optimizer.step()
+        losses.append(task_losses.tolist())
+    torch.testing.assert_close(torch.tensor(piped), torch.tensor(losses), rtol=1e-6, atol=1e-7)
+
+
+def test_evaluation_mid_epoch_leaves_training_losses_unchanged(tmp_path):
+    """Eval detaches the pipeline with batches in flight and re-attaches it."""
+    spec = tiny_spec()
+    batches = rank_batches(spec, 6, 16, 1, 0)
+    evals = rank_batches(spec, 2, 16, 1, 0, seed=9)
+    a = Trainer(tiny_config(tmp_path / "a"), spec=spec, train_data=ListSource(batches))
+    a.fit()
+    b = Trainer(tiny_config(tmp_path / "b", train={"eval_every": 2}), spec=spec, train_data=ListSource(batches),
+                eval_data=ListSource(evals))
+    b.fit()
+    assert [r["losses"] for r in logged(tmp_path / "a")] == [r["losses"] for r in logged(tmp_path / "b")]
+
+
+def test_sharding_types_train_identically(tmp_path):
+    """Forced table-wise, row-wise (on CPU) and column-wise give the same losses; the plan shows them."""
+    spec = tiny_spec()
+    batches = rank_batches(spec, 3, 16, 1, 0)
+    runs = {}
+    for kind in ("table_wise", "row_wise", "column_wise"):
+        cfg = tiny_config(tmp_path / kind, sharding={"tables": {"user": kind, "item": kind}})
+        trainer = Trainer(cfg, spec=spec, train_data=ListSource(batches))
+        assert {p.split("/")[0] for p in _plan(trainer).values()} == {kind}
+        trainer.fit()
+        runs[kind] = torch.tensor([r["losses"] for r in logged(tmp_path / kind)])
+    torch.testing.assert_close(runs["row_wise"], runs["table_wise"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(runs["column_wise"], runs["table_wise"], rtol=1e-5, atol=1e-6)
+
+
+def test_data_parallel_table_is_trained_by_the_dense_optimizer(tmp_path):
+    spec = tiny_spec()
+    cfg = tiny_config(tmp_path, sharding={"tables": {"user": "data_parallel"}})
+    trainer = Trainer(cfg, spec=spec, train_data=ListSource(rank_batches(spec, 2, 16, 1, 0)))
+    assert _plan(trainer)["user"] == "data_parallel/dense"
+    assert any("embedding_bags.user" in k for k in trainer.dense_optimizer.params)
+    before = trainer.dmp.state_dict()["model.ebc.embedding_bags.user.weight"].clone()
+    trainer.fit()
+    assert not torch.equal(before, trainer.dmp.state_dict()["model.ebc.embedding_bags.user.weight"])
+
+
+def _plan(trainer):
+    from recsys_mtl.train.sharding import describe_plan
+
+    return describe_plan(trainer.dmp)
+
+
+def test_table_too_large_for_its_sharding_says_what_to_change(tmp_path):
+    spec = tiny_spec(rows=(4_000_000, 30))  # 4M x 8 floats = 122 MiB (+ row-wise Adagrad state)
+    cfg = tiny_config(tmp_path, sharding={"tables": {"user": "table_wise"}, "memory_per_rank_gb": 0.05})
+    with pytest.raises(ConfigError, match=r"sharding\.tables\.user: table 'user' \(4000000 x 8.*Use row_wise or column_wise"):
+        Trainer(cfg, spec=spec, train_data=ListSource([]))
+
+
+def test_unknown_table_in_sharding_overrides_is_named(tmp_path):
+    cfg = tiny_config(tmp_path, sharding={"tables": {"users": "row_wise"}})
+    with pytest.raises(ConfigError, match=r"sharding\.tables\.users: no table 'users'.*tables are: user, item"):
+        Trainer(cfg, spec=tiny_spec(), train_data=ListSource([]))
+
+
+def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    full = Trainer(tiny_config(tmp_path / "full", train={"epochs": 2}), spec=spec, train_data=ListSource(batches))
+    full.fit()
+    part = tiny_config(tmp_path / "part", train={"epochs": 2, "max_steps": 3})
+    Trainer(part, spec=spec, train_data=ListSource(batches)).fit()
+    resumed = Trainer(tiny_config(tmp_path / "part", train={"epochs": 2}), spec=spec, train_data=ListSource(batches))
+    resumed.fit()
+    assert logged(tmp_path / "full") == logged(tmp_path / "part")
+    a, b = full.dmp.state_dict(), resumed.dmp.state_dict()
+    for key in a:
+        x, y = a[key], b[key]
+        if hasattr(x, "local_shards"):
+            x, y = x.local_shards()[0].tensor, y.local_shards()[0].tensor
+        assert torch.equal(x, y), key
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint_usable(tmp_path, monkeypatch):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    cfg = tiny_config(tmp_path, train={"checkpoint": {"every": 2}, "max_steps": 2})
+    Trainer(cfg, spec=spec, train_data=ListSource(batches)).fit()
+    ckpt = tmp_path / "checkpoints"
+    assert (ckpt / "latest").read_text().strip() == "step-00000002"
+
+    import recsys_mtl.train.checkpoint as checkpoint
+
+    real_save = checkpoint.dcp.save
+
+    def save_then_crash(state, checkpoint_id):
+        real_save(state, checkpoint_id=checkpoint_id)  # the shards are written, the commit never happens
+        raise KeyboardInterrupt("killed while saving")
+
+    cfg = tiny_config(tmp_path, train={"checkpoint": {"every": 2}, "max_steps": 4})
+    trainer = Trainer(cfg, spec=spec, train_data=ListSource(batches))
+    monkeypatch.setattr(checkpoint.dcp, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    monkeypatch.undo()
+    assert (ckpt / "latest").read_text().strip() == "step-00000002"
+    assert (ckpt / ".tmp-step-00000004").exists()  # the half-finished save is left aside, never read
+    again = Trainer(cfg, spec=spec, train_data=ListSource(batches))
+    assert again.maybe_resume() and again.step == 2
+
+
+def test_checkpoint_of_another_model_shape_names_the_difference(tmp_path):
+    spec = tiny_spec()
+    Trainer(tiny_config(tmp_path, train={"max_steps": 1}), spec=spec,
+            train_data=ListSource(rank_batches(spec, 2, 16, 1, 0))).fit()
+    bigger = tiny_spec(rows=(80, 30))
+    trainer = Trainer(tiny_config(tmp_path), spec=bigger, train_data=ListSource(rank_batches(bigger, 2, 16, 1, 0)))
+    with pytest.raises(CheckpointMismatchError, match=r"tables\.user: checkpoint has \[40, 8\], this config has \[80, 8\](.|\n)*resume: false"):
+        trainer.fit()
+
+
+@register_weighting("_test_post_step")
+class PostStepRecorder(WeightingMethod):
+    needs_post_step_losses = True
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(num_tasks)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.after: list[torch.Tensor] = []
+
+    def compute(self, losses, present):
+        return present.to(losses.dtype)
+
+    def post_step(self, losses_after, present=None):
+        self.calls += 1
+        self.after.append(losses_after.clone())
+
+
+def test_post_step_weighting_gets_the_same_batch_losses_after_the_update(tmp_path):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 3, 16, 1, 0)
+    trainer = Trainer(tiny_config(tmp_path, weighting={"method": "_test_post_step"}), spec=spec,
+                      train_data=ListSource(batches))
+    trainer.fit()
+    assert int(trainer.weighting.calls) == 3
+    before = torch.tensor(logged(tmp_path)[0]["losses"])
+    after = trainer.weighting.after[0]
+    # the update lowered the first batch's losses on the tasks it had labels for
+    assert (after.sum() < before.sum()) and after.shape == before.shape
