@@ -8,6 +8,10 @@ import logging
 import sys
 
 from recsys_mtl.config.loader import ConfigError
+from recsys_mtl.data.errors import DataError
+
+# Errors about the user's input: printed as one line, exit code 2, no traceback.
+USER_ERRORS = (ConfigError, DataError, FileExistsError, FileNotFoundError)
 
 # Modules that define `register(subparsers)`; each adds its subcommands with set_defaults(func=...).
 COMMAND_MODULES = [
@@ -38,16 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except USER_ERRORS as exc:
         print(f"recsys-mtl: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
-        from recsys_mtl.data.errors import DataError
-
-        if isinstance(exc, (DataError, FileNotFoundError)):
-            print(f"recsys-mtl: error: {exc}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -32,3 +32,8 @@ def kuairand_dir(tmp_path_factory) -> Path:
     if not (src / "kuairand27k_standard_kcore15_likehate.tsv").exists():
         pytest.skip(f"KuaiRand subset not found at {src} (set RECSYS_MTL_KUAIRAND)")
     return convert_kuairand(src, tmp_path_factory.mktemp("kuairand") / "kr")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO

@@ -150,6 +150,11 @@ def _min_max(arr: pa.Array) -> tuple[int | None, int | None]:
     return mm["min"].as_py(), mm["max"].as_py()
 
 
+def _array(col: pa.ChunkedArray) -> pa.Array:
+    """One array for a column; `combine_chunks()` copies even a single chunk, so avoid it."""
+    return col.chunks[0] if col.num_chunks == 1 else col.combine_chunks()
+
+
 def _int64(arr: pa.Array) -> np.ndarray:
     if arr.type != pa.int64():
         arr = arr.cast(pa.int64())
@@ -171,7 +176,7 @@ class ArrowConverter:
         ids: list[np.ndarray] = []
         offsets: list[np.ndarray | None] = []
         for f in self.spec.sparse:
-            col = table.column(f.source).combine_chunks()
+            col = _array(table.column(f.source))
             size = self._table_size[f.name]
             if f.multi_valued:
                 lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
@@ -206,7 +211,7 @@ class ArrowConverter:
 
         dense = np.empty((n, len(self.spec.dense)), dtype=np.float32)
         for j, f in enumerate(self.spec.dense):
-            col = table.column(f.source).combine_chunks()
+            col = _array(table.column(f.source))
             if col.null_count:
                 col = pc.fill_null(col, f.fill)
             x = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
@@ -219,7 +224,7 @@ class ArrowConverter:
         labels = np.empty((n, len(self.spec.tasks)), dtype=np.int8)
         weights = np.ones((n, len(self.spec.tasks)), dtype=np.float32) if self._has_weights else None
         for j, t in enumerate(self.spec.tasks):
-            col = table.column(t.source).combine_chunks()
+            col = _array(table.column(t.source))
             if pa.types.is_boolean(col.type):
                 col = col.cast(pa.int8())
             if n and col.null_count < n:
@@ -232,7 +237,7 @@ class ArrowConverter:
                     )
             labels[:, j] = pc.fill_null(col, -1).cast(pa.int8()).to_numpy(zero_copy_only=False)
             if t.weight_column:
-                w = table.column(t.weight_column).combine_chunks()
+                w = _array(table.column(t.weight_column))
                 weights[:, j] = pc.fill_null(w, 0).to_numpy(zero_copy_only=False)
         return Columns(n=n, ids=ids, offsets=offsets, dense=dense, labels=labels, weights=weights)
 

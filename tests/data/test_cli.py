@@ -1,0 +1,57 @@
+"""The data commands as a user runs them: exit codes, output, and error messages."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from recsys_mtl.cli import main
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "recsys_mtl.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_data_synth_then_summary(tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert main(["data", "synth", "--tasks", "5", "--rows", "3000", "--days", "2", "--table-scale", "0.001", "--out", str(out)]) == 0
+    assert "wrote 3,000 rows, 5 tasks, 2 days" in capsys.readouterr().out
+    assert main(["data", "summary", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3,000 rows in 2 files" in text and "click" in text and "multi-valued features" in text
+
+
+def test_synth_into_existing_folder_fails_cleanly_with_exit_code_2(tmp_path):
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "precious.txt").write_text("mine")
+    r = run_cli("data", "synth", "--rows", "100", "--out", tmp_path / "keep")
+    assert r.returncode == 2 and "already exists and is not empty" in r.stderr
+    assert (tmp_path / "keep" / "precious.txt").read_text() == "mine"
+
+
+def test_bad_spec_is_reported_without_a_traceback(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"name": "x", "tabels": {}}))
+    r = run_cli("data", "summary", tmp_path / "d", "--spec", tmp_path / "spec.yaml")
+    assert r.returncode == 2
+    assert "spec.yaml: tabels: unknown key (did you mean 'tables'?)" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_kuairand_command(tmp_path, kuairand_dir, capsys):
+    from conftest import kuairand_source
+
+    assert main(["data", "kuairand", "--src", str(kuairand_source()), "--out", str(tmp_path / "kr")]) == 0
+    assert (tmp_path / "kr" / "train").is_dir() and (tmp_path / "kr" / "test").is_dir()
+
+
+def test_bench_data_prints_both_throughputs_and_their_ratio(tmp_path, capsys):
+    assert main(["bench", "data", "--rows", "20000", "--tasks", "4", "--repeats", "1", "--batch-size", "1024", "--cache", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "raw pyarrow scan" in text and "ParquetStream" in text and "reader/raw" in text
+
+
+def test_demo_generates_streams_and_summarises(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--rows", "20000", "--tasks", "6"]) == 0
+    text = capsys.readouterr().out
+    assert "20,000 rows" in text and "base rate" in text
