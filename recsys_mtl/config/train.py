@@ -98,6 +98,10 @@ class ModelConfig:
     dense_tower: list[int] = dataclasses.field(default_factory=lambda: [64])
     task_tower: list[int] = dataclasses.field(default_factory=lambda: [32])
     dropout: float = 0.0
+    # wide part (Wide & Deep): every table row also holds one weight per task, summed into that
+    # task's logit with a linear term on the dense features; a per-task logistic regression over
+    # the ids inside the same tables. Costs T extra floats (rounded up to a multiple of 4) per row.
+    wide: bool = False
     shared_bottom: SharedBottomConfig = dataclasses.field(default_factory=SharedBottomConfig)
     mmoe: MMoEConfig = dataclasses.field(default_factory=MMoEConfig)
     ple: PLEConfig = dataclasses.field(default_factory=PLEConfig)
@@ -134,10 +138,12 @@ class EmbeddingOptimConfig:
     type: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
     lr: float = 0.05
     eps: float = 1e-8
+    weight_decay: float = 0.0  # L2, applied by the fused kernel to the rows a batch touches
 
     def validate(self, where: Where) -> None:
         _positive(where, "lr", self.lr)
         _positive(where, "eps", self.eps)
+        _positive(where, "weight_decay", self.weight_decay, allow_zero=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,35 +40,42 @@ def hashed_uniform(seed: int, table: int, rows: torch.Tensor, cols: torch.Tensor
 
 @torch.no_grad()
 def fill_table_(weight: torch.Tensor, seed: int, table: int, num_embeddings: int,
-                row_offset: int = 0, col_offset: int = 0) -> None:
-    """Write the table's values for the block starting at (row_offset, col_offset) into `weight`."""
+                row_offset: int = 0, col_offset: int = 0, zero_from_col: int | None = None) -> None:
+    """Write the table's values for the block starting at (row_offset, col_offset) into `weight`.
+
+    Columns >= zero_from_col (the wide per-task weights) start at 0, like a logistic regression.
+    """
     bound = (1.0 / num_embeddings) ** 0.5
     rows, dim = weight.shape
     cols = torch.arange(col_offset, col_offset + dim)
+    keep = None if zero_from_col is None else (cols < zero_from_col).to(torch.float32)
     for start in range(0, rows, _CHUNK_ROWS):
         stop = min(rows, start + _CHUNK_ROWS)
         values = hashed_uniform(seed, table, torch.arange(row_offset + start, row_offset + stop), cols, bound)
+        if keep is not None:
+            values = values * keep
         weight[start:stop].copy_(values.to(weight.dtype))
 
 
 @torch.no_grad()
-def init_embedding_state_(state: dict[str, torch.Tensor], table_keys: dict[str, tuple[int, int]], seed: int) -> None:
+def init_embedding_state_(state: dict[str, torch.Tensor], table_keys: dict[str, tuple[int, int, int | None]],
+                          seed: int) -> None:
     """Fill each table's local part in a (possibly sharded) state_dict in place.
 
-    table_keys: state_dict key -> (table index, num_embeddings). Works on plain
-    tensors (unsharded or data-parallel) and ShardedTensor shards.
+    table_keys: state_dict key -> (table index, num_embeddings, first zero column or None).
+    Works on plain tensors (unsharded or data-parallel) and ShardedTensor shards.
     """
-    for key, (index, num_embeddings) in table_keys.items():
+    for key, (index, num_embeddings, zero_from) in table_keys.items():
         value = state[key]
         if isinstance(value, ShardedTensor):
             for shard in value.local_shards():
                 r, c = shard.metadata.shard_offsets
-                fill_table_(shard.tensor, seed, index, num_embeddings, r, c)
+                fill_table_(shard.tensor, seed, index, num_embeddings, r, c, zero_from)
         elif hasattr(value, "to_local") and hasattr(value, "device_mesh"):  # DTensor
             from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
             local = value.to_local()
             _, offset = compute_local_shape_and_global_offset(value.shape, value.device_mesh, value.placements)
-            fill_table_(local, seed, index, num_embeddings, int(offset[0]), int(offset[1]))
+            fill_table_(local, seed, index, num_embeddings, int(offset[0]), int(offset[1]), zero_from)
         else:
-            fill_table_(value, seed, index, num_embeddings)
+            fill_table_(value, seed, index, num_embeddings, zero_from_col=zero_from)

@@ -24,12 +24,18 @@ from recsys_mtl.models.layers import MLP, BatchedLinear, BatchedMLP
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 
 
-def embedding_bag_configs(spec: FeatureSpec) -> list[EmbeddingBagConfig]:
+def wide_columns(spec: FeatureSpec, wide: bool) -> int:
+    """Extra columns per table row for the wide part: T, rounded up to a multiple of 4 (FBGEMM rows)."""
+    return -(-spec.num_tasks // 4) * 4 if wide else 0
+
+
+def embedding_bag_configs(spec: FeatureSpec, wide: bool = False) -> list[EmbeddingBagConfig]:
     """One EmbeddingBagConfig per spec table, listing every feature that reads it."""
+    extra = wide_columns(spec, wide)
     return [
         EmbeddingBagConfig(
             name=name,
-            embedding_dim=table.embedding_dim,
+            embedding_dim=table.embedding_dim + extra,
             num_embeddings=table.num_embeddings,
             feature_names=spec.features_of_table(name),
             pooling=_POOLING[table.pooling],
@@ -40,6 +46,10 @@ def embedding_bag_configs(spec: FeatureSpec) -> list[EmbeddingBagConfig]:
 
 class MultiTaskModel(nn.Module):
     """Plain (unsharded) module; DistributedModelParallel shards its `ebc`.
+
+    With `config.wide`, each table row is [deep embedding | one weight per task]:
+    the deep columns feed the architecture, the per-task columns are summed over
+    features into that task's logit (a logistic regression on the ids).
 
     embedding_device="meta" builds the tables without memory (DMP materialises
     only each rank's shards; call `init_embeddings_` on the sharded state).
@@ -60,8 +70,11 @@ class MultiTaskModel(nn.Module):
         self.seed = seed
         self.sparse_names = spec.sparse_names
         self.num_tasks = spec.num_tasks
+        self.wide = config.wide
+        self.deep_dims = [spec.tables[f.table].embedding_dim for f in spec.sparse]
         embedding_device = embedding_device if embedding_device is not None else device
-        self.ebc = EmbeddingBagCollection(tables=embedding_bag_configs(spec), device=torch.device(embedding_device or "cpu"))
+        self.ebc = EmbeddingBagCollection(tables=embedding_bag_configs(spec, config.wide),
+                                          device=torch.device(embedding_device or "cpu"))
         if self.ebc.embedding_bags[next(iter(spec.tables))].weight.device.type != "meta":
             self.init_embeddings_(self.state_dict(), prefix="")
 
@@ -72,11 +85,13 @@ class MultiTaskModel(nn.Module):
             self.architecture = ARCHITECTURES[config.architecture](emb_out + dense_out, self.num_tasks, config)
             self.task_towers = BatchedMLP(self.num_tasks, self.architecture.out_dim, config.task_tower, config.dropout)
             self.heads = BatchedLinear(self.num_tasks, self.task_towers.out_dim, 1)
+            self.wide_dense = nn.Linear(spec.num_dense, self.num_tasks) if config.wide and spec.num_dense else None
 
-    def table_state_keys(self, prefix: str) -> dict[str, tuple[int, int]]:
-        """state_dict key of each table's weight -> (table index, num_embeddings)."""
+    def table_state_keys(self, prefix: str) -> dict[str, tuple[int, int, int | None]]:
+        """state_dict key of each table's weight -> (table index, num_embeddings, first wide column)."""
         return {
-            f"{prefix}ebc.embedding_bags.{name}.weight": (i, table.num_embeddings)
+            f"{prefix}ebc.embedding_bags.{name}.weight": (i, table.num_embeddings,
+                                                           table.embedding_dim if self.wide else None)
             for i, (name, table) in enumerate(self.spec.tables.items())
         }
 
@@ -86,9 +101,18 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.ebc(sparse).to_dict()  # by key: column order changes after sharding
-        parts = [pooled[name] for name in self.sparse_names]
+        if self.wide:
+            parts = [pooled[name][:, :dim] for name, dim in zip(self.sparse_names, self.deep_dims)]
+            wide = torch.stack(
+                [pooled[name][:, dim : dim + self.num_tasks] for name, dim in zip(self.sparse_names, self.deep_dims)]
+            ).sum(dim=0)
+            if self.wide_dense is not None:
+                wide = wide + self.wide_dense(dense)
+        else:
+            parts = [pooled[name] for name in self.sparse_names]
         if self.dense_tower is not None:
             parts.append(self.dense_tower(dense))
         x = torch.cat(parts, dim=1)
         h = self.task_towers(self.architecture(x))  # [B, T, H]
-        return self.heads(h).squeeze(-1)  # [B, T]
+        logits = self.heads(h).squeeze(-1)  # [B, T]
+        return logits + wide if self.wide else logits

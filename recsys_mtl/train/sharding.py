@@ -66,6 +66,11 @@ def fused_params(optim: EmbeddingOptimConfig) -> dict:
     params = {"optimizer": _FUSED_OPTIMIZER[optim.type], "learning_rate": optim.lr}
     if optim.type != "sgd":
         params["eps"] = optim.eps
+    if optim.weight_decay:
+        from fbgemm_gpu.split_embedding_configs import WeightDecayMode
+
+        params["weight_decay"] = optim.weight_decay
+        params["weight_decay_mode"] = WeightDecayMode.L2
     return params
 
 
@@ -95,7 +100,7 @@ def _gib(n: float) -> str:
 
 
 def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: str,
-                          world_size: int, capacity: int) -> None:
+                          world_size: int, capacity: int, extra_columns: int = 0) -> None:
     """Raise ConfigError for unknown table names and for forced shardings that cannot fit one rank."""
     for table, choice in config.tables.items():
         if table not in spec.tables:
@@ -104,14 +109,15 @@ def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: 
                 f"its tables are: {', '.join(spec.tables)}"
             )
         t = spec.tables[table]
-        full = table_bytes(t.num_embeddings, t.embedding_dim, optimizer)
+        dim = t.embedding_dim + extra_columns
+        full = table_bytes(t.num_embeddings, dim, optimizer)
         if choice in ("table_wise", "data_parallel"):
             per_rank = full
         elif choice == "row_wise":
-            per_rank = table_bytes(-(-t.num_embeddings // world_size), t.embedding_dim, optimizer)
+            per_rank = table_bytes(-(-t.num_embeddings // world_size), dim, optimizer)
         else:  # column_wise: shards of >= 4 columns, spread over the ranks
-            shards = max(1, min(world_size, t.embedding_dim // 4))
-            per_rank = table_bytes(t.num_embeddings, -(-t.embedding_dim // shards), optimizer)
+            shards = max(1, min(world_size, dim // 4))
+            per_rank = table_bytes(t.num_embeddings, -(-dim // shards), optimizer)
         if per_rank > capacity:
             fixes = []
             if choice in ("table_wise", "data_parallel"):
@@ -119,7 +125,7 @@ def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: 
             fixes.append("more ranks")
             fixes.append(f"fewer rows (feature spec tables.{table}.num_embeddings, e.g. hashed ids)")
             raise ConfigError(
-                f"sharding.tables.{table}: table {table!r} ({t.num_embeddings} x {t.embedding_dim}, "
+                f"sharding.tables.{table}: table {table!r} ({t.num_embeddings} x {dim}, "
                 f"{_gib(full)} with {optimizer} state) needs {_gib(per_rank)} per rank as {choice} over "
                 f"{world_size} rank(s), but a rank has {_gib(capacity)} "
                 f"(sharding.memory_per_rank_gb). Use " + ", or ".join(fixes) + "."
@@ -146,10 +152,11 @@ def parameter_constraints(spec: FeatureSpec, config: ShardingConfig) -> dict[str
 
 
 def plan_sharding(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, optim: EmbeddingOptimConfig,
-                  sharders: list, world_size: int, device: torch.device, batch_size: int) -> ShardingPlan:
+                  sharders: list, world_size: int, device: torch.device, batch_size: int,
+                  extra_columns: int = 0) -> ShardingPlan:
     """Plan on every rank (the planner is deterministic), fail together, then use rank 0's plan."""
     capacity = memory_per_rank_bytes(config, device)
-    check_forced_sharding(spec, config, optim.type, world_size, capacity)
+    check_forced_sharding(spec, config, optim.type, world_size, capacity, extra_columns)
     topology = Topology(
         world_size=world_size,
         compute_device=device.type,
@@ -184,12 +191,16 @@ def plan_sharding(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, 
 
 
 def shard_model(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, optim: EmbeddingOptimConfig,
-                device: torch.device, batch_size: int, pg: dist.ProcessGroup | None = None) -> DistributedModelParallel:
-    """Plan and wrap `module` in DMP; dense parts are DDP-wrapped, tables sharded with fused optimizers."""
+                device: torch.device, batch_size: int, pg: dist.ProcessGroup | None = None,
+                extra_columns: int = 0) -> DistributedModelParallel:
+    """Plan and wrap `module` in DMP; dense parts are DDP-wrapped, tables sharded with fused optimizers.
+
+    extra_columns: columns the model adds to every spec table (the wide part), for the memory check.
+    """
     pg = pg or dist.group.WORLD
     world_size = dist.get_world_size(pg)
     sharders = build_sharders(optim)
-    plan = plan_sharding(module, spec, config, optim, sharders, world_size, device, batch_size)
+    plan = plan_sharding(module, spec, config, optim, sharders, world_size, device, batch_size, extra_columns)
     return DistributedModelParallel(
         module=module,
         env=ShardingEnv.from_process_group(pg),

@@ -35,6 +35,7 @@ from recsys_mtl.config.loader import ConfigError, to_dict
 from recsys_mtl.config.train import DenseOptimConfig, TrainConfig
 from recsys_mtl.data.batch import Batch
 from recsys_mtl.models import MultiTaskModel
+from recsys_mtl.models.multitask import wide_columns
 from recsys_mtl.train.checkpoint import CheckpointManager, pack, rng_state, set_rng_state, unpack
 from recsys_mtl.train.distributed import DistEnv, init_distributed
 from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
@@ -146,7 +147,7 @@ class Trainer:
         self.model = MultiTaskModel(self.spec, config.model, seed=tc.seed, device=self.device, embedding_device="meta")
         module = MultiTaskTrainModule(self.model, self.weighting, self.env.world_size, dist.group.WORLD)
         self.dmp = shard_model(module, self.spec, config.sharding, config.optim.embedding, self.device,
-                               config.data.batch_size)
+                               config.data.batch_size, extra_columns=wide_columns(self.spec, config.model.wide))
         self.model.init_embeddings_(self.dmp.state_dict(), prefix="model.")
         if self.env.is_main:
             log.info("sharding plan: %s", describe_plan(self.dmp))
