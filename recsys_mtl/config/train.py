@@ -138,12 +138,10 @@ class EmbeddingOptimConfig:
     type: Literal["rowwise_adagrad", "adagrad", "sgd"] = "rowwise_adagrad"
     lr: float = 0.05
     eps: float = 1e-8
-    weight_decay: float = 0.0  # L2, applied by the fused kernel to the rows a batch touches
 
     def validate(self, where: Where) -> None:
         _positive(where, "lr", self.lr)
         _positive(where, "eps", self.eps)
-        _positive(where, "weight_decay", self.weight_decay, allow_zero=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,11 +66,6 @@ def fused_params(optim: EmbeddingOptimConfig) -> dict:
     params = {"optimizer": _FUSED_OPTIMIZER[optim.type], "learning_rate": optim.lr}
     if optim.type != "sgd":
         params["eps"] = optim.eps
-    if optim.weight_decay:
-        from fbgemm_gpu.split_embedding_configs import WeightDecayMode
-
-        params["weight_decay"] = optim.weight_decay
-        params["weight_decay_mode"] = WeightDecayMode.L2
     return params
 
 

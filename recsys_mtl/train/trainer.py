@@ -295,7 +295,7 @@ class Trainer:
                                            self.env.world_size)
         finally:
             self.dmp.train()
-            self.pipeline.attach(sparse_dist=False)
+            self._reattach()
         metrics = task_metrics(logits, labels, mask, self.spec.task_names)
         self.last_eval = metrics
         if self.env.is_main:
@@ -303,6 +303,13 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_eval(self, self.step, self.epoch, metrics)
         return metrics
+
+    def _reattach(self) -> None:
+        """Give the model back to the pipeline without re-running input dist for in-flight batches."""
+        try:
+            self.pipeline.attach(self.dmp, sparse_dist=False)
+        except TypeError:  # TorchRec releases whose attach() has no sparse_dist argument
+            self.pipeline.attach(self.dmp)
 
     @torch.no_grad()
     def _post_step_losses(self, batch: Batch) -> None:
@@ -313,7 +320,7 @@ class Trainer:
             logits = self.module.model(batch.dense, batch.sparse)
             _, losses, _ = self.module.task_loss(logits, batch.labels, batch.label_mask, batch.sample_weights)
         finally:
-            self.pipeline.attach(sparse_dist=False)
+            self._reattach()
         present = batch.label_mask.any(dim=0)
         if self.env.world_size > 1:
             present = present.to(torch.int32)

@@ -12,10 +12,11 @@ from recsys_mtl.models.layers import BatchedLinear
 from .batches import random_batch, tiny_spec
 
 
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-def test_every_architecture_gives_one_logit_per_task_and_trains_every_parameter(architecture):
+def test_every_architecture_gives_one_logit_per_task_and_trains_every_parameter(architecture, wide):
     spec = tiny_spec(num_tasks=24)
-    model = MultiTaskModel(spec, ModelConfig(architecture=architecture))
+    model = MultiTaskModel(spec, ModelConfig(architecture=architecture, wide=wide))
     batch = random_batch(spec, 32)
     logits = model(batch.dense, batch.sparse)
     assert logits.shape == (32, 24)
@@ -73,3 +74,20 @@ def test_unknown_architecture_is_a_config_error_listing_the_choices():
 def test_unknown_sharding_type_is_a_config_error_listing_the_choices():
     with pytest.raises(ConfigError, match=r"sharding\.tables\.user: expected one of 'table_wise' \| 'row_wise' \| 'column_wise' \| 'data_parallel', got 'rowwise'"):
         from_dict(TrainConfig, {"data": {"train_path": "x", "spec": "y"}, "sharding": {"tables": {"user": "rowwise"}}}, "cfg.yaml")
+
+
+def test_wide_columns_start_at_zero_and_hold_one_weight_per_task():
+    spec = tiny_spec(num_tasks=6)
+    model = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True))
+    weight = model.ebc.embedding_bags["user"].weight
+    assert weight.shape == (40, 8 + 8)  # 8 deep columns + 6 task weights rounded up to 8
+    assert weight[:, 8:].abs().sum() == 0 and weight[:, :8].abs().sum() > 0
+    batch = random_batch(spec, 16)
+    with torch.no_grad():
+        before = model(batch.dense, batch.sparse)
+        user = batch.sparse["user_id"].values()
+        weight[user, 8 + 2] += 1.0  # raise task 2's weight for every user in the batch
+        after = model(batch.dense, batch.sparse)
+    delta = after - before
+    torch.testing.assert_close(delta[:, 2], torch.ones(16))
+    assert delta[:, [0, 1, 3, 4, 5]].abs().max() < 1e-6
