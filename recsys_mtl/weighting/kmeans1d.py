@@ -61,7 +61,7 @@ def kmeans_1d_exact(x: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[torch
     length = (i_idx - a_idx).to(dt)
     seg1 = s1.view(1, -1) - s1.view(-1, 1)
     seg2 = s2.view(1, -1) - s2.view(-1, 1)
-    inf = torch.tensor(float("inf"), dtype=dt, device=dev)
+    inf = torch.full((), float("inf"), dtype=dt, device=dev)  # a fill, not a host-to-device copy
     cost = torch.where(i_idx > a_idx, (seg2 - seg1 * seg1 / length.clamp_min(1)).clamp_min(0), inf)  # (T+1, T+1)
 
     prev = torch.where(idx == 0, torch.zeros((), dtype=dt, device=dev), inf)  # D[0, :]
@@ -74,7 +74,7 @@ def kmeans_1d_exact(x: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[torch
         prev = best
     back = torch.stack(args)  # (kk, T+1): start of the last cluster of the best j-partition of the first i points
 
-    jstar = torch.minimum(n, torch.tensor(kk, device=dev))  # clusters actually used (0 when no valid point)
+    jstar = n.clamp_max(kk)  # clusters actually used (0 when no valid point)
     end = n.view(1)
     starts = []
     for j in range(kk, 0, -1):
