@@ -64,25 +64,26 @@ def kmeans_1d_exact(x: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[torch
     inf = torch.full((), float("inf"), dtype=dt, device=dev)  # a fill, not a host-to-device copy
     cost = torch.where(i_idx > a_idx, (seg2 - seg1 * seg1 / length.clamp_min(1)).clamp_min(0), inf)  # (T+1, T+1)
 
-    prev = torch.where(idx == 0, torch.zeros((), dtype=dt, device=dev), inf)  # D[0, :]
-    rows, args = [], []
-    for _ in range(kk):
-        total = prev.view(-1, 1) + cost  # [a, i]
-        best, arg = total.min(dim=0)
-        rows.append(best)
+    # D[1, i] = SSE(0, i); then k-1 min-plus steps. back[j-1, i]: start of the last cluster of the
+    # best j-partition of the first i points (0 for j = 1), kept as kk rows of (T+1,).
+    prev = cost[0]
+    args = [torch.zeros(t + 1, dtype=torch.long, device=dev)]
+    for _ in range(kk - 1):
+        prev, arg = (prev.view(-1, 1) + cost).min(dim=0)
         args.append(arg)
-        prev = best
-    back = torch.stack(args)  # (kk, T+1): start of the last cluster of the best j-partition of the first i points
 
-    jstar = n.clamp_max(kk)  # clusters actually used (0 when no valid point)
+    # Backtrack from (jstar, n), jstar = min(k, n) clusters used (0 when no point is valid).
+    # Rows j > jstar are walked too but leave `end` at n, and their starts are masked below.
+    jstar = n.clamp_max(kk)
+    used = torch.arange(1, kk + 1, device=dev) <= jstar
+    used_rows = used.view(-1, 1).unbind(0)
     end = n.view(1)
     starts = []
     for j in range(kk, 0, -1):
-        a = back[j - 1].gather(0, end)
-        used = jstar >= j
-        starts.append(torch.where(used, a, torch.full_like(a, t + 1)))  # unused cluster: start past every point
-        end = torch.where(used, a, end)
-    starts_t = torch.cat(starts[::-1])  # (kk,) start of cluster j-1 in sorted order
+        a = args[j - 1].gather(0, end)
+        end = torch.where(used_rows[j - 1], a, end)
+        starts.append(a)
+    starts_t = torch.where(used, torch.cat(starts[::-1]), t + 1)  # unused cluster: starts past every point
     pos = torch.arange(t, device=dev)
     label_sorted = (starts_t.view(1, -1) <= pos.view(-1, 1)).sum(1) - 1
     labels = torch.empty_like(label_sorted).scatter_(0, order, label_sorted)

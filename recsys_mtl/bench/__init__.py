@@ -1,0 +1,1 @@
+"""Benchmarks: how much each stage costs (weighting.py: the task-weighting step)."""
