@@ -39,10 +39,10 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 def counter_normal(seed: int, step: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
     """n standard normal draws determined by (seed, step), via Box-Muller on hashed counters."""
-    idx = torch.arange(n, device=step.device, dtype=torch.int64)
+    idx = torch.arange(2 * n, device=step.device, dtype=torch.int64)
     base = _hash32((seed & _M32) ^ _hash32((step & _M32) ^ 0x9E3779B9))
-    u1 = (_hash32(base ^ _hash32(2 * idx)).to(torch.float64) + 0.5) / 2.0**32
-    u2 = (_hash32(base ^ _hash32(2 * idx + 1)).to(torch.float64) + 0.5) / 2.0**32
+    u = (_hash32(base ^ _hash32(idx)).to(torch.float64) + 0.5) / 2.0**32  # uniform in (0, 1)
+    u1, u2 = u[:n], u[n:]
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(dtype)
 
 
