@@ -12,7 +12,7 @@ compiles under torch.compile(fullgraph=True) and can be captured in a CUDA graph
 
 Trainer contract (no method-specific branches):
 
-    w = weighting(losses.detach(), present)          # losses all-reduced (AVG) across ranks first
+    w = weighting(losses.detach(), present)          # global losses and presence, identical on every rank
     loss = (w * losses).sum()
     loss.backward(); optimizer.step()
     if weighting.needs_post_step_losses:             # class attribute, known at build time
@@ -21,6 +21,13 @@ Trainer contract (no method-specific branches):
                             all-reduced like `losses`>
         weighting.post_step(losses_after, present)
 
+Global losses: every rank must pass the same L and `present`, or ranks diverge. With every
+task present on every rank, all_reduce(L, AVG) is enough; with label masks, prefer
+L = all_reduce(sum of per-sample losses, SUM) / all_reduce(label count, SUM) and
+present = label count > 0 (an AVG of per-rank means is biased when a task is missing on
+some ranks). `needs_post_step_losses` is a class attribute: a trainer that cannot afford a
+second forward can reject such methods at build time, never inside the step.
+
 For tracking: `last_weights` / `last_present` hold the latest step's weights and
 presence mask, `tracking_state()` adds method-specific per-task tensors and
 `summary()` a few scalars; all are tensors, read them at logging time only.
@@ -28,6 +35,7 @@ presence mask, `tracking_state()` adds method-specific per-task tensors and
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, ClassVar
 
@@ -114,7 +122,15 @@ def build_weighting(name: str, num_tasks: int, **kwargs: Any) -> WeightingMethod
     """Construct a registered method from its config name and keyword arguments."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown weighting method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](num_tasks=num_tasks, **kwargs)
+    cls = _REGISTRY[name]
+    params = {p.name: p for p in list(inspect.signature(cls.__init__).parameters.values())[1:] if p.name != "num_tasks"}
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ValueError(f"weighting method {name!r}: unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(params) or 'none'}")
+    missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty and p not in kwargs]
+    if missing:
+        raise ValueError(f"weighting method {name!r}: missing required argument(s) {', '.join(missing)}")
+    return cls(num_tasks=num_tasks, **kwargs)
 
 
 def check_number(owner: str, name: str, value: Any, *, low: float | None = None, low_inclusive: bool = True,

@@ -167,6 +167,28 @@ def test_constructors_reject_bad_arguments_naming_argument_value_and_range(name,
         build_weighting(name, num_tasks, **dict(KWARGS.get(name, {}), **kwargs))
 
 
+def test_build_rejects_unknown_and_missing_config_arguments_by_name():
+    with pytest.raises(ValueError, match=r"weighting method 'go4align': unknown argument\(s\) groups; allowed: num_groups, beta"):
+        build_weighting("go4align", 3, groups=2)
+    with pytest.raises(ValueError, match=r"weighting method 'go4align': missing required argument\(s\) num_groups"):
+        build_weighting("go4align", 3)
+
+
 def test_wrong_loss_shape_is_rejected():
     with pytest.raises(ValueError, match=r"EqualWeights: losses must have shape \(5,\), got \(4,\)"):
         make("equal")(torch.ones(4))
+
+
+def test_state_dict_names_are_pinned_so_old_checkpoints_keep_loading():
+    expected = {
+        "dwa": ["loss_prev", "loss_prev2", "seen"],
+        "equal": [],
+        "famo": ["logits", "prev_losses", "prev_present", "adam_exp_avg", "adam_exp_avg_sq", "adam_steps"],
+        "go4align": ["cum_loss"],
+        "group_dro": ["log_q"],
+        "random": ["step"],
+        "softmax_uncertainty": [],
+        "static": ["static_weights"],
+        "uncertainty": ["log_var", "adam_exp_avg", "adam_exp_avg_sq", "adam_steps"],
+    }
+    assert {name: list(make(name).state_dict()) for name in ALL} == expected
