@@ -35,7 +35,7 @@ def run(method: WeightingMethod, losses: torch.Tensor, present: torch.Tensor) ->
     for l, p in zip(losses, present):
         out.append(method(l, p))
         if method.needs_post_step_losses:
-            shrink = 0.8 + 0.15 * torch.frac(l / l.sum() * 7.0)
+            shrink = 0.8 + 0.15 * torch.frac(l / torch.where(p, l, 0).sum() * 7.0)
             method.post_step(l * shrink, p)
     return torch.stack(out)
 
@@ -192,3 +192,15 @@ def test_state_dict_names_are_pinned_so_old_checkpoints_keep_loading():
         "uncertainty": ["log_var", "adam_exp_avg", "adam_exp_avg_sq", "adam_steps"],
     }
     assert {name: list(make(name).state_dict()) for name in ALL} == expected
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_losses_of_absent_tasks_are_ignored_even_if_nan(name):
+    # a masked mean over zero labels is 0/0 = nan: it must not leak into weights or state
+    losses, present = trace(10)
+    with_nan = torch.where(present, losses, torch.full_like(losses, float("nan")))
+    with_junk = torch.where(present, losses, torch.full_like(losses, 123.0))
+    a, b = make(name).double(), make(name).double()
+    torch.testing.assert_close(run(a, with_nan, present), run(b, with_junk, present), rtol=0, atol=0)
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(value, b.state_dict()[key], rtol=0, atol=0, equal_nan=False)
