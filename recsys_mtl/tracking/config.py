@@ -32,8 +32,10 @@ class TrackingConfig:
     http_timeout_s: int = 10
     #: 0 turns system metrics off
     system_metrics_interval_s: float = 15.0
-    #: training metrics are worth sending every n steps; see RunTracker.due(step)
-    train_metrics_every_n_steps: int = 1
+    #: training metrics are worth sending every n steps; see RunTracker.due(step). Delivery costs the
+    #: training process's background thread ~100 us CPU a metric on sqlite, ~22 us over http (measured,
+    #: 2 cores): 200 metrics every 100 steps of 10 ms is ~2% (sqlite) / ~0.5% (http) of one core.
+    train_metrics_every_n_steps: int = 100
     #: render heatmaps of train/weight and train/group vectors at close()
     plots: bool = True
 

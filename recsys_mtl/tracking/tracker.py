@@ -130,12 +130,16 @@ class RunTracker(NullTracker):
         self._tags: dict[str, str] = {}
         self._artifacts: list[tuple[str, str | None]] = []
         self._histories: dict[str, _VectorHistory] = {}
+        self._controls: list[tuple] = []
+        self._name_ok: dict[str, bool] = {}
+        self._key_cache: dict[tuple, list[str | None]] = {}
         self._last_step = 0
         self._retry_at = 0.0  # monotonic time before which the store is not tried again
         self._backoff = config.retry_initial_s
         self._closed = False
         self.delivered_metrics = 0
         self.spooled_metrics = 0
+        self.worker_cpu_s = 0.0  # CPU time the background thread has used (it shares the GIL with training)
         self._sampler = SystemSampler() if config.system_metrics_interval_s > 0 else None
         self._thread = threading.Thread(target=self._run, name=f"mlflow-tracker-{run_id[:8]}", daemon=True)
         self._thread.start()
@@ -252,21 +256,40 @@ class RunTracker(NullTracker):
 
     # ------------------------------------------------------------ background thread
 
+    def stats(self) -> dict[str, float]:
+        """Counters worth watching: metrics delivered / spooled so far, background CPU seconds, queue depth."""
+        return {"delivered_metrics": self.delivered_metrics, "spooled_metrics": self.spooled_metrics,
+                "worker_cpu_s": self.worker_cpu_s, "queued_items": self._queue.qsize()}
+
     def _run(self) -> None:
+        cpu0 = time.thread_time()
+        try:
+            self._loop()
+        finally:
+            self.worker_cpu_s = time.thread_time() - cpu0
+
+    def _loop(self) -> None:
         cfg = self.config
+        cpu0 = time.thread_time()
         next_flush = time.monotonic() + cfg.flush_interval_s
         next_sample = time.monotonic()
+        backlog = 10 * cfg.max_metrics_per_batch  # send early when this many metrics wait
         while True:
-            try:
-                item = self._queue.get(timeout=max(0.0, next_flush - time.monotonic()))
-            except queue.Empty:
-                item = None
+            if self._controls:  # flush/close met while draining the queue: handle them in order
+                item = self._controls.pop(0)
+            else:
+                try:
+                    item = self._queue.get(timeout=max(0.0, next_flush - time.monotonic()))
+                except queue.Empty:
+                    item = None
             try:
                 if item is not None:
                     kind = item[0]
                     if kind == "close":
                         self._finish(item[2])
                         item[1].set()
+                        for control in self._controls:  # a flush() racing close(): nothing left to wait for
+                            control[1].set()
                         return
                     if kind == "flush":
                         self._drain_queue()
@@ -274,28 +297,26 @@ class RunTracker(NullTracker):
                         item[1].set()
                         continue
                     self._absorb(item)
-                    if len(self._metrics) < 10 * cfg.max_metrics_per_batch:
-                        continue  # keep collecting until the timer (or a big backlog) says send
                 now = time.monotonic()
                 if self._sampler is not None and now >= next_sample:
                     self._absorb(("m", self._last_step, int(time.time() * 1000), self._sampler.sample()))
                     next_sample = now + cfg.system_metrics_interval_s
-                if now >= next_flush or len(self._metrics) >= 10 * cfg.max_metrics_per_batch:
+                if now >= next_flush or len(self._metrics) >= backlog:
                     self._deliver()
                     next_flush = time.monotonic() + cfg.flush_interval_s
+                    self.worker_cpu_s = time.thread_time() - cpu0
             except Exception:  # noqa: BLE001 - the tracker must never die silently mid-run
                 log.exception("tracking thread error (continuing)")
 
-    def _drain_queue(self) -> list[tuple]:
-        """Absorb everything already queued; returns control items found (flush/close) in order."""
-        controls = []
+    def _drain_queue(self) -> None:
+        """Absorb everything already queued; flush/close items found are kept for the loop, in order."""
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                return controls
+                return
             if item[0] in ("flush", "close"):
-                controls.append(item)
+                self._controls.append(item)
             else:
                 self._absorb(item)
 
@@ -305,7 +326,8 @@ class RunTracker(NullTracker):
             _, step, ts, metrics = item
             self._last_step = max(self._last_step, step)
             for key, value in metrics.items():
-                self._metrics.append((key, float(value.item() if hasattr(value, "item") else value), ts, step))
+                if self._valid_name(key):
+                    self._metrics.append((key, float(value.item() if hasattr(value, "item") else value), ts, step))
         elif kind == "v":
             _, step, ts, prefix, names, values = item
             self._last_step = max(self._last_step, step)
@@ -316,7 +338,8 @@ class RunTracker(NullTracker):
             if len(values) != len(names):
                 log.error("log_vector(%r): %d names for %d values; dropped", prefix, len(names), len(values))
                 return
-            self._metrics.extend((f"{prefix}/{n}", v, ts, step) for n, v in zip(names, values))
+            self._metrics.extend((k, v, ts, step) for k, v in zip(self._vector_keys(prefix, names), values)
+                                 if k is not None)
             if self.config.plots and prefix in PLOTTED_PREFIXES:
                 hist = self._histories.get(prefix)
                 if hist is None or hist.names != list(names):
@@ -329,6 +352,32 @@ class RunTracker(NullTracker):
             self._tags.update({str(k): str(v)[:MAX_PARAM_VALUE_CHARS] for k, v in item[1].items()})
         elif kind == "a":
             self._artifacts.append((item[1], item[2]))
+
+    def _valid_name(self, key: str) -> bool:
+        """MLflow's own name check, once per name: one bad name must not get a whole batch rejected."""
+        ok = self._name_ok.get(key)
+        if ok is None:
+            try:
+                from mlflow.utils.validation import _validate_metric_name
+
+                _validate_metric_name(key)
+                ok = len(key) <= 250
+            except ImportError:
+                ok = True
+            except Exception:  # noqa: BLE001 - MlflowException: invalid name
+                ok = False
+            if not ok:
+                log.error("metric name %r is not valid in MLflow (letters, digits, _ - . space : / only); dropped", key)
+            self._name_ok[key] = ok
+        return ok
+
+    def _vector_keys(self, prefix: str, names: Sequence[str]) -> list[str | None]:
+        cache_key = (prefix, tuple(names))
+        keys = self._key_cache.get(cache_key)
+        if keys is None:
+            keys = [k if self._valid_name(k) else None for k in (f"{prefix}/{n}" for n in names)]
+            self._key_cache[cache_key] = keys
+        return keys
 
     def _records(self) -> list[dict[str, Any]]:
         """Turn everything pending into spool-format records (each one log_batch or artifact call)."""

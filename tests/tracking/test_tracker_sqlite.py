@@ -138,3 +138,14 @@ def test_log_metrics_enqueue_costs_microseconds_for_200_metrics(tmp_path):
     # 1% of a nominal 10 ms CPU step is 100 us; the enqueue is a few us (loose bound for a loaded CI box)
     assert median < 100e-6, f"median enqueue {median * 1e6:.1f} us for 200 metrics"
     assert len(MlflowClient(tracking_uri=tracker.tracking_uri).get_metric_history(tracker.run_id, "train/group/t3")) == 100
+
+
+def test_an_invalid_metric_name_is_dropped_alone_and_the_rest_of_the_batch_arrives(tmp_path, caplog):
+    with RunTracker.start(_config(tmp_path, system_metrics_interval_s=0), run_name="names",
+                          work_dir=tmp_path / "work", rank=0) as tracker:
+        tracker.log_metrics(0, {"train/ok": 1.0, "train/bad!name": 2.0})
+        tracker.log_vector(0, "train/loss", ["good", "bad?"], torch.tensor([3.0, 4.0]))
+    run = MlflowClient(tracking_uri=tracker.tracking_uri).get_run(tracker.run_id)
+    assert run.data.metrics == {"train/ok": 1.0, "train/loss/good": 3.0}
+    assert "'train/bad!name' is not valid" in caplog.text
+    assert not tracker.spool_path.with_name(tracker.spool_path.name + ".rejected").exists()
