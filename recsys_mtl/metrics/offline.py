@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -397,6 +398,16 @@ class EvalReport:
         if self.comparison is not None and np.isfinite(self.comparison.mean_rel_ne_change):
             out[f"{prefix}/mean_rel_ne_change"] = self.comparison.mean_rel_ne_change
         return out
+
+    def save_ne_change_plot(self, path) -> "Path":
+        """Bar chart of per-task relative NE change vs the baseline with 95% CI whiskers (needs a baseline)."""
+        if self.comparison is None:
+            raise ValueError("no baseline: evaluate with baseline_predictions to plot the NE change")
+        from recsys_mtl.tracking.plots import plot_relative_ne_change
+
+        c = self.comparison
+        return plot_relative_ne_change(self.task_names, c.rel_ne_change, path, ci=c.rel_ne_change_ci,
+                                       title=f"NE change vs {self.baseline or 'baseline'} (95% CI, paired bootstrap)")
 
     def to_table(self) -> str:
         m, c = self.metrics, self.comparison

@@ -140,6 +140,15 @@ def test_evaluate_predictions_reports_deltas_against_the_baseline_and_stable_met
     assert "mean relative NE change vs run123" in table and "ctr" in table
 
 
+def test_eval_report_saves_the_ne_change_plot_with_ci_whiskers(tmp_path):
+    p, y, mask, _ = _data(T=3)
+    worse = np.clip(p + np.random.default_rng(9).normal(0, 0.1, p.shape), 0.01, 0.99)
+    r = evaluate_predictions(worse, y, mask, ["ctr", "like", "share"], baseline_predictions=p, n_boot=20)
+    assert r.save_ne_change_plot(tmp_path / "ne.png").stat().st_size > 5_000
+    with pytest.raises(ValueError, match="no baseline"):
+        evaluate_predictions(p, y, mask).save_ne_change_plot(tmp_path / "x.png")
+
+
 def test_task_chunking_does_not_change_results(monkeypatch):
     from recsys_mtl.metrics import offline
 
