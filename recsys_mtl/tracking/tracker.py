@@ -2,10 +2,10 @@
 
 The trainer needs three calls:
 
-    tracker = RunTracker.start(cfg.tracking, run_name=name, config=cfg, artifacts=[spec_path],
-                               tags=run_tags(data_paths), work_dir=out_dir)     # NullTracker on rank != 0
-    tracker.log_vector(step, "train/loss", task_names, losses)                  # each step; microseconds
-    tracker.close()                                                             # or `with RunTracker.start(...)`
+    tracker = RunTracker.start(cfg.tracking, run_name=name, config_obj=cfg, artifacts=[spec_path],
+                               data_paths=[train_path], work_dir=out_dir)    # NullTracker on rank != 0
+    if tracker.due(step): tracker.log_vector(step, "train/loss", task_names, losses)  # microseconds
+    tracker.close()                                                          # or `with RunTracker.start(...)`
 
 `log_metrics` / `log_vector` only put a tuple on a queue. A background thread turns
 tensors into floats, batches up to 1000 metrics per `MlflowClient.log_batch`, and when
@@ -150,12 +150,16 @@ class RunTracker(NullTracker):
     def start(cls, config: TrackingConfig | None = None, *, run_name: str | None = None,
               params: Mapping[str, Any] | None = None, config_obj: Any = None,
               tags: Mapping[str, Any] | None = None, artifacts: Sequence[str | Path] = (),
-              work_dir: str | Path = ".", rank: int | None = None) -> "RunTracker | NullTracker":
+              data_paths: Sequence[str | Path] = (), work_dir: str | Path = ".",
+              rank: int | None = None) -> "RunTracker | NullTracker":
         """Create the MLflow run (rank 0 only) and return its tracker.
 
         `config_obj` (a config dataclass or mapping) is logged flattened as params and in full as
-        the artifact `config.yaml`; `params` adds more. `artifacts` are files (config, feature spec)
-        uploaded in the background. Raises TrackingUnavailable if the store cannot create the run.
+        the artifact `config.yaml`; `params` adds more. Provenance tags (git commit, package versions,
+        and a fingerprint of `data_paths`) are always set; `tags` adds to or overrides them.
+        `artifacts` are files (config, feature spec) uploaded in the background. Undelivered metrics
+        are spooled under `work_dir/mlflow_spool/`. Raises TrackingUnavailable if the store cannot
+        create the run.
         """
         config = config or TrackingConfig()
         rank = _rank_from_env() if rank is None else rank
@@ -203,8 +207,9 @@ class RunTracker(NullTracker):
         all_params.update(params or {})
         if all_params:
             tracker.log_params(all_params)
-        if tags:
-            tracker.set_tags(tags)
+        from recsys_mtl.tracking.provenance import run_tags
+
+        tracker.set_tags({**run_tags(data_paths), **(tags or {})})
         for path in artifacts:
             tracker.log_artifact(path)
         log.info("MLflow run %s (experiment %r) at %s", tracker.run_id, config.experiment, uri)

@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from recsys_mtl.config.loader import ConfigError, from_dict
-from recsys_mtl.tracking import NullTracker, RunTracker, TrackingConfig, TrackingUnavailable
+from recsys_mtl.tracking import NullTracker, RunTracker, TrackingConfig, TrackingUnavailable, package_versions
 from recsys_mtl.tracking.tracker import SPOOL_DIRNAME
 
 TASKS = [f"task{i}" for i in range(8)]
@@ -39,7 +39,9 @@ def test_params_tags_metrics_and_artifacts_read_back_from_sqlite(tmp_path):
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"model.arch": "mmoe", "model.experts": "4", "optim.lr": "0.01", "seed": "7"}
-    assert run.data.tags["data.fingerprint"] == "sha256:abc"
+    assert run.data.tags["data.fingerprint"] == "sha256:abc"  # explicit tags override provenance
+    assert len(run.data.tags["git.commit"]) == 40  # provenance tags are always set
+    assert run.data.tags["version.torch"] == package_versions()["torch"] != "not installed"
     history = client.get_metric_history(tracker.run_id, "train/loss/task3")
     assert sorted((m.step, m.value) for m in history) == [(s, 3.0 + s) for s in range(20)]
     assert len(client.get_metric_history(tracker.run_id, "train/weight/task7")) == 20
