@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "recsys_mtl.data.commands",
     "recsys_mtl.bench.commands",
     "recsys_mtl.demo",
+    "recsys_mtl.tracking.commands",
 ]
 
 
