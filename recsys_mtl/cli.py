@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "recsys_mtl.bench.commands",
     "recsys_mtl.train.commands",
     "recsys_mtl.demo",
+    "recsys_mtl.tracking.commands",
 ]
 
 

@@ -37,3 +37,8 @@ def kuairand_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def kuairand_src() -> Path:
+    return kuairand_source()

@@ -5,10 +5,38 @@ detached weights w[T]; the trainer's loss is sum(w * L). `present[T]` (bool)
 says which tasks had at least one label in the batch: an absent task gets
 weight 0 and its state must not move. All state lives in buffers or
 parameters, so it follows `.to()` and lands in `state_dict()` and checkpoints.
+
+No method may synchronise with the host in `forward`/`post_step` (no `.item()`,
+`nonzero`, boolean-mask indexing, Python branches on tensor values): the step
+compiles under torch.compile(fullgraph=True) and can be captured in a CUDA graph.
+
+Trainer contract (no method-specific branches):
+
+    w = weighting(losses.detach(), present)          # global losses and presence, identical on every rank
+    loss = (w * losses).sum()
+    loss.backward(); optimizer.step()
+    if weighting.needs_post_step_losses:             # class attribute, known at build time
+        with torch.no_grad():
+            losses_after = <same batch's per-task losses, re-evaluated with the updated model,
+                            all-reduced like `losses`>
+        weighting.post_step(losses_after, present)
+
+Global losses: every rank must pass the same L and `present`, or ranks diverge. With every
+task present on every rank, all_reduce(L, AVG) is enough; with label masks, prefer
+L = all_reduce(sum of per-sample losses, SUM) / all_reduce(label count, SUM) and
+present = label count > 0 (an AVG of per-rank means is biased when a task is missing on
+some ranks). `needs_post_step_losses` is a class attribute: a trainer that cannot afford a
+second forward can reject such methods at build time, never inside the step.
+
+For tracking: `last_weights` / `last_present` hold the latest step's weights and
+presence mask, `tracking_state()` adds method-specific per-task tensors and
+`summary()` a few scalars; all are tensors, read them at logging time only.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -29,12 +57,23 @@ class WeightingMethod(nn.Module):
         if not isinstance(num_tasks, int) or isinstance(num_tasks, bool) or num_tasks < 1:
             raise ValueError(f"{type(self).__name__}: num_tasks must be an integer >= 1, got {num_tasks!r}")
         self.num_tasks = num_tasks
+        # latest step's output for tracking; not persistent, so checkpoints do not depend on it
+        self.register_buffer("last_weights", torch.zeros(num_tasks), persistent=False)
+        self.register_buffer("last_present", torch.zeros(num_tasks, dtype=torch.bool), persistent=False)
 
     def forward(self, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         losses = losses.detach()
+        if losses.shape != (self.num_tasks,):
+            raise ValueError(f"{type(self).__name__}: losses must have shape ({self.num_tasks},), got {tuple(losses.shape)}")
         if present is None:
             present = torch.ones_like(losses, dtype=torch.bool)
-        return self.compute(losses, present).detach()
+        elif present.shape != (self.num_tasks,):
+            raise ValueError(f"{type(self).__name__}: present must have shape ({self.num_tasks},), got {tuple(present.shape)}")
+        present = present.to(device=losses.device, dtype=torch.bool)
+        weights = self.compute(losses, present).detach()
+        self.last_weights.copy_(weights)
+        self.last_present.copy_(present)
+        return weights
 
     def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -45,6 +84,20 @@ class WeightingMethod(nn.Module):
     def tracking_state(self) -> dict[str, torch.Tensor]:
         """Per-task tensors worth tracking besides the weights (e.g. GO4Align's group ids)."""
         return {}
+
+    def summary(self) -> dict[str, torch.Tensor]:
+        """Scalar tensors describing the latest step (no host sync; convert at logging time).
+
+        `min_weight` / `max_weight` are over the tasks present in the latest step
+        (+inf / -inf when none was), `num_present` counts them.
+        """
+        w, p = self.last_weights, self.last_present
+        inf = torch.full_like(w, float("inf"))
+        return {
+            "min_weight": torch.where(p, w, inf).min(),
+            "max_weight": torch.where(p, w, -inf).max(),
+            "num_present": p.sum(),
+        }
 
 
 _REGISTRY: dict[str, type[WeightingMethod]] = {}
@@ -69,4 +122,28 @@ def build_weighting(name: str, num_tasks: int, **kwargs: Any) -> WeightingMethod
     """Construct a registered method from its config name and keyword arguments."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown weighting method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](num_tasks=num_tasks, **kwargs)
+    cls = _REGISTRY[name]
+    params = {p.name: p for p in list(inspect.signature(cls.__init__).parameters.values())[1:] if p.name != "num_tasks"}
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ValueError(f"weighting method {name!r}: unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(params) or 'none'}")
+    missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty and p not in kwargs]
+    if missing:
+        raise ValueError(f"weighting method {name!r}: missing required argument(s) {', '.join(missing)}")
+    return cls(num_tasks=num_tasks, **kwargs)
+
+
+def check_number(owner: str, name: str, value: Any, *, low: float | None = None, low_inclusive: bool = True,
+                 high: float | None = None, high_inclusive: bool = True) -> float:
+    """Validate a real hyperparameter; the message names the owner, the argument, the value and the allowed range."""
+    lo = "" if low is None else ("[" if low_inclusive else "(") + f"{low}"
+    hi = "" if high is None else f"{high}" + ("]" if high_inclusive else ")")
+    allowed = f"a finite number in {lo or '(-inf'}, {hi or 'inf)'}"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value >= low if low_inclusive else value > low
+    if ok and high is not None:
+        ok = value <= high if high_inclusive else value < high
+    if not ok:
+        raise ValueError(f"{owner}: {name} must be {allowed}, got {value!r}")
+    return float(value)

@@ -7,7 +7,7 @@ from recsys_mtl.weighting.base import WeightingMethod, register_weighting
 
 @register_weighting("equal")
 class EqualWeights(WeightingMethod):
-    """w_m = 1 for every task with a label in the batch, 0 otherwise."""
+    """w_m = 1 for every task with a label in the batch, 0 otherwise. Loss scaling: invariant."""
 
     def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         return present.to(losses.dtype)

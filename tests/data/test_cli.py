@@ -38,10 +38,8 @@ def test_bad_spec_is_reported_without_a_traceback(tmp_path):
     assert "spec.yaml: tabels: unknown key (did you mean 'tables'?)" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_kuairand_command(tmp_path, kuairand_dir, capsys):
-    from conftest import kuairand_source
-
-    assert main(["data", "kuairand", "--src", str(kuairand_source()), "--out", str(tmp_path / "kr")]) == 0
+def test_kuairand_command(tmp_path, kuairand_dir, kuairand_src, capsys):
+    assert main(["data", "kuairand", "--src", str(kuairand_src), "--out", str(tmp_path / "kr")]) == 0
     assert (tmp_path / "kr" / "train").is_dir() and (tmp_path / "kr" / "test").is_dir()
 
 

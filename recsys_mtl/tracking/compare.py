@@ -1,0 +1,109 @@
+"""Compare runs task by task from their logged eval metrics (built on MlflowClient.search_runs).
+
+Reads the latest `eval/ne/<task>`, `eval/auc/<task>`, `eval/calibration/<task>` and
+`eval/logloss/<task>` of each run; the first run is the reference for the NE change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+METRICS = ("ne", "auc", "calibration", "logloss")
+
+
+@dataclasses.dataclass
+class RunComparison:
+    run_ids: list[str]
+    run_names: list[str]
+    tasks: list[str]
+    values: dict[str, np.ndarray]  # metric -> [R, T], NaN where a run lacks the metric
+
+    @property
+    def rel_ne_change(self) -> np.ndarray:
+        """[R, T]: NE_run / NE_first - 1."""
+        ne = self.values["ne"]
+        with np.errstate(all="ignore"):
+            return ne / ne[:1] - 1
+
+    def to_table(self) -> str:
+        def f(x: float, spec: str) -> str:
+            return "-" if math.isnan(x) else format(x, spec)
+
+        head = ["task", "run", "NE", "AUC", "calib", "logloss", "NE chg % vs first"]
+        rows = []
+        rel = self.rel_ne_change
+        for t, task in enumerate(self.tasks):
+            for r, name in enumerate(self.run_names):
+                v = {m: self.values[m][r, t] for m in METRICS}
+                rows.append([task if r == 0 else "", name, f(v["ne"], ".5f"), f(v["auc"], ".5f"),
+                             f(v["calibration"], ".4f"), f(v["logloss"], ".5f"),
+                             "ref" if r == 0 else f(100 * rel[r, t], "+.3f")])
+        for r, name in enumerate(self.run_names[1:], start=1):
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(rel[r]) if np.isfinite(rel[r]).any() else float("nan")
+            rows.append(["(mean)", name, "", "", "", "", f(100 * mean, "+.3f")])
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        return "\n".join(lines)
+
+
+def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None, filter_string: str = "",
+              max_results: int = 50) -> list:
+    """Runs by id (in the order given), or by experiment name plus an MLflow filter (oldest first).
+
+    Metric names with '/' need backticks in filters: metrics.`eval/ne/ctr` < 0.8.
+    """
+    if run_ids:
+        exps = [e.experiment_id for e in client.search_experiments()]
+        ids = ", ".join(f"'{r}'" for r in run_ids)
+        found = {r.info.run_id: r for r in client.search_runs(exps, f"attributes.run_id IN ({ids})",
+                                                              max_results=len(run_ids))}
+        missing = [r for r in run_ids if r not in found]
+        if missing:
+            raise ValueError(f"no run with id {', '.join(missing)} in the tracking store")
+        return [found[r] for r in run_ids]
+    if experiment is None:
+        raise ValueError("give run ids, or --experiment NAME (with an optional --filter)")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"no experiment named {experiment!r} in the tracking store")
+    runs = client.search_runs([exp.experiment_id], filter_string, max_results=max_results,
+                              order_by=["attributes.start_time ASC"])
+    if not runs:
+        raise ValueError(f"no run in experiment {experiment!r} matches filter {filter_string!r}")
+    return runs
+
+
+def compare_runs(runs: Sequence) -> RunComparison:
+    tasks: list[str] = []
+    for run in runs:
+        for key in run.data.metrics:
+            if key.startswith("eval/ne/") and key[len("eval/ne/"):] not in tasks:
+                tasks.append(key[len("eval/ne/"):])
+    if not tasks:
+        raise ValueError("none of the runs has eval/ne/<task> metrics")
+    values = {m: np.full((len(runs), len(tasks)), np.nan) for m in METRICS}
+    for r, run in enumerate(runs):
+        for m in METRICS:
+            for t, task in enumerate(tasks):
+                v = run.data.metrics.get(f"eval/{m}/{task}")
+                if v is not None:
+                    values[m][r, t] = v
+    names = [run.info.run_name or run.info.run_id[:8] for run in runs]
+    names = [f"{n} ({run.info.run_id[:8]})" for n, run in zip(names, runs)]
+    return RunComparison([run.info.run_id for run in runs], names, tasks, values)
+
+
+def plot_comparison(comparison: RunComparison, path: str | Path) -> Path:
+    from recsys_mtl.tracking.plots import plot_relative_ne_change
+
+    rel = comparison.rel_ne_change[1:] if len(comparison.run_ids) > 1 else comparison.rel_ne_change
+    names = comparison.run_names[1:] if len(comparison.run_ids) > 1 else comparison.run_names
+    return plot_relative_ne_change(comparison.tasks, rel, path, series_names=names,
+                                   title=f"NE change vs {comparison.run_names[0]}")

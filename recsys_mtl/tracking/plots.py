@@ -1,0 +1,117 @@
+"""Plots logged as run artifacts. Each function takes plain arrays and returns the saved PNG path.
+
+- `plot_task_heatmap`: a per-task value over steps (task weights, GO4Align group ids);
+  tasks on y with their names, steps on x, colorbar; the figure grows with the task count
+  so labels stay readable at 64+ tasks.
+- `plot_relative_ne_change`: per-task relative NE change against a baseline, as horizontal
+  bars with 95% CI whiskers (one series per compared run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only, never a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label_fontsize(n: int) -> float:
+    return 9.0 if n <= 24 else 7.5 if n <= 64 else 6.0
+
+
+def plot_task_heatmap(values, steps: Sequence[int], task_names: Sequence[str], path: str | Path, *,
+                      title: str = "", discrete: bool = False, colorbar_label: str = "") -> Path:
+    """values: [S, T] (one row per logged step). With `discrete`, integer values (group ids) get one
+    colour each and a labelled colorbar tick per group."""
+    plt = _pyplot()
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    v = np.asarray(values, dtype=float)
+    steps = np.asarray(steps)
+    S, T = v.shape
+    if len(task_names) != T or len(steps) != S:
+        raise ValueError(f"values is [S={S}, T={T}] but got {len(steps)} steps and {len(task_names)} task names")
+    row_h = 0.16 if T > 24 else 0.28
+    fig, ax = plt.subplots(figsize=(11, max(3.0, 1.4 + row_h * T)), layout="constrained")
+    x_edges = np.concatenate([steps, [steps[-1] + (steps[-1] - steps[-2] if S > 1 else 1)]]).astype(float)
+    y_edges = np.arange(T + 1) - 0.5
+    if discrete:
+        finite = v[np.isfinite(v)]
+        lo, hi = (int(finite.min()), int(finite.max())) if finite.size else (0, 1)
+        levels = np.arange(lo, hi + 2) - 0.5
+        n = len(levels) - 1
+        base = plt.get_cmap("tab10" if n <= 10 else "tab20")
+        cmap = ListedColormap([base(i % base.N) for i in range(n)])
+        mesh = ax.pcolormesh(x_edges, y_edges, v.T, cmap=cmap, norm=BoundaryNorm(levels, n), shading="flat")
+        cbar = fig.colorbar(mesh, ax=ax, ticks=np.arange(lo, hi + 1), pad=0.01)
+    else:
+        mesh = ax.pcolormesh(x_edges, y_edges, v.T, cmap="viridis", shading="flat")
+        cbar = fig.colorbar(mesh, ax=ax, pad=0.01)
+    cbar.set_label(colorbar_label)
+    ax.set_yticks(np.arange(T))
+    ax.set_yticklabels(task_names, fontsize=_label_fontsize(T))
+    ax.set_ylim(T - 0.5, -0.5)  # first task on top
+    ax.set_xlabel("step")
+    ax.set_ylabel("task")
+    if title:
+        ax.set_title(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_relative_ne_change(task_names: Sequence[str], rel_change, path: str | Path, *, ci=None,
+                            series_names: Sequence[str] | None = None, title: str = "") -> Path:
+    """rel_change: [T] or [R, T] (NE_run / NE_baseline - 1); ci: matching [.., T, 2] or None.
+    Bars are in percent; negative (left, green) is better."""
+    plt = _pyplot()
+
+    rel = np.atleast_2d(np.asarray(rel_change, dtype=float)) * 100
+    R, T = rel.shape
+    if len(task_names) != T:
+        raise ValueError(f"{T} values but {len(task_names)} task names")
+    cis = None if ci is None else np.asarray(ci, dtype=float).reshape(R, T, 2) * 100
+    names = list(series_names) if series_names is not None else [f"run {i + 1}" for i in range(R)]
+    row_h = 0.18 if T > 24 else 0.32
+    fig, ax = plt.subplots(figsize=(9, max(3.0, 1.5 + row_h * T * max(1, R * 0.6))), layout="constrained")
+    height = 0.8 / R
+    y = np.arange(T)
+    for r in range(R):
+        pos = y - 0.4 + height * (r + 0.5)
+        if R == 1:
+            colors = np.where(rel[r] <= 0, "tab:green", "tab:red")
+        else:
+            colors = plt.get_cmap("tab10")(r % 10)
+        xerr = None
+        if cis is not None:
+            lo = np.clip(rel[r] - cis[r, :, 0], 0, None)
+            hi = np.clip(cis[r, :, 1] - rel[r], 0, None)
+            xerr = np.nan_to_num(np.stack([lo, hi]))
+        ax.barh(pos, np.nan_to_num(rel[r]), height=height * 0.9, color=colors, xerr=xerr,
+                error_kw={"elinewidth": 0.8, "capsize": 1.5}, label=names[r])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(task_names, fontsize=_label_fontsize(T))
+    ax.set_ylim(T - 0.5, -0.5)
+    ax.set_xlabel("relative NE change vs baseline (%)  -  lower is better")
+    ax.grid(axis="x", alpha=0.3)
+    if R > 1:
+        ax.legend(loc="best", fontsize=8)
+    if title:
+        ax.set_title(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
