@@ -1,4 +1,4 @@
-"""Evaluation during training: exact per-task AUC and log loss over the whole eval set.
+"""Evaluation during training: exact per-task AUC, NE and log loss over the whole eval set.
 
 Each rank scores its share of the eval data; predictions are gathered to every
 rank and the metrics computed on the full set.
@@ -20,34 +20,17 @@ from recsys_mtl.data.batch import Batch
 log = logging.getLogger(__name__)
 
 
-def exact_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC AUC with ties counted as half (Mann-Whitney U); NaN if one class is missing."""
-    scores = scores.double().flatten()
-    labels = labels.flatten() > 0.5
-    n_pos = int(labels.sum())
-    n_neg = labels.numel() - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = torch.argsort(scores)
-    sorted_scores = scores[order]
-    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    avg_rank = ends - (counts.double() - 1.0) / 2.0  # 1-based average rank of each tie group
-    ranks = avg_rank[inverse]
-    pos_rank_sum = ranks[labels[order]].sum().item()
-    return (pos_rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-
-
 def task_metrics(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
                  task_names: list[str]) -> dict[str, dict[str, float]]:
-    """task -> {auc, logloss, count, positives} over labelled rows."""
-    out = {}
-    for t, name in enumerate(task_names):
-        m = mask[:, t]
-        s, y = logits[m, t], labels[m, t]
-        ll = torch.nn.functional.binary_cross_entropy_with_logits(s.double(), y.double()).item() if m.any() else float("nan")
-        out[name] = {"auc": exact_auc(s, y), "logloss": ll, "count": int(m.sum()), "positives": int(y.sum())}
-    return out
+    """task -> {auc, ne, logloss, calibration, count} over labelled rows (exact, recsys_mtl.metrics.offline)."""
+    from recsys_mtl.metrics.offline import task_metrics as offline_task_metrics
+
+    m = offline_task_metrics(logits, labels, mask, from_logits=True)
+    return {
+        name: {"auc": float(m.auc[t]), "ne": float(m.ne[t]), "logloss": float(m.logloss[t]),
+               "calibration": float(m.calibration[t]), "count": int(m.n_labelled[t])}
+        for t, name in enumerate(task_names)
+    }
 
 
 def pad_batch(batch: Batch, size: int) -> Batch:
