@@ -102,6 +102,9 @@ class ModelConfig:
     # task's logit with a linear term on the dense features; a per-task logistic regression over
     # the ids inside the same tables. Costs T extra floats (rounded up to a multiple of 4) per row.
     wide: bool = False
+    # "prior": start each head's bias at the log-odds of its task's label rate in the first training
+    # batches, so early steps do not spend (and Adagrad accumulators do not absorb) the bias shift
+    head_bias: Literal["prior", "zero"] = "prior"
     shared_bottom: SharedBottomConfig = dataclasses.field(default_factory=SharedBottomConfig)
     mmoe: MMoEConfig = dataclasses.field(default_factory=MMoEConfig)
     ple: PLEConfig = dataclasses.field(default_factory=PLEConfig)

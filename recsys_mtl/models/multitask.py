@@ -87,6 +87,12 @@ class MultiTaskModel(nn.Module):
             self.heads = BatchedLinear(self.num_tasks, self.task_towers.out_dim, 1)
             self.wide_dense = nn.Linear(spec.num_dense, self.num_tasks) if config.wide and spec.num_dense else None
 
+    @torch.no_grad()
+    def set_head_bias_from_rates_(self, rates: torch.Tensor) -> None:
+        """bias_t = log(p_t / (1 - p_t)): the model starts at each task's base rate."""
+        p = rates.clamp(1e-4, 1 - 1e-4).to(self.heads.bias)
+        self.heads.bias.copy_(torch.log(p / (1 - p)).view_as(self.heads.bias))
+
     def table_state_keys(self, prefix: str) -> dict[str, tuple[int, int, int | None]]:
         """state_dict key of each table's weight -> (table index, num_embeddings, first wide column)."""
         return {

@@ -250,6 +250,23 @@ class Trainer:
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.step_in_epoch)
         return True
 
+    def init_head_bias(self, num_batches: int = 16) -> None:
+        """Set each head's bias to its task's label rate over the first batches of epoch 0 (all ranks)."""
+        positives = torch.zeros(self.spec.num_tasks, dtype=torch.float64)
+        labelled = torch.zeros(self.spec.num_tasks, dtype=torch.float64)
+        self.train_data.set_epoch(0)
+        self.train_data.load_state_dict(self.train_data.position_after(0))
+        for batch in itertools.islice(iter(self.train_data), min(num_batches, len(self.train_data))):
+            positives += (batch.labels * batch.label_mask).sum(0).double().cpu()
+            labelled += batch.label_mask.sum(0).double().cpu()
+        self.train_data.load_state_dict(self.train_data.position_after(0))
+        if self.env.world_size > 1:
+            stats = torch.cat([positives, labelled]).to(self.device)
+            dist.all_reduce(stats)
+            positives, labelled = stats.cpu().split(self.spec.num_tasks)
+        rates = torch.where(labelled > 0, positives / labelled.clamp(min=1), torch.full_like(labelled, 0.5))
+        self.module.model.set_head_bias_from_rates_(rates.float())
+
     # -- logging -----------------------------------------------------------------------------
     def _truncate_train_log(self, step: int) -> None:
         path = self.output_dir / TRAIN_LOG
@@ -340,8 +357,11 @@ class Trainer:
         if self.env.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.maybe_resume()
-        if not resumed and self.env.is_main:
-            (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
+        if not resumed:
+            if self.config.model.head_bias == "prior":
+                self.init_head_bias()
+            if self.env.is_main:
+                (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
         if self.env.is_main:
             for cb in self.callbacks:
                 cb.on_train_start(self)
