@@ -19,10 +19,12 @@ several eval runs, each tagged with its data's fingerprint. `--no-log` logs noth
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +88,20 @@ class _Models:
         return load_model(local, source=ref), run_id
 
 
+@dataclasses.dataclass
+class EvalOutcome:
+    report: Any  # recsys_mtl.metrics.offline.EvalReport
+    run_id: str | None  # the evaluated model's training run
+    eval_run: str | None  # the eval run logged, if any
+
+
 def run(args: argparse.Namespace) -> int:
+    evaluate(args)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> EvalOutcome:
+    """What `recsys-mtl evaluate` does: load, score, report, log; prints the table."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from recsys_mtl.train.commands import quiet_library_logs
 
@@ -97,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         return _evaluate(args, Path(tmp))
 
 
-def _evaluate(args: argparse.Namespace, tmp: Path) -> int:
+def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
     from recsys_mtl.evaluate.scoring import score_eval_set
     from recsys_mtl.metrics.offline import evaluate_predictions
 
@@ -137,11 +152,11 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> int:
     elif args.experiment:
         experiment = args.experiment
     if args.no_log or experiment is None:
-        return 0
+        return EvalOutcome(report, run_id, None)
     eval_run = _log_eval_run(models, experiment, run_id, loaded, args, baseline_run, report, out, plot)
     print(f"logged to eval run {eval_run} (experiment {experiment!r}"
           + (f", nested under run {run_id})" if run_id else ")"))
-    return 0
+    return EvalOutcome(report, run_id, eval_run)
 
 
 def _log_eval_run(models: _Models, experiment: str, run_id: str | None, loaded, args, baseline_run, report,
