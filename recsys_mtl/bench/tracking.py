@@ -52,29 +52,70 @@ def _config(args, data: Path, spec: Path, out: Path, mode: str, store: Path):
     return TrainConfig.load(args.config, overrides)
 
 
-def timed_run(config, spec, env, mode: str, warmup: int, steps: int) -> tuple[float, float, float]:
-    """Between the flushes at `warmup` and the end: (steps/s, process CPU ms per step, all threads),
-    and the tracker thread's CPU seconds over the whole run."""
+def _thread_cpu_s(native_id: int | None) -> float:
+    """CPU seconds of one thread of this process, from /proc (0 when unknown)."""
+    import os
+
+    if native_id is None:
+        return 0.0
+    try:
+        with open(f"/proc/self/task/{native_id}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class _Timed:
+    """Wraps a bound method, adding the calling thread's CPU time spent in it to `total[0]`."""
+
+    def __init__(self, fn, total: list[float]) -> None:
+        self.fn, self.total = fn, total
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.thread_time()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.total[0] += time.thread_time() - t0
+
+
+def timed_run(config, spec, env, mode: str, warmup: int, steps: int) -> dict[str, float]:
+    """One training run, measured between the log flushes at `warmup` and at the end.
+
+    steps_s: steps/s (wall); cpu_ms: process CPU ms per step (all threads); metrics_ms: training-thread
+    CPU ms per step inside the streaming metrics (update + compute); callback_ms: training-thread CPU
+    ms per step inside TrackingCallback hooks; worker_ms: the tracker thread's CPU ms per step.
+    """
     from recsys_mtl.tracking.callback import TrackingCallback
     from recsys_mtl.train.trainer import Trainer, TrainerCallback
 
-    marks: dict[int, tuple[float, float]] = {}
+    metrics_cpu, callback_cpu = [0.0], [0.0]
+    tracking = TrackingCallback() if mode == "full" else None
+    marks: dict[int, tuple[float, ...]] = {}
 
     class Clock(TrainerCallback):
         def on_log(self, trainer, records):
-            marks[records[-1]["step"]] = (time.perf_counter(), time.process_time())
+            worker = getattr(getattr(tracking, "tracker", None), "_thread", None)
+            marks[records[-1]["step"]] = (time.perf_counter(), time.process_time(), metrics_cpu[0],
+                                          callback_cpu[0], _thread_cpu_s(getattr(worker, "native_id", None)))
 
     callbacks: list = [Clock()]
-    tracking = TrackingCallback() if mode == "full" else None
     if tracking is not None:
+        for hook in ("on_log", "on_train_metrics", "on_eval"):
+            setattr(tracking, hook, _Timed(getattr(tracking, hook), callback_cpu))
         callbacks.append(tracking)
-    Trainer(config, spec=spec, env=env, callbacks=callbacks).fit()
+    trainer = Trainer(config, spec=spec, env=env, callbacks=callbacks)
+    if trainer.train_metrics is not None:
+        for method in ("update", "compute"):
+            setattr(trainer.train_metrics, method, _Timed(getattr(trainer.train_metrics, method), metrics_cpu))
+    trainer.fit()
     first, last = min(marks), max(marks)
     if first != warmup or last != warmup + steps:
         raise RuntimeError(f"bench: expected log flushes at steps {warmup} and {warmup + steps}, got {sorted(marks)}")
-    worker_cpu = tracking.tracker.stats()["worker_cpu_s"] if tracking is not None and tracking.run_id else 0.0
-    (w0, c0), (w1, c1) = marks[first], marks[last]
-    return steps / (w1 - w0), 1000 * (c1 - c0) / steps, worker_cpu
+    d = [b - a for a, b in zip(marks[first], marks[last])]
+    return {"steps_s": steps / d[0], "cpu_ms": 1000 * d[1] / steps, "metrics_ms": 1000 * d[2] / steps,
+            "callback_ms": 1000 * d[3] / steps, "worker_ms": 1000 * d[4] / steps}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,24 +149,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"config {args.config}: {probe.model.architecture}, weighting {probe.weighting.method}, "
               f"{spec.num_tasks} tasks, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}; "
               f"metrics every {probe.tracking.train_metrics_every_n_steps} steps; device {env.device}", flush=True)
-        rates: dict[str, list[float]] = {m: [] for m in MODES}
-        cpu: dict[str, list[float]] = {m: [] for m in MODES}
+        results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
         for r in range(args.repeat):
             for mode in MODES:
                 config = _config(args, Path(data), spec_path, tmp / f"run-{mode}-{r}", mode, tmp)
-                t0 = time.perf_counter()
-                rate, cpu_ms, worker_cpu = timed_run(config, spec, env, mode, args.warmup, args.steps)
-                rates[mode].append(rate)
-                cpu[mode].append(cpu_ms)
-                extra = f", tracker thread CPU {worker_cpu:.2f}s of the {time.perf_counter() - t0:.0f}s run" \
-                    if mode == "full" else ""
-                print(f"  run {r + 1}: {mode:<8} {rate:8.2f} steps/s, {cpu_ms:7.1f} ms CPU/step{extra}", flush=True)
-        med = {m: statistics.median(v) for m, v in rates.items()}
-        mcpu = {m: statistics.median(v) for m, v in cpu.items()}
-        print(f"median over {args.repeat} runs: " + ", ".join(f"{m} {med[m]:.2f} steps/s ({mcpu[m]:.1f} ms CPU/step)"
-                                                             for m in MODES))
+                res = timed_run(config, spec, env, mode, args.warmup, args.steps)
+                results[mode].append(res)
+                extra = "" if mode == "off" else f", in metrics {res['metrics_ms']:.2f} ms/step"
+                if mode == "full":
+                    extra += f", in callbacks {res['callback_ms']:.2f} ms/step, tracker thread {res['worker_ms']:.2f} ms/step"
+                print(f"  run {r + 1}: {mode:<8} {res['steps_s']:7.2f} steps/s, {res['cpu_ms']:6.1f} ms CPU/step{extra}",
+                      flush=True)
+
+        def med(mode: str, key: str) -> float:
+            return statistics.median(r[key] for r in results[mode])
+
+        step_ms = 1000 / med("off", "steps_s")
+        print(f"median over {args.repeat} runs (steps/s): " + ", ".join(f"{m} {med(m, 'steps_s'):.2f}" for m in MODES))
         for m, ref, what in (("metrics", "off", "TorchRec metrics"), ("full", "off", "metrics + MLflow"),
                              ("full", "metrics", "MLflow logging alone")):
-            print(f"  {what:<21} ({m} vs {ref}): wall time per step {100 * (med[ref] / med[m] - 1):+.2f}%, "
-                  f"CPU time per step {100 * (mcpu[m] / mcpu[ref] - 1):+.2f}%")
+            print(f"  {what:<21} ({m} vs {ref}): wall time per step "
+                  f"{100 * (med(ref, 'steps_s') / med(m, 'steps_s') - 1):+.2f}% (A/B, noisy under load)")
+        metrics_ms, cb_ms, worker_ms = med("full", "metrics_ms"), med("full", "callback_ms"), med("full", "worker_ms")
+        print(f"attributed CPU per step against the tracking-off step ({step_ms:.1f} ms wall, {med('off', 'cpu_ms'):.1f} ms CPU):")
+        print(f"  streaming metrics (training thread)  {metrics_ms:6.2f} ms = {100 * metrics_ms / step_ms:5.2f}%")
+        print(f"  tracking callbacks (training thread) {cb_ms:6.2f} ms = {100 * cb_ms / step_ms:5.2f}%")
+        print(f"  tracker thread (background)          {worker_ms:6.2f} ms = {100 * worker_ms / step_ms:5.2f}%")
+        print(f"  MLflow logging, both threads         {cb_ms + worker_ms:6.2f} ms = {100 * (cb_ms + worker_ms) / step_ms:5.2f}%")
     return 0
