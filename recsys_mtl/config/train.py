@@ -205,6 +205,10 @@ class TrainSection:
     deterministic: bool = False  # torch.use_deterministic_algorithms, bitwise-repeatable runs
     progress_bar: bool = True
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    # warm start: a model directory (config.yaml, feature_spec.yaml, checkpoint/) or a checkpoint of a
+    # model of the same shape; its weights, optimizer and weighting state seed a fresh run (not its
+    # step, data position or RNG). Ignored when the run resumes from its own checkpoint.
+    init_from: str | None = None
 
     def validate(self, where: Where) -> None:
         _positive(where, "epochs", self.epochs)

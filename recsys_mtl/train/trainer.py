@@ -272,6 +272,30 @@ class Trainer:
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.step_in_epoch)
         return True
 
+    def warm_start(self, source: str | Path) -> None:
+        """Seed a fresh run from another run's model: weights, both optimizers' state and the
+        weighting state; the step, data position and RNG start fresh."""
+        from recsys_mtl.evaluate.loading import CHECKPOINT_DIR
+
+        path = Path(source)
+        if (path / CHECKPOINT_DIR).is_dir():
+            path = path / CHECKPOINT_DIR
+        if not CheckpointManager.is_complete(path):
+            latest = CheckpointManager(path).latest() if path.is_dir() else None
+            if latest is None:
+                raise ConfigError(f"train.init_from: {source} is neither a model directory nor a checkpoint")
+            path = latest
+        self.dense_optimizer.init_state()
+        state = self._checkpoint_state()
+        del state["train_state"], state[f"rng_rank{self.env.rank}"]
+        self.checkpoints.load(path, state, self.signature)
+        self.dmp.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optim"])
+        self.weighting.load_state_dict(state["weighting"])
+        if self.env.is_main:
+            (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
+            log.info("warm start from %s", path)
+
     def init_head_bias(self, num_batches: int = 16) -> None:
         """Set each head's bias to its task's label rate over the first batches of epoch 0 (all ranks)."""
         positives = torch.zeros(self.spec.num_tasks, dtype=torch.float64)
@@ -379,7 +403,9 @@ class Trainer:
         if self.env.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.maybe_resume()
-        if not resumed:
+        if not resumed and tc.init_from:
+            self.warm_start(tc.init_from)
+        elif not resumed:
             if self.config.model.head_bias == "prior":
                 self.init_head_bias()
             if self.env.is_main:
