@@ -14,6 +14,7 @@ import argparse
 import os
 import shutil
 import time
+import sys
 from pathlib import Path
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -133,5 +134,6 @@ def run(args: argparse.Namespace) -> int:
                                    "--plot", str(args.out / "compare_ne.png")]))
     print(f"\ndemo done in {time.perf_counter() - start:.0f}s. Runs, metrics, plots and models are in {store}.")
     print("Open the MLflow UI on it:\n")
-    print(f"  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000\n")
+    mlflow_cli = Path(sys.executable).parent / "mlflow"  # the environment's own CLI, venv activated or not
+    print(f"  {mlflow_cli if mlflow_cli.exists() else 'mlflow'} ui --backend-store-uri {store} --host 127.0.0.1 --port 5000\n")
     return 0
