@@ -401,8 +401,8 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
     }
     for method in methods:
         seeds_done = [s for s in seeds if (method, s) in runs]
-        m: dict[str, Any] = {"args": runs[(method, seeds_done[0])]["args"] if seeds_done else cfg.methods[method],
-                             "seeds_done": seeds_done, "per_seed": {}}
+        m: dict[str, Any] = {"args": cfg.methods[method], "seeds_done": seeds_done, "per_seed": {},
+                             "resolved_args": runs[(method, seeds_done[0])]["args"] if seeds_done else {}}
         ne = np.stack([metrics[(method, s)].ne for s in seeds_done]) if seeds_done else np.full((1, T), np.nan)
         auc = np.stack([metrics[(method, s)].auc for s in seeds_done]) if seeds_done else np.full((1, T), np.nan)
         m["ne_mean"] = np.nanmean(ne, 0).tolist()
@@ -412,7 +412,7 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
         rels = []
         for s in seeds_done:
             r = runs[(method, s)]
-            seed_row = {"ne": metrics[(method, s)].ne.tolist(), "auc": metrics[(method, s)].auc.tolist(),
+            seed_row = {"args": r["args"], "ne": metrics[(method, s)].ne.tolist(), "auc": metrics[(method, s)].auc.tolist(),
                         "mean_ne": float(np.nanmean(metrics[(method, s)].ne)),
                         "mean_auc": float(np.nanmean(metrics[(method, s)].auc)),
                         "train_seconds": r["train_seconds"], "steps": r["steps"], "last_loss": r["last_loss"],
@@ -429,6 +429,8 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
         m["rel_ne_change_mean"] = np.nanmean(np.array(per_task_rel), 0).tolist() if per_task_rel else [float("nan")] * T
         m["mean_ne"], m["mean_ne_std"] = _nanmean_std([m["per_seed"][str(s)]["mean_ne"] for s in seeds_done])
         m["mean_auc"], m["mean_auc_std"] = _nanmean_std([m["per_seed"][str(s)]["mean_auc"] for s in seeds_done])
+        largest = [max(m["per_seed"][str(s)]["mean_weights"].get("max", [float("nan")])) for s in seeds_done]
+        m["largest_weight"] = max(largest) if largest else float("nan")  # any task, any step, any seed
         m["train_seconds_mean"] = _nanmean_std([m["per_seed"][str(s)]["train_seconds"] for s in seeds_done])[0]
         paired = [s for s in seeds_done if (base, s) in preds]
         if method != base and paired:
@@ -448,12 +450,15 @@ def _f(x: float, spec: str) -> str:
     return "nan" if x is None or not math.isfinite(x) else format(x, spec)
 
 
-def _args_text(args: dict[str, Any]) -> str:
+def _args_text(args: dict[str, Any], resolved: dict[str, Any]) -> str:
+    """The configured arguments; a derived one also shows its value (long lists summarised)."""
     parts = []
     for k, v in args.items():
-        if isinstance(v, list) and len(v) > 4:
-            v = f"[{len(v)} values, {min(v):.3g}..{max(v):.3g}]"
-        parts.append(f"{k}={v}")
+        text = f"{k}={v}"
+        r = resolved.get(k)
+        if isinstance(r, list):
+            text += f" [{len(r)} values, {min(r):.3g}..{max(r):.3g}]" if len(r) > 4 else f" {r}"
+        parts.append(text)
     return ", ".join(parts) or "defaults"
 
 
@@ -472,11 +477,13 @@ def to_markdown(res: dict[str, Any], title: str) -> str:
     lines.append("")
     lines.append("Mean relative NE change = mean over tasks of NE_method / NE_equal - 1 on the same seed "
                  "(negative = better); mean +- std over seeds, and a 95% paired bootstrap CI over test rows "
-                 "on the pooled predictions of all seeds.")
+                 "on the pooled predictions of all seeds (it covers test-set sampling, not seed-to-seed "
+                 "variation, which the std shows). Tasks better: tasks with lower NE than equal, per seed. "
+                 "Largest weight: the largest task weight at any step of any seed (equal = 1).")
     lines.append("")
     lines.append("| method | arguments | mean rel. NE change vs equal | 95% CI (pooled bootstrap) | tasks better (per seed) "
-                 "| mean NE | mean AUC | train s/run |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+                 "| mean NE | mean AUC | largest weight | train s/run |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for n in names:
         m = methods[n]
         pb = m.get("pooled_bootstrap")
@@ -486,9 +493,10 @@ def to_markdown(res: dict[str, Any], title: str) -> str:
         rel = "0 (baseline)" if n == base else _pm(m["mean_rel_ne_change"], m["mean_rel_ne_change_std"], "+.2f", k, 100) + "%"
         diverged = [s for s in m["seeds_done"] if not m["per_seed"][str(s)]["finite_predictions"]]
         note = f" (non-finite predictions, seed {diverged})" if diverged else ""
-        lines.append(f"| {n}{note} | {_args_text(m['args'])} | {rel} | {ci} | {better if n != base else '-'} "
+        lines.append(f"| {n}{note} | {_args_text(m['args'], m.get('resolved_args', {}))} | {rel} | {ci} | {better if n != base else '-'} "
                      f"| {_pm(m['mean_ne'], m['mean_ne_std'], '.4f', k)} "
-                     f"| {_pm(m['mean_auc'], m['mean_auc_std'], '.4f', k)} | {_f(m['train_seconds_mean'], '.0f')} |")
+                     f"| {_pm(m['mean_auc'], m['mean_auc_std'], '.4f', k)} | {_f(m['largest_weight'], '.3g')} "
+                     f"| {_f(m['train_seconds_mean'], '.0f')} |")
 
     def per_task(key_mean: str, key_std: str, label: str, digits: str) -> None:
         lines.extend(["", f"## Per-task test {label} (mean +- std over seeds)", ""])
