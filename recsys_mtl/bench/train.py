@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--steps", type=int, default=40, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeat", type=int, default=2, help="runs of each loop, alternating")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each loop, alternating")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -123,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
             framework.append(framework_loop(config, spec, env, args.warmup, args.steps))
             print(f"  run {r + 1}: framework (Trainer)  {framework[-1]:>10,.0f} samples/s", flush=True)
         p, f = statistics.median(plain), statistics.median(framework)
-        print(f"plain TorchRec loop: {p:,.0f} samples/s (median of {args.repeat})")
-        print(f"framework step:      {f:,.0f} samples/s (median of {args.repeat})")
-        print(f"ratio framework/plain: {f / p:.3f} (target >= 0.90)")
+        bp, bf = max(plain), max(framework)
+        print(f"plain TorchRec loop: median {p:,.0f}, best {bp:,.0f} samples/s over {args.repeat} runs")
+        print(f"framework step:      median {f:,.0f}, best {bf:,.0f} samples/s over {args.repeat} runs")
+        # best-of is the least disturbed by other processes on a shared machine
+        print(f"ratio framework/plain: {bf / bp:.3f} best-of, {f / p:.3f} median (target >= 0.90)")
     return 0

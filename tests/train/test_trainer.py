@@ -48,6 +48,7 @@ def test_pipeline_losses_equal_a_plain_forward_backward_loop(tmp_path):
     piped = [r["losses"] for r in logged(tmp_path)]
 
     plain = Trainer(tiny_config(tmp_path / "plain"), spec=spec, train_data=ListSource(batches))
+    plain.init_head_bias()  # what fit() does first
     losses = []
     for batch in batches:
         plain.optimizer.zero_grad()
@@ -200,3 +201,15 @@ def test_post_step_weighting_gets_the_same_batch_losses_after_the_update(tmp_pat
     after = trainer.weighting.after[0]
     # the update lowered the first batch's losses on the tasks it had labels for
     assert (after.sum() < before.sum()) and after.shape == before.shape
+
+
+def test_heads_start_at_each_tasks_label_rate(tmp_path):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    trainer = Trainer(tiny_config(tmp_path, train={"max_steps": 1}), spec=spec, train_data=ListSource(batches))
+    trainer.init_head_bias()
+    labels = torch.cat([b.labels for b in batches])
+    mask = torch.cat([b.label_mask for b in batches])
+    rate = (labels * mask).sum(0) / mask.sum(0)
+    bias = trainer.module.model.heads.bias.detach().flatten()
+    torch.testing.assert_close(torch.sigmoid(bias), rate, rtol=1e-4, atol=1e-6)
