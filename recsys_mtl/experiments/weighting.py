@@ -260,7 +260,7 @@ def train_and_predict(run_dir: Path, threads: int | None = None) -> dict[str, An
         "epochs": result.epochs_completed, "train_seconds": round(train_s, 2),
         "samples_per_second": round(result.samples_per_second, 1), "last_loss": result.last_loss,
         "finite_predictions": bool(torch.isfinite(logits).all()), "mean_weights": weights,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "git_commit": meta.get("git_commit"), "git_dirty": meta.get("git_dirty"),
     }
     (run_dir / RUN_DONE).write_text(json.dumps(done, indent=1))
     return done
@@ -299,25 +299,31 @@ def run_grid(cfg: WeightingExperimentConfig, out: Path, methods: list[str], seed
 
     data_dir = prepare_data(cfg.dataset)
     test_rows = _count_rows(data_dir / "test")
+    from recsys_mtl.config.loader import from_dict
+    from recsys_mtl.config.train import TrainConfig
+    from recsys_mtl.tracking.provenance import git_commit
+
+    commit = git_commit()
     todo, done = [], {}
     for seed in seeds:  # seed-major: an interrupted grid has whole seeds to compare
         for method in methods:
             run_dir = out / "runs" / method / f"seed{seed}"
-            if (run_dir / RUN_DONE).exists() and (run_dir / PREDICTIONS).exists() and not rerun:
-                done[(method, seed)] = json.loads((run_dir / RUN_DONE).read_text())
-                continue
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir(parents=True)
             args = resolve_method_args(cfg.methods[method], data_dir, seed)
             train_cfg = run_train_config(cfg, data_dir, method, args, seed, run_dir)
-            from recsys_mtl.config.loader import from_dict
-            from recsys_mtl.config.train import TrainConfig
-
             from_dict(TrainConfig, train_cfg, f"{method} seed {seed}")  # fail before launching anything
+            finished = (run_dir / RUN_DONE).exists() and (run_dir / PREDICTIONS).exists()
+            if finished and not rerun:
+                if yaml.safe_load((run_dir / "train_config.yaml").read_text()) == train_cfg:
+                    done[(method, seed)] = json.loads((run_dir / RUN_DONE).read_text())
+                    continue
+                log.info("%s seed %d: the training config changed since it ran; training it again", method, seed)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
             (run_dir / "train_config.yaml").write_text(yaml.safe_dump(train_cfg, sort_keys=False))
             (run_dir / "run_meta.json").write_text(json.dumps(
                 {"method": method, "seed": seed, "args": args, "test_path": str(data_dir / "test"),
-                 "test_rows": test_rows}))
+                 "test_rows": test_rows, "git_commit": commit[0] if commit else None,
+                 "git_dirty": commit[1] if commit else None}))
             todo.append((method, seed, run_dir))
     log.info("%d run(s) to train, %d already done; %s", len(todo), len(done),
              f"{jobs} process(es) x {threads} thread(s)" if jobs else "in this process")
@@ -393,8 +399,17 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
             raise RuntimeError(f"run {key}: test labels differ from the other runs' (same test split expected)")
     metrics = {key: task_metrics(p["logits"], labels, mask, from_logits=True) for key, p in preds.items()}
     base = cfg.baseline
+    import yaml
+
+    from recsys_mtl.tracking.provenance import package_versions
+
+    base_key = (base, seeds[0]) if (base, seeds[0]) in runs else next(iter(runs))
+    resolved = yaml.safe_load((out / "runs" / base_key[0] / f"seed{base_key[1]}" / "train_config.yaml").read_text())
     result: dict[str, Any] = {
         "dataset": dataclasses.asdict(cfg.dataset), "train_config": cfg.train_config, "set": list(cfg.set),
+        "resolved_train_config": resolved, "packages": package_versions(),
+        "git_commits": sorted({str(r.get("git_commit")) + (" (dirty)" if r.get("git_dirty") else "")
+                               for r in runs.values()}),
         "baseline": base, "seeds": seeds, "tasks": tasks, "test_rows": int(labels.shape[0]),
         "labelled_test_rows": mask.sum(0).tolist(),
         "test_base_rate": [float(x) for x in metrics[next(iter(metrics))].base_rate], "methods": {},
@@ -472,8 +487,11 @@ def to_markdown(res: dict[str, Any], title: str) -> str:
     base, tasks, methods = res["baseline"], res["tasks"], res["methods"]
     names = list(methods)
     lines = [f"# {title}", ""]
+    model = res.get("resolved_train_config", {}).get("model", {})
     lines.append(f"Test rows: {res['test_rows']:,}; tasks: {len(tasks)}; seeds: {res['seeds']}; baseline: `{base}`. "
-                 f"Training config `{res['train_config']}` with {res['set'] or 'no overrides'}.")
+                 f"Training config `{res['train_config']}` with {res['set'] or 'no overrides'} "
+                 f"(architecture {model.get('architecture', '?')}; the resolved config is in results.json). "
+                 f"Code: {', '.join(res.get('git_commits', [])) or '?'}.")
     lines.append("")
     lines.append("Mean relative NE change = mean over tasks of NE_method / NE_equal - 1 on the same seed "
                  "(negative = better); mean +- std over seeds, and a 95% paired bootstrap CI over test rows "

@@ -83,6 +83,21 @@ def test_finished_runs_are_reused_not_retrained(finished, monkeypatch):
     assert set(res["methods"]) == {"equal", "go4align"}  # the baseline always comes along
 
 
+def test_a_finished_run_whose_training_config_changed_is_trained_again(tmp_path):
+    import dataclasses
+
+    cfg = tiny_experiment(tmp_path, methods={"equal": {}})
+    out = tmp_path / "out"
+    run_json = out / "runs" / "equal" / "seed0" / "run.json"
+    exp.run_experiment(cfg, out, jobs=0)
+    first = run_json.stat().st_mtime_ns
+    exp.run_experiment(cfg, out, jobs=0)
+    assert run_json.stat().st_mtime_ns == first  # same config: reused
+    exp.run_experiment(dataclasses.replace(cfg, set=list(cfg.set) + ["optim.dense.lr=0.02"]), out, jobs=0)
+    assert run_json.stat().st_mtime_ns != first
+    assert yaml.safe_load((run_json.parent / "train_config.yaml").read_text())["optim"]["dense"]["lr"] == 0.02
+
+
 def test_one_run_in_its_own_process_writes_the_same_files(tmp_path):
     cfg = tiny_experiment(tmp_path, methods={"equal": {}})
     res = exp.run_experiment(cfg, tmp_path / "out", jobs=1, threads=1)
