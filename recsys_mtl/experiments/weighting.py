@@ -497,7 +497,8 @@ def to_markdown(res: dict[str, Any], title: str) -> str:
                  "(negative = better); mean +- std over seeds, and a 95% paired bootstrap CI over test rows "
                  "on the pooled predictions of all seeds (it covers test-set sampling, not seed-to-seed "
                  "variation, which the std shows). Tasks better: tasks with lower NE than equal, per seed. "
-                 "Largest weight: the largest task weight at any step of any seed (equal = 1).")
+                 "Largest weight: the largest task weight at any step of any seed (equal gives 1 to every task; "
+                 "famo, group_dro, random and softmax_uncertainty give weights that sum to 1).")
     lines.append("")
     lines.append("| method | arguments | mean rel. NE change vs equal | 95% CI (pooled bootstrap) | tasks better (per seed) "
                  "| mean NE | mean AUC | largest weight | train s/run |")
