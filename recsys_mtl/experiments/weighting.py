@@ -408,7 +408,7 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
     result: dict[str, Any] = {
         "dataset": dataclasses.asdict(cfg.dataset), "train_config": cfg.train_config, "set": list(cfg.set),
         "resolved_train_config": resolved, "packages": package_versions(),
-        "git_commits": sorted({str(r.get("git_commit")) + (" (dirty)" if r.get("git_dirty") else "")
+        "git_commits": sorted({(r.get("git_commit") or "not recorded") + (" (dirty)" if r.get("git_dirty") else "")
                                for r in runs.values()}),
         "baseline": base, "seeds": seeds, "tasks": tasks, "test_rows": int(labels.shape[0]),
         "labelled_test_rows": mask.sum(0).tolist(),
