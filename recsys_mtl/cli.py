@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "recsys_mtl.train.commands",
     "recsys_mtl.demo",
     "recsys_mtl.tracking.commands",
+    "recsys_mtl.pipeline.commands",
+    "recsys_mtl.evaluate.commands",
     "recsys_mtl.experiments.commands",
 ]
 

@@ -11,7 +11,8 @@
     weighting: {method: equal, args: {}}
     train:     {epochs, max_steps, eval_every, log_every, seed, device, output_dir,
                 deterministic, progress_bar, checkpoint: {every, keep, dir, resume}}
-    tracking:  {}   (owned by the tracking stage)
+    tracking:  {enabled, tracking_uri, experiment, run_name, train_metrics, train_metrics_every_n_steps,
+                log_model, register_model, ...}   (recsys_mtl/tracking/config.py)
 
 Relative paths are relative to the working directory.
 """
@@ -22,6 +23,7 @@ import dataclasses
 from typing import Any, Literal
 
 from recsys_mtl.config.loader import Where, load_yaml
+from recsys_mtl.tracking.config import TrackingConfig
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
 ShardingChoice = Literal["table_wise", "row_wise", "column_wise", "data_parallel"]
@@ -203,6 +205,10 @@ class TrainSection:
     deterministic: bool = False  # torch.use_deterministic_algorithms, bitwise-repeatable runs
     progress_bar: bool = True
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    # warm start: a model directory (config.yaml, feature_spec.yaml, checkpoint/) or a checkpoint of a
+    # model of the same shape; its weights, optimizer and weighting state seed a fresh run (not its
+    # step, data position or RNG). Ignored when the run resumes from its own checkpoint.
+    init_from: str | None = None
 
     def validate(self, where: Where) -> None:
         _positive(where, "epochs", self.epochs)
@@ -219,7 +225,7 @@ class TrainConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     weighting: WeightingConfig = dataclasses.field(default_factory=WeightingConfig)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
-    tracking: dict[str, Any] = dataclasses.field(default_factory=dict)  # filled by the tracking stage
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
     @classmethod
     def load(cls, path: str, overrides: list[str] | None = None) -> "TrainConfig":

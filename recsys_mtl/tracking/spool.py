@@ -46,7 +46,10 @@ def deliver_record(client, record: dict[str, Any]) -> None:
         if not Path(record["artifact"]).exists():
             log.warning("spooled artifact %s no longer exists; skipped", record["artifact"])
             return
-        client.log_artifact(run_id, record["artifact"], record.get("artifact_path"))
+        if Path(record["artifact"]).is_dir():  # a checkpoint directory: its files under artifact_path
+            client.log_artifacts(run_id, record["artifact"], record.get("artifact_path"))
+        else:
+            client.log_artifact(run_id, record["artifact"], record.get("artifact_path"))
     elif "terminate" in record:
         client.set_terminated(run_id, record["terminate"])
     else:

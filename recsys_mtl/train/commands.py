@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config value, e.g. --set train.seed=1 (repeatable; value parsed as YAML)")
     p.add_argument("--nproc", type=int, default=None,
                    help="run N processes on this machine through torchrun (default: 1, no torchrun)")
+    p.add_argument("--register-model", metavar="NAME",
+                   help="register the trained model in the MLflow model registry as NAME (= --set tracking.register_model=NAME)")
     p.set_defaults(func=run)
 
 
@@ -48,6 +50,8 @@ def launch_torchrun(config: str, overrides: list[str], nproc: int) -> int:
 def run(args: argparse.Namespace) -> int:
     from recsys_mtl.config.train import TrainConfig
 
+    if args.register_model:
+        args.overrides = args.overrides + [f"tracking.register_model={args.register_model}"]
     config = TrainConfig.load(args.config, args.overrides)  # fail fast, once, before launching anything
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(args.config, args.overrides, args.nproc)
@@ -59,8 +63,23 @@ def run(args: argparse.Namespace) -> int:
     env = init_distributed(config.train.device)
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)
+    callbacks = []
+    if config.tracking.enabled:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from recsys_mtl.tracking.callback import TrackingCallback
+
+        callbacks.append(TrackingCallback())
     try:
-        Trainer(config, env=env).fit()
+        Trainer(config, env=env, callbacks=callbacks).fit()
+    except BaseException:
+        for cb in callbacks:
+            cb.close("FAILED")
+        raise
     finally:
         shutdown_distributed()
+    for cb in callbacks:
+        if cb.run_id:
+            print(f"MLflow run {cb.run_id} at {cb.tracker.tracking_uri}")
+        if cb.model_version is not None:
+            print(f"registered model {cb.model_version.name} version {cb.model_version.version}")
     return 0

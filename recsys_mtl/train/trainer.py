@@ -65,6 +65,8 @@ class TrainerCallback:
     def on_train_start(self, trainer: "Trainer") -> None: ...
     def on_log(self, trainer: "Trainer", records: list[dict[str, Any]]) -> None: ...
     def on_eval(self, trainer: "Trainer", step: int, epoch: int, metrics: dict[str, dict[str, float]]) -> None: ...
+    def on_train_metrics(self, trainer: "Trainer", step: int, metrics: dict[str, torch.Tensor]) -> None:
+        """Streaming per-task metrics ({"ne": [T], "ne_lifetime": [T], ...}, recsys_mtl.metrics.streaming)."""
     def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None: ...
 
 
@@ -177,6 +179,7 @@ class Trainer:
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
         self.last_eval: dict[str, dict[str, float]] | None = None
         self.last_loss = float("nan")
+        self.train_metrics = self._build_train_metrics()
 
     # -- construction helpers ----------------------------------------------------------------
     def _build_weighting(self) -> WeightingMethod:
@@ -186,6 +189,25 @@ class Trainer:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"weighting: cannot build {wc.method!r} with args {wc.args}: {exc}") from None
         return weighting.to(self.device)
+
+    def _build_train_metrics(self):
+        """TorchRec streaming metrics on every rank (their compute is a collective), or None."""
+        tr = self.config.tracking
+        if not (tr.enabled and tr.train_metrics):
+            return None
+        from recsys_mtl.metrics.streaming import StreamingTaskMetrics
+
+        global_batch = self.config.data.batch_size * self.env.world_size
+        return StreamingTaskMetrics(
+            self.spec.task_names, self.config.data.batch_size, window_rows=max(tr.train_metrics_window_rows, global_batch),
+            auc_window_rows=max(tr.train_metrics_auc_window_rows, global_batch), world_size=self.env.world_size,
+            rank=self.env.rank, process_group=dist.group.WORLD, device=self.device)
+
+    def _report_train_metrics(self) -> None:
+        values = self.train_metrics.compute()
+        if self.env.is_main:
+            for cb in self.callbacks:
+                cb.on_train_metrics(self, self.step, values)
 
     def _default_source(self, path: str, train: bool) -> BatchSource:
         d = self.config.data
@@ -249,6 +271,30 @@ class Trainer:
             self._truncate_train_log(self.step)
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.step_in_epoch)
         return True
+
+    def warm_start(self, source: str | Path) -> None:
+        """Seed a fresh run from another run's model: weights, both optimizers' state and the
+        weighting state; the step, data position and RNG start fresh."""
+        from recsys_mtl.evaluate.loading import CHECKPOINT_DIR
+
+        path = Path(source)
+        if (path / CHECKPOINT_DIR).is_dir():
+            path = path / CHECKPOINT_DIR
+        if not CheckpointManager.is_complete(path):
+            latest = CheckpointManager(path).latest() if path.is_dir() else None
+            if latest is None:
+                raise ConfigError(f"train.init_from: {source} is neither a model directory nor a checkpoint")
+            path = latest
+        self.dense_optimizer.init_state()
+        state = self._checkpoint_state()
+        del state["train_state"], state[f"rng_rank{self.env.rank}"]
+        self.checkpoints.load(path, state, self.signature)
+        self.dmp.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optim"])
+        self.weighting.load_state_dict(state["weighting"])
+        if self.env.is_main:
+            (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
+            log.info("warm start from %s", path)
 
     def init_head_bias(self, num_batches: int = 16) -> None:
         """Set each head's bias to its task's label rate over the first batches of epoch 0 (all ranks)."""
@@ -357,7 +403,9 @@ class Trainer:
         if self.env.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.maybe_resume()
-        if not resumed:
+        if not resumed and tc.init_from:
+            self.warm_start(tc.init_from)
+        elif not resumed:
             if self.config.model.head_bias == "prior":
                 self.init_head_bias()
             if self.env.is_main:
@@ -383,18 +431,24 @@ class Trainer:
             remaining = steps_in_epoch - self.step_in_epoch
             if tc.max_steps is not None:
                 remaining = min(remaining, tc.max_steps - self.step)
-            kept: collections.deque | None = collections.deque() if post_step else None
+            kept: collections.deque | None = (
+                collections.deque() if post_step or self.train_metrics is not None else None)
             batches = self._batches(remaining, kept)
             while True:
                 try:
-                    losses, _logits, weights = self.pipeline.progress(batches)
+                    losses, logits, weights = self.pipeline.progress(batches)
                 except StopIteration:
                     break
                 self.step += 1
                 self.step_in_epoch += 1
                 self._pending.append((self.step, self.epoch, losses.detach(), weights.detach()))
-                if kept is not None:
-                    self._post_step_losses(kept.popleft())
+                done = kept.popleft() if kept is not None else None  # the batch this step trained on
+                if post_step:
+                    self._post_step_losses(done)
+                if self.train_metrics is not None:
+                    self.train_metrics.update(logits, done.labels, done.label_mask)
+                    if self.step % self.config.tracking.train_metrics_every_n_steps == 0:
+                        self._report_train_metrics()
                 if self.step % tc.log_every == 0:
                     self._flush_records()
                     if bar is not None:
@@ -419,6 +473,9 @@ class Trainer:
                 evaluated_at = self.step
 
         self._flush_records()
+        if self.train_metrics is not None and self.train_metrics.updates and \
+                self.step % self.config.tracking.train_metrics_every_n_steps:
+            self._report_train_metrics()  # the last steps' window and the whole run's lifetime values
         elapsed = max(time.perf_counter() - start_time, 1e-9)
         if bar is not None:
             bar.close()

@@ -49,7 +49,21 @@ def test_bench_data_prints_both_throughputs_and_their_ratio(tmp_path, capsys):
     assert "raw pyarrow scan" in text and "ParquetStream" in text and "reader/raw" in text
 
 
-def test_demo_generates_streams_and_summarises(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--rows", "20000", "--tasks", "6"]) == 0
+def test_demo_trains_both_methods_evaluates_compares_and_prints_the_ui_command(tmp_path, capsys):
+    """The README's main job with small flags: data, GO4Align and equal runs, evaluation, comparison."""
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--rows", "8000", "--tasks", "4", "--table-scale", "0.001", "--epochs", "1",
+            "--batch-size", "256", "--n-boot", "20", "--groups", "2"]
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "20,000 rows" in text and "base rate" in text
+    for marker in ("[1/5] generating 8,000 synthetic rows", "[2/5] training with GO4Align", "[3/5] training with equal",
+                   "[4/5] offline evaluation", "dNE [95% CI]", "mean relative NE change vs", "[5/5] comparison",
+                   "NE chg % vs first", "(mean)", f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}"):
+        assert marker in text, marker
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["equal", "eval equal", "eval go4align", "go4align"]
+    assert main(argv) == 0  # a second run reuses the data and starts fresh runs
+    assert "[1/5] reusing synthetic data" in capsys.readouterr().out

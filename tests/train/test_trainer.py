@@ -10,7 +10,7 @@ from recsys_mtl.losses import masked_bce
 from recsys_mtl.train import Trainer
 from recsys_mtl.train.checkpoint import CheckpointMismatchError
 from recsys_mtl.train.trainer import TRAIN_LOG
-from recsys_mtl.weighting import WeightingMethod, register_weighting
+from recsys_mtl.weighting import WeightingMethod
 
 from tests.models.batches import ListSource, random_batch, rank_batches, tiny_spec
 from tests.train.helpers import tiny_config
@@ -173,8 +173,10 @@ def test_checkpoint_of_another_model_shape_names_the_difference(tmp_path):
         trainer.fit()
 
 
-@register_weighting("_test_post_step")
 class PostStepRecorder(WeightingMethod):
+    """Registered per test (monkeypatch), so the global registry stays as the product ships it."""
+
+    name = "_test_post_step"
     needs_post_step_losses = True
 
     def __init__(self, num_tasks: int) -> None:
@@ -190,7 +192,10 @@ class PostStepRecorder(WeightingMethod):
         self.after.append(losses_after.clone())
 
 
-def test_post_step_weighting_gets_the_same_batch_losses_after_the_update(tmp_path):
+def test_post_step_weighting_gets_the_same_batch_losses_after_the_update(tmp_path, monkeypatch):
+    from recsys_mtl.weighting import base
+
+    monkeypatch.setitem(base._REGISTRY, "_test_post_step", PostStepRecorder)
     spec = tiny_spec()
     batches = rank_batches(spec, 3, 16, 1, 0)
     trainer = Trainer(tiny_config(tmp_path, weighting={"method": "_test_post_step"}), spec=spec,

@@ -1,0 +1,137 @@
+"""Load a trained model back for scoring: one process, CPU, unsharded, from a DCP checkpoint.
+
+A *model directory* (what a tracked run logs as its `model/` artifact) holds:
+
+    config.yaml          the training config (model architecture, seed, ...)
+    feature_spec.yaml    the feature spec the model was built from
+    checkpoint/step-N/   the final DCP checkpoint, as saved by every training rank (model.json inside)
+
+`load_model(path)` accepts a model directory, or a bare checkpoint directory
+(`<output_dir>/checkpoints/step-N`, or `<output_dir>/checkpoints` for its latest) with
+the training config given separately. Tables sharded over any number of ranks
+(table-, row-, column-wise) are read back into plain tensors by DCP's resharding load.
+`resolve_model_dir` finds the model directory of an MLflow run id or a `models:/NAME/VERSION` URI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+CONFIG_FILE = "config.yaml"
+SPEC_FILE = "feature_spec.yaml"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: "object"  # MultiTaskModel, eval mode, on CPU
+    spec: "object"  # FeatureSpec
+    config: "object"  # TrainConfig
+    checkpoint: Path
+    step: int | None  # training step of the checkpoint (from its folder name), if known
+    source: str  # what was loaded, for reports and tags
+
+
+def _checkpoint_in(path: Path) -> Path:
+    """`path` itself if it is a complete DCP checkpoint, else the latest one under it."""
+    from recsys_mtl.train.checkpoint import CheckpointManager
+
+    if CheckpointManager.is_complete(path):
+        return path
+    latest = CheckpointManager(path).latest()
+    if latest is None:
+        raise FileNotFoundError(f"{path}: not a checkpoint directory (no .metadata and model.json) "
+                                "and holds no complete checkpoint")
+    return latest
+
+
+def _step_of(checkpoint: Path) -> int | None:
+    name = checkpoint.name
+    return int(name.split("-", 1)[1]) if name.startswith("step-") and name.split("-", 1)[1].isdigit() else None
+
+
+def load_model(path: str | Path, config_path: str | Path | None = None, source: str | None = None) -> LoadedModel:
+    """Build the model of `path` (a model directory or a checkpoint directory + `config_path`) and load its weights."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from recsys_mtl.config.features import FeatureSpec
+    from recsys_mtl.config.loader import ConfigError, from_dict, read_yaml
+    from recsys_mtl.config.train import TrainConfig
+    from recsys_mtl.models import MultiTaskModel
+    from recsys_mtl.train.checkpoint import CheckpointManager
+    from recsys_mtl.train.trainer import model_signature
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model or checkpoint directory")
+    if (path / CONFIG_FILE).is_file() and (path / CHECKPOINT_DIR).is_dir():
+        config = from_dict(TrainConfig, read_yaml(path / CONFIG_FILE), str(path / CONFIG_FILE))
+        spec = FeatureSpec.load(path / SPEC_FILE)
+        checkpoint = _checkpoint_in(path / CHECKPOINT_DIR)
+    else:
+        if config_path is None:
+            raise ConfigError(f"{path} is a bare checkpoint: give the training config it was trained with "
+                              f"(--config), or point at a model directory ({CONFIG_FILE}, {SPEC_FILE}, {CHECKPOINT_DIR}/)")
+        config = TrainConfig.load(str(config_path))
+        spec = FeatureSpec.load(config.data.spec)
+        checkpoint = _checkpoint_in(path)
+    CheckpointManager(checkpoint.parent).check_signature(checkpoint, model_signature(spec, config))
+
+    model = MultiTaskModel(spec, config.model, seed=config.train.seed, device="cpu", embedding_device="meta")
+    model.ebc = model.ebc.to_empty(device="cpu")  # DCP fills the tables: skip their random init
+    # the trainer saved {"model": DMP state}, whose keys are those of MultiTaskTrainModule ("model.<name>")
+    state = {"model": {f"model.{k}": v for k, v in model.state_dict().items()}}
+    try:
+        dcp.load(state, checkpoint_id=str(checkpoint))
+    except Exception as exc:  # DCP wraps per-key errors in a CheckpointException
+        raise ConfigError(f"checkpoint {checkpoint} does not fit the model of its config "
+                          f"({type(exc).__name__}: {str(exc)[:500]})") from exc
+    model.load_state_dict({k[len("model."):]: v for k, v in state["model"].items()})
+    model.eval()
+    return LoadedModel(model=model, spec=spec, config=config, checkpoint=checkpoint, step=_step_of(checkpoint),
+                       source=source or str(path))
+
+
+def local_artifact_dir(artifact_uri: str) -> Path | None:
+    """The local folder of a `file:` artifact URI (or a plain path), else None."""
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path))
+    return None
+
+
+def resolve_model_dir(client, tracking_uri: str, ref: str, dst: str | Path) -> tuple[Path, str | None]:
+    """(local model directory, run id) for a run id or `models:/NAME/VERSION`; downloads into `dst` unless local."""
+    run_id, artifact_uri = None, None
+    if ref.startswith("models:/"):
+        name, _, version = ref[len("models:/"):].partition("/")
+        if not version:
+            raise ValueError(f"{ref}: expected models:/NAME/VERSION")
+        mv = client.get_model_version(name, version)
+        run_id, artifact_uri = mv.run_id, mv.source
+    else:
+        run_id = ref
+        run = client.get_run(ref)
+        artifact_uri = f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}"
+        if MODEL_ARTIFACT not in {a.path for a in client.list_artifacts(ref)}:
+            raise FileNotFoundError(f"run {ref} has no {MODEL_ARTIFACT!r} artifact (was it trained with "
+                                    "tracking.log_model: true, and did it finish?)")
+    local = local_artifact_dir(artifact_uri)
+    if local is not None and local.is_dir():
+        return local, run_id
+    from mlflow.artifacts import download_artifacts
+
+    log.info("downloading %s", artifact_uri)
+    return Path(download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst),
+                                   tracking_uri=tracking_uri)), run_id
+
+
+__all__ = ["MODEL_ARTIFACT", "CONFIG_FILE", "SPEC_FILE", "CHECKPOINT_DIR", "LoadedModel", "load_model",
+           "resolve_model_dir", "local_artifact_dir"]

@@ -1,0 +1,1 @@
+"""Batch jobs composed from train, evaluate and compare: the daily incremental pipeline."""

@@ -1,0 +1,74 @@
+"""The champion in the MLflow model registry: one registered model, one alias.
+
+Registration is idempotent (a version is found again by its run id), so a
+promote step that died after creating the version and before moving the alias
+completes on the next run without a second version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_TAG = "recsys_mtl.checkpoint"
+DATE_TAG = "recsys_mtl.pipeline.date"
+
+
+@dataclasses.dataclass(frozen=True)
+class Champion:
+    version: str
+    run_id: str
+    checkpoint: str  # a local checkpoint directory
+
+
+class ChampionRegistry:
+    def __init__(self, tracking_uri: str, model_name: str, alias: str = "champion") -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.model_name = model_name
+        self.alias = alias
+
+    def champion(self) -> Champion | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(self.model_name, self.alias)
+        except MlflowException:
+            return None
+        return self._as_champion(mv)
+
+    def version(self, version: str) -> Champion:
+        return self._as_champion(self.client.get_model_version(self.model_name, version))
+
+    def _as_champion(self, mv) -> Champion:
+        checkpoint = mv.tags.get(CHECKPOINT_TAG, "")
+        if not checkpoint or not Path(checkpoint).is_dir():
+            import mlflow.artifacts
+
+            checkpoint = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=self.client.tracking_uri)
+        return Champion(version=str(mv.version), run_id=mv.run_id, checkpoint=str(checkpoint))
+
+    def register(self, run_id: str, source: str, checkpoint: str, date: str) -> str:
+        """The version for `run_id`, created if needed. Does not move the alias."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            self.client.create_registered_model(self.model_name, description="recsys-mtl daily pipeline champion history")
+        existing = self.client.search_model_versions(f"name = '{self.model_name}' and run_id = '{run_id}'")
+        if existing:
+            return str(existing[0].version)
+        mv = self.client.create_model_version(
+            self.model_name, source=source, run_id=run_id, tags={CHECKPOINT_TAG: checkpoint, DATE_TAG: date},
+            description=f"candidate trained on {date}",
+        )
+        return str(mv.version)
+
+    def promote(self, version: str) -> None:
+        self.client.set_registered_model_alias(self.model_name, self.alias, version)
+        log.info("%s@%s -> version %s", self.model_name, self.alias, version)

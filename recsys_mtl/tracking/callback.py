@@ -1,0 +1,147 @@
+"""TrackingCallback: a Trainer's run in MLflow (rank 0), through RunTracker.
+
+    callback = TrackingCallback()
+    Trainer(config, callbacks=[callback]).fit()      # config.tracking says where and what
+    callback.run_id, callback.model_version
+
+What a run holds:
+- params: the flattened training config; artifacts `config.yaml`, `feature_spec.yaml`;
+  tags: git commit, data fingerprint (train + eval paths), package versions, world size;
+- every `train_metrics_every_n_steps` steps: `train/loss/<task>`, `train/weight/<task>`,
+  the weighting's per-task state (`train/group/<task>` and `train/gamma/<task>` for
+  GO4Align), `train/loss_total`, `train/weighting/<summary>`, and the streaming TorchRec
+  metrics `train/{ne,logloss,calibration,auc}/<task>` (window) and
+  `train/{ne,logloss,calibration}_lifetime/<task>`;
+- each evaluation: `eval/{ne,auc,logloss,calibration,count}/<task>`, `eval/mean_ne`, `eval/mean_auc`;
+- system metrics (`system/...`), heatmaps `plots/train_weight.png`, `plots/train_group.png`;
+- at the end: the model as `model/` (config.yaml, feature_spec.yaml and the final DCP
+  checkpoint directory `model/checkpoint/`, as saved by every rank), `train_log.jsonl`,
+  and a model-registry version when `tracking.register_model` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from recsys_mtl.train.trainer import TrainerCallback
+from recsys_mtl.tracking.tracker import NullTracker, RunTracker
+
+if TYPE_CHECKING:
+    from recsys_mtl.train.trainer import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+EVAL_METRICS = ("ne", "auc", "logloss", "calibration", "count")
+
+
+class TrackingCallback(TrainerCallback):
+    def __init__(self) -> None:
+        self.tracker: RunTracker | NullTracker = NullTracker()
+        self.run_id: str | None = None
+        self.model_version: Any = None  # mlflow ModelVersion when registered
+
+    # -- start -------------------------------------------------------------------------------
+    def on_train_start(self, trainer: "Trainer") -> None:
+        import yaml
+
+        from recsys_mtl.config.loader import to_dict
+
+        cfg, tcfg = trainer.config, trainer.config.tracking
+        work = trainer.output_dir / "tracking"
+        work.mkdir(parents=True, exist_ok=True)
+        spec_file = work / "feature_spec.yaml"  # the spec the model was built from, even if given in memory
+        spec_file.write_text(yaml.safe_dump(to_dict(trainer.spec), sort_keys=False))
+        data_paths = [p for p in (cfg.data.train_path, cfg.data.eval_path) if p and Path(p).exists()]
+        self.tracker = RunTracker.start(
+            tcfg, run_name=tcfg.run_name or trainer.output_dir.resolve().name, config_obj=cfg,
+            params={"world_size": trainer.env.world_size, "num_tasks": trainer.spec.num_tasks},
+            tags={"recsys_mtl.weighting": cfg.weighting.method, "recsys_mtl.architecture": cfg.model.architecture},
+            artifacts=[spec_file], data_paths=data_paths, work_dir=trainer.output_dir, rank=trainer.env.rank)
+        self.run_id = self.tracker.run_id
+        if self.run_id:
+            (work / "run_id").write_text(self.run_id + "\n")
+
+    # -- per step ----------------------------------------------------------------------------
+    def on_log(self, trainer: "Trainer", records: list[dict[str, Any]]) -> None:
+        t, names = self.tracker, trainer.spec.task_names
+        due = [r for r in records if t.due(r["step"])]
+        for r in due:
+            t.log_vector(r["step"], "train/loss", names, r["losses"])
+            t.log_vector(r["step"], "train/weight", names, r["weights"])
+            t.log_metrics(r["step"], {"train/loss_total": r["loss"], "train/epoch": r["epoch"]})
+        if due:  # method state exists for the latest step only: log it there
+            step = records[-1]["step"]
+            for key, value in trainer.weighting.tracking_state().items():
+                if value.shape == (len(names),):
+                    t.log_vector(step, f"train/{key}", names, value.detach().clone())
+            summary = {f"train/weighting/{k}": float(v) for k, v in trainer.weighting.summary().items()}
+            t.log_metrics(step, {k: v for k, v in summary.items() if math.isfinite(v)})
+
+    def on_train_metrics(self, trainer: "Trainer", step: int, metrics: dict[str, torch.Tensor]) -> None:
+        for name, values in metrics.items():
+            self.tracker.log_vector(step, f"train/{name}", trainer.spec.task_names, values)
+
+    def on_eval(self, trainer: "Trainer", step: int, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
+        out: dict[str, float] = {}
+        for task, m in metrics.items():
+            for key in EVAL_METRICS:
+                if key in m and math.isfinite(m[key]):
+                    out[f"eval/{key}/{task}"] = float(m[key])
+        for key in ("ne", "auc"):
+            vals = [m[key] for m in metrics.values() if math.isfinite(m[key])]
+            if vals:
+                out[f"eval/mean_{key}"] = sum(vals) / len(vals)
+        self.tracker.log_metrics(step, out)
+
+    # -- end ---------------------------------------------------------------------------------
+    def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None:
+        t, tcfg = self.tracker, trainer.config.tracking
+        try:
+            t.log_metrics(result.steps, {"train/samples_per_second": result.samples_per_second})
+            log_path = trainer.output_dir / "train_log.jsonl"
+            if log_path.exists():
+                t.log_artifact(log_path)
+            if tcfg.log_model and self.run_id:
+                self._log_model(trainer)
+                if tcfg.register_model:
+                    self._register(tcfg.register_model)
+        finally:
+            self.close("FINISHED")
+
+    def _log_model(self, trainer: "Trainer") -> None:
+        from recsys_mtl.evaluate.loading import CHECKPOINT_DIR, CONFIG_FILE, MODEL_ARTIFACT, SPEC_FILE
+
+        checkpoint = trainer.checkpoints.latest()
+        if checkpoint is None:
+            log.warning("no checkpoint to log as the model")
+            return
+        work = trainer.output_dir / "tracking"
+        t = self.tracker
+        for name, src in ((CONFIG_FILE, work / "config.yaml"), (SPEC_FILE, work / "feature_spec.yaml")):
+            if src.name != name:
+                raise AssertionError(f"{src} must be named {name}")
+            t.log_artifact(src, MODEL_ARTIFACT)
+        t.log_artifact(checkpoint, f"{MODEL_ARTIFACT}/{CHECKPOINT_DIR}/{checkpoint.name}")  # the name keeps the step
+        t.set_tags({"recsys_mtl.model": MODEL_ARTIFACT, "recsys_mtl.checkpoint": checkpoint.name})
+
+    def _register(self, name: str) -> None:
+        from recsys_mtl.tracking.registry import register_run_model
+
+        if not self.tracker.flush(timeout=600):  # the version's source must exist first
+            log.error("model not registered: the run's artifacts are not all in the store yet (see the spool)")
+            return
+        self.model_version = register_run_model(self.tracker.client, name, self.run_id)
+        log.info("registered model %r version %s (source %s)", name, self.model_version.version,
+                 self.model_version.source)
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run (also called with "FAILED" when training raises); idempotent."""
+        self.tracker.close(status)
+
+
+__all__ = ["TrackingCallback"]

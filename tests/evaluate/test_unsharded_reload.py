@@ -1,0 +1,59 @@
+"""`recsys-mtl evaluate` reloads a checkpoint unsharded in one process: it must score like the sharded model."""
+
+import pytest
+import torch
+import yaml
+
+from recsys_mtl.config.features import FeatureSpec
+from recsys_mtl.config.loader import from_dict, to_dict
+from recsys_mtl.evaluate.loading import load_model
+from recsys_mtl.train import Trainer
+
+from tests.models.batches import ListSource, random_batch, rank_batches
+from tests.train.helpers import tiny_config
+
+TORCHREC_SHARED_TABLE_MEAN_POOLING = (
+    "TorchRec 1.8: in a collection with a mean-pooled table, a table read by two features and sharded other "
+    "than row-wise gets its second feature mean-pooled (the pooling divisor is indexed by first occurrence of "
+    "a feature name); the unsharded model pools it as the spec says")
+
+
+def spec_with_mean_pooled_table() -> FeatureSpec:
+    """`item` is shared by item_id and hist_items (sum pooling); `tag` is mean-pooled."""
+    return from_dict(FeatureSpec, {
+        "name": "reload",
+        "tables": {"user": {"num_embeddings": 40, "embedding_dim": 8},
+                   "item": {"num_embeddings": 30, "embedding_dim": 8},
+                   "tag": {"num_embeddings": 12, "embedding_dim": 8, "pooling": "mean"}},
+        "sparse": [{"name": "user_id", "table": "user"}, {"name": "item_id", "table": "item"},
+                   {"name": "hist_items", "table": "item", "multi_valued": True},
+                   {"name": "item_tags", "table": "tag", "multi_valued": True}],
+        "dense": [{"name": "d0"}, {"name": "d1"}],
+        "tasks": [{"name": f"task{i}"} for i in range(6)],
+    }, "reload_spec")
+
+
+@pytest.mark.parametrize("tables", [
+    {},
+    {"user": "table_wise", "tag": "column_wise"},
+    pytest.param({"item": "table_wise"}, marks=pytest.mark.xfail(strict=True, reason=TORCHREC_SHARED_TABLE_MEAN_POOLING)),
+], ids=["planner", "unshared_tables_off_row_wise", "shared_table_table_wise"])
+def test_checkpoint_reloaded_unsharded_scores_like_the_sharded_model(tmp_path, tables):
+    spec = spec_with_mean_pooled_table()
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(to_dict(spec)))
+    cfg = tiny_config(tmp_path / "out", data={"spec": str(spec_path)}, sharding={"tables": tables},
+                      model={"wide": True}, tracking={"enabled": False})
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(to_dict(cfg)))
+    trainer = Trainer(cfg, spec=spec, train_data=ListSource(rank_batches(spec, 3, 16, 1, 0)))
+    trainer.fit()  # trains 3 steps and checkpoints the end
+    loaded = load_model(tmp_path / "out" / "checkpoints", config_path)
+    assert loaded.step == 3
+    trainer.pipeline.detach()  # call the sharded model directly, as Trainer.evaluate does
+    trainer.dmp.eval()
+    batch = random_batch(spec, 64, seed=11)
+    with torch.no_grad():
+        sharded = trainer.module.model(batch.dense, batch.sparse)
+        unsharded = loaded.model(batch.dense, batch.sparse)
+    torch.testing.assert_close(unsharded, sharded, rtol=1e-5, atol=1e-6)

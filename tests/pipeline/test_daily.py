@@ -1,0 +1,152 @@
+"""The daily pipeline against a real sqlite MLflow store, real Parquet days and real training."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recsys_mtl.config.loader import load_yaml
+from recsys_mtl.data import DataError
+from recsys_mtl.pipeline.config import DailyPipelineConfig
+from recsys_mtl.pipeline.daily import DailyPipeline, format_summary
+from recsys_mtl.pipeline.state import STEPS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def days(tmp_path_factory) -> Path:
+    from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
+
+    cfg = SynthConfig(tasks=4, rows=16_000, days=4, seed=3, drift=0.2, table_scale=0.001, row_group_size=2048, rows_per_file=4096)
+    return generate_synthetic(tmp_path_factory.mktemp("days") / "data", cfg)
+
+
+def make_config(tmp_path: Path, days: Path, **changes) -> Path:
+    cfg = {
+        "name": "test-daily",
+        "data": [str(days)],
+        "train_config": str(REPO / "configs" / "pipeline_daily.yaml"),
+        "train_overrides": ["data.batch_size=256", "train.progress_bar=false", "model.mmoe.expert_hidden=[16]"],
+        "work_dir": str(tmp_path / "work"),
+        "registry": {"model_name": "test-mtl"},
+        "gate": {"guarded_tasks": ["click"], "tolerance": 0.05, "bootstrap_samples": 20},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_location": str(tmp_path / "artifacts"),
+                     "experiment": "test-daily"},
+    }
+    cfg.update(changes)
+    path = tmp_path / f"pipeline-{len(list(tmp_path.glob('pipeline-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def registry_state(pipeline: DailyPipeline):
+    client = pipeline._registry().client
+    versions = sorted(int(v.version) for v in client.search_model_versions("name = 'test-mtl'"))
+    champion = pipeline._registry().champion()
+    runs = client.search_runs([client.get_experiment_by_name("test-daily").experiment_id])
+    return versions, champion.version if champion else None, len(runs)
+
+
+def test_backfill_over_three_days_registers_and_moves_the_champion(tmp_path, days, capsys):
+    from recsys_mtl.cli import main
+
+    config = make_config(tmp_path, days)
+    assert main(["pipeline", "run", str(config), "--from", "2026-01-01", "--to", "2026-01-03"]) == 0
+    out = capsys.readouterr().out
+    assert "candidate NE" in out and "2026-01-03" in out and "test-mtl@champion = version" in out
+    pipeline = DailyPipeline.load(config)
+    outcomes = pipeline.run("2026-01-01", "2026-01-03")
+    assert [o.date for o in outcomes] == ["2026-01-01", "2026-01-02", "2026-01-03"]
+    assert outcomes[0].decision == "accepted" and outcomes[0].version == "1"
+    versions, champion, runs = registry_state(pipeline)
+    accepted = [o for o in outcomes if o.decision == "accepted"]
+    assert versions == list(range(1, len(accepted) + 1))
+    assert champion == accepted[-1].version and runs == 3
+    for o in outcomes[1:]:  # later days were compared with a champion on the same rows
+        assert o.champion_ne is not None and o.mean_rel_ne_change is not None
+        assert (o.decision == "accepted") == (o.mean_rel_ne_change < 0)
+    client = pipeline._registry().client
+    run = client.get_run(pipeline.store.get("2026-01-02", "train")["run_id"])
+    assert run.data.tags["recsys_mtl.pipeline.decision"] == outcomes[1].decision
+    assert "eval/ne/click" in run.data.metrics and "eval/mean_rel_ne_change_vs_champion" in run.data.metrics
+
+
+def test_rerunning_completed_dates_changes_nothing(tmp_path, days):
+    config = make_config(tmp_path, days)
+    pipeline = DailyPipeline.load(config, echo=lambda *_: None)
+    pipeline.run("2026-01-01", "2026-01-02")
+    before = registry_state(pipeline)
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "state").rglob("*.json")}
+    again = DailyPipeline.load(config, echo=lambda *_: None).run("2026-01-01", "2026-01-02")
+    assert [o.ran_steps for o in again] == [[], []]
+    assert registry_state(pipeline) == before
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "work" / "state").rglob("*.json")} == files
+
+
+def test_a_failure_mid_pipeline_leaves_the_registry_untouched_and_a_rerun_completes(tmp_path, days):
+    config = make_config(tmp_path, days)
+    pipeline = DailyPipeline.load(config, echo=lambda *_: None)
+    pipeline.run("2026-01-01", "2026-01-01")
+    before = registry_state(pipeline)
+    # Day 2 trains, then its evaluation data (day 3) turns out corrupt: a real read failure.
+    day3 = sorted((days / "date=2026-01-03").glob("*.parquet"))
+    saved = {p: p.read_bytes() for p in day3}
+    broken = DailyPipeline.load(config, echo=lambda *_: None)
+    real_train = broken._step_train
+
+    def train_then_corrupt(date):
+        record = real_train(date)
+        for p in day3:
+            p.write_bytes(b"not parquet" * 10)
+        return record
+
+    broken._step_train = train_then_corrupt
+    try:
+        with pytest.raises(DataError, match="date=2026-01-03"):
+            broken.run("2026-01-02", "2026-01-02")
+    finally:
+        for p, data in saved.items():
+            p.write_bytes(data)
+    versions, champion, runs = registry_state(pipeline)
+    assert (versions, champion) == before[:2]  # registry and champion untouched
+    assert pipeline.store.get("2026-01-02", "train") is not None
+    assert pipeline.store.get("2026-01-02", "evaluate") is None
+    resumed = DailyPipeline.load(config, echo=lambda *_: None).run("2026-01-02", "2026-01-02")
+    assert resumed[0].ran_steps == ["evaluate", "decide", "promote"]  # picks up at the failed step
+    assert registry_state(pipeline)[2] == runs  # no second training run
+
+
+def test_a_worse_candidate_is_rejected_and_the_run_says_why(tmp_path, days):
+    good = make_config(tmp_path, days)
+    DailyPipeline.load(good, echo=lambda *_: None).run("2026-01-01", "2026-01-01")
+    bad_overrides = ["data.batch_size=256", "train.progress_bar=false", "model.mmoe.expert_hidden=[16]",
+                     "optim.dense.lr=3.0", "optim.embedding.lr=5.0"]
+    bad = make_config(tmp_path, days, train_overrides=bad_overrides)
+    pipeline = DailyPipeline.load(bad, echo=lambda *_: None)
+    before = registry_state(pipeline)
+    (outcome,) = pipeline.run("2026-01-02", "2026-01-02")
+    assert outcome.decision == "rejected" and outcome.mean_rel_ne_change > 0
+    assert "not below" in outcome.reason
+    assert registry_state(pipeline)[:2] == before[:2]
+    run = pipeline._registry().client.get_run(pipeline.store.get("2026-01-02", "train")["run_id"])
+    assert run.data.tags["recsys_mtl.pipeline.decision"] == "rejected"
+    assert run.data.tags["recsys_mtl.pipeline.reason"] == outcome.reason
+
+
+def test_bad_date_ranges_are_clear_errors(tmp_path, days):
+    from recsys_mtl.config.loader import ConfigError
+
+    pipeline = DailyPipeline.load(make_config(tmp_path, days), echo=lambda *_: None)
+    with pytest.raises(ConfigError, match="--to 2026-01-04: the last date has no next day"):
+        pipeline.dates_between("2026-01-01", "2026-01-04")
+    with pytest.raises(ConfigError, match="--from 2025-12-31: no partition"):
+        pipeline.dates_between("2025-12-31", "2026-01-02")
+    with pytest.raises(ValueError, match="guarded_tasks names unknown tasks"):
+        from recsys_mtl.pipeline.config import GateConfig
+        from recsys_mtl.pipeline.gate import decide
+
+        decide(["click"], [0.0], -0.1, GateConfig(guarded_tasks=["clik"]))
