@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "recsys_mtl.tracking.commands",
     "recsys_mtl.pipeline.commands",
     "recsys_mtl.evaluate.commands",
+    "recsys_mtl.experiments.commands",
 ]
 
 

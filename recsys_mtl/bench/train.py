@@ -49,43 +49,17 @@ def _config(args: argparse.Namespace, data: Path, out: Path, steps: int):
 def plain_loop(config, spec, env, batches, warmup: int, steps: int) -> float:
     """Minimal TorchRec: DMP model, fused embedding optimizer + Adam, equal weights. Samples/s."""
     import torch
-    from torch import nn
-    from torchrec.optim.keyed import CombinedOptimizer
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-    from recsys_mtl.losses import masked_bce
-    from recsys_mtl.models import MultiTaskModel
-    from recsys_mtl.models.multitask import wide_columns
-    from recsys_mtl.train.sharding import shard_model
-    from recsys_mtl.train.trainer import build_dense_optimizer
+    from recsys_mtl.bench.model_step import build_plain_step
 
-    class PlainModule(nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, batch):
-            logits = self.model(batch.dense, batch.sparse)
-            return masked_bce(logits, batch.labels, batch.label_mask).losses.sum()
-
-    torch.manual_seed(config.train.seed)
-    model = MultiTaskModel(spec, config.model, seed=config.train.seed, device=env.device, embedding_device="meta")
-    dmp = shard_model(PlainModule(model), spec, config.sharding, config.optim.embedding, env.device,
-                      config.data.batch_size, extra_columns=wide_columns(spec, config.model.wide))
-    model.init_embeddings_(dmp.state_dict(), prefix="model.")
-    dense = build_dense_optimizer(dict(in_backward_optimizer_filter(dmp.named_parameters())), config.optim.dense)
-    opt = CombinedOptimizer([("embedding", dmp.fused_optimizer), ("dense", dense)])
-    batches = [b.to(env.device) for b in batches]
+    step = build_plain_step(config, spec, env, batches[: warmup + steps])
     start = 0.0
     for i in range(warmup + steps):
         if i == warmup:
             if env.device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        opt.zero_grad()
-        loss = dmp(batches[i % len(batches)])
-        loss.backward()
-        opt.step()
+        loss = step()
     loss.item()
     return steps * config.data.batch_size * env.world_size / (time.perf_counter() - start)
 

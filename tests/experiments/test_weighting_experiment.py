@@ -1,0 +1,152 @@
+"""The weighting experiment runner on tiny data: 2 methods x 1 seed, seconds, no full grid."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recsys_mtl.config.loader import ConfigError
+from recsys_mtl.experiments import weighting as exp
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_experiment(tmp_path: Path, **changes) -> exp.WeightingExperimentConfig:
+    doc = {
+        "dataset": {"kind": "synthetic", "dir": str(tmp_path / "data"), "tasks": 4, "rows": 3000, "days": 3,
+                    "test_days": 1, "table_scale": 0.001, "seed": 3},
+        "train_config": str(REPO / "configs" / "test_tiny.yaml"),
+        "set": ["data.batch_size=128"],
+        "seeds": [0],
+        "methods": {"equal": {}, "go4align": {"num_groups": 2, "beta": 1.0e-4}},
+        "evaluation": {"n_boot": 20},
+    }
+    doc.update(changes)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return exp.WeightingExperimentConfig.load(path)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exp")
+    cfg = tiny_experiment(tmp)
+    out = tmp / "out"
+    res = exp.run_experiment(cfg, out, jobs=0, threads=1)
+    return cfg, out, res
+
+
+def test_every_method_and_seed_is_trained_scored_and_tabulated(finished):
+    cfg, out, res = finished
+    assert set(res["methods"]) == {"equal", "go4align"}
+    assert res["test_rows"] == 1000 and len(res["tasks"]) == 4
+    for method in ("equal", "go4align"):
+        run = out / "runs" / method / "seed0"
+        assert (run / "predictions.pt").exists() and (run / "run.json").exists()
+        assert not (run / "checkpoints").exists()
+        m = res["methods"][method]
+        assert len(m["ne_mean"]) == 4 and all(0 < v < 2 for v in m["ne_mean"] if v == v)
+        assert m["per_seed"]["0"]["steps"] > 0
+    assert res["methods"]["equal"]["mean_rel_ne_change"] == 0.0
+    go = res["methods"]["go4align"]
+    lo, hi = go["pooled_bootstrap"]["ci95"]
+    assert lo <= go["pooled_bootstrap"]["mean_rel_ne_change"] <= hi
+    assert math.isclose(go["pooled_bootstrap"]["mean_rel_ne_change"], go["mean_rel_ne_change"], rel_tol=1e-6)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["methods"]["go4align"]["args"] == {"num_groups": 2, "beta": 1.0e-4}
+    md = (out / "results.md").read_text()
+    assert "| go4align | num_groups=2, beta=0.0001 |" in md and "## Per-task test NE" in md
+
+
+def test_runs_share_the_training_config_except_weighting_and_seed(finished):
+    _, out, _ = finished
+    a = yaml.safe_load((out / "runs" / "equal" / "seed0" / "train_config.yaml").read_text())
+    b = yaml.safe_load((out / "runs" / "go4align" / "seed0" / "train_config.yaml").read_text())
+    assert a["weighting"] == {"method": "equal", "args": {}}
+    assert b["weighting"] == {"method": "go4align", "args": {"num_groups": 2, "beta": 1.0e-4}}
+    for doc in (a, b):
+        doc.pop("weighting")
+        doc["train"].pop("output_dir")
+        doc["train"]["checkpoint"].pop("dir")
+    assert a == b and a["data"]["batch_size"] == 128
+
+
+def test_finished_runs_are_reused_not_retrained(finished, monkeypatch):
+    cfg, out, _ = finished
+    monkeypatch.setattr(exp, "train_and_predict", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    monkeypatch.setattr(exp, "_launch", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    res = exp.run_experiment(cfg, out, methods=["go4align"], jobs=1)
+    assert set(res["methods"]) == {"equal", "go4align"}  # the baseline always comes along
+
+
+def test_a_finished_run_whose_training_config_changed_is_trained_again(tmp_path):
+    import dataclasses
+
+    cfg = tiny_experiment(tmp_path, methods={"equal": {}})
+    out = tmp_path / "out"
+    run_json = out / "runs" / "equal" / "seed0" / "run.json"
+    exp.run_experiment(cfg, out, jobs=0)
+    first = run_json.stat().st_mtime_ns
+    exp.run_experiment(cfg, out, jobs=0)
+    assert run_json.stat().st_mtime_ns == first  # same config: reused
+    exp.run_experiment(dataclasses.replace(cfg, set=list(cfg.set) + ["optim.dense.lr=0.02"]), out, jobs=0)
+    assert run_json.stat().st_mtime_ns != first
+    assert yaml.safe_load((run_json.parent / "train_config.yaml").read_text())["optim"]["dense"]["lr"] == 0.02
+
+
+def test_one_run_in_its_own_process_writes_the_same_files(tmp_path):
+    cfg = tiny_experiment(tmp_path, methods={"equal": {}})
+    res = exp.run_experiment(cfg, tmp_path / "out", jobs=1, threads=1)
+    assert res["methods"]["equal"]["per_seed"]["0"]["finite_predictions"]
+    assert (tmp_path / "out" / "runs" / "equal" / "seed0" / "log.txt").exists()
+
+
+def test_derived_arguments_give_rarer_tasks_larger_static_weights_with_mean_one(finished):
+    cfg, _, _ = finished
+    data = Path(cfg.dataset.dir)
+    rates = exp.train_base_rates(data)
+    w = exp.resolve_method_args({"weights": "inverse_base_rate_entropy"}, data, seed=0)["weights"]
+    assert math.isclose(sum(w) / len(w), 1.0, rel_tol=1e-5)
+    order = sorted(range(len(w)), key=lambda t: min(list(rates.values())[t], 1 - list(rates.values())[t]))
+    assert w[order[0]] == max(w)
+    assert exp.resolve_method_args({"seed": "train_seed"}, data, seed=7) == {"seed": 7}
+
+
+def test_labelled_variants_of_one_method_are_separate_runs(tmp_path):
+    cfg = tiny_experiment(tmp_path, methods={"equal": {}, "go4align@k1": {"num_groups": 1}})
+    doc = exp.run_train_config(cfg, tmp_path, "go4align@k1", {"num_groups": 1}, 0, tmp_path / "r")
+    assert doc["weighting"] == {"method": "go4align", "args": {"num_groups": 1}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": {"equal": {}, "magic": {}}}, "unknown weighting method"),
+    ({"methods": {"go4align": {"num_groups": 2}}}, "'equal' is not one of the methods"),
+    ({"seeds": []}, "needs at least one seed"),
+    ({"dataset": {"kind": "kuairand", "dir": "x"}}, "needs the source folder"),
+])
+def test_bad_experiment_configs_name_the_key(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_experiment(tmp_path, **change)
+
+
+@pytest.mark.parametrize("name", sorted(exp.DATASET_CONFIGS))
+def test_shipped_experiment_configs_load_and_their_runs_validate(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = exp.WeightingExperimentConfig.load(exp.DATASET_CONFIGS[name])
+    from recsys_mtl.config.loader import from_dict
+    from recsys_mtl.config.train import TrainConfig
+
+    for method, args in cfg.methods.items():
+        args = {k: v for k, v in args.items() if v not in exp.DERIVED_ARGUMENTS}
+        from_dict(TrainConfig, exp.run_train_config(cfg, tmp_path, method, args, 0, tmp_path / "r"), name)
+
+
+def test_cli_lists_the_experiment():
+    from recsys_mtl.cli import build_parser
+
+    args = build_parser().parse_args(["experiment", "weighting", "--dataset", "kuairand", "--out", "x", "--jobs", "2"])
+    assert args.func is exp.run and args.jobs == 2
