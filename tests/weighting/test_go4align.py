@@ -92,6 +92,20 @@ def test_no_present_task_gives_all_zero_weights():
 def test_zero_loss_is_guarded_and_weights_stay_finite():
     w = GO4Align(num_tasks=3, num_groups=2)(torch.tensor([0.0, 0.5, 0.5]))
     assert torch.isfinite(w).all() and (w >= 0).all()
+    w = GO4Align(num_tasks=3, num_groups=2, min_loss=0.0)(torch.tensor([0.0, 0.5, 0.5]))
+    assert torch.isfinite(w).all() and (w >= 0).all()
+
+
+def test_a_loss_at_or_below_min_loss_is_left_out_like_an_absent_task():
+    """A rare task whose BCE underflows on a batch without positives must not get a huge scale
+    (sum(L)/1e-12) that the group centre would spread over its whole group."""
+    losses = torch.tensor([1e-30, 0.3, 0.31, 0.9], dtype=torch.float64)
+    guarded = GO4Align(num_tasks=4, num_groups=2).double()
+    absent = GO4Align(num_tasks=4, num_groups=2).double()
+    w = guarded(losses)
+    w_absent = absent(losses, torch.tensor([False, True, True, True]))
+    assert w[0] == 0 and torch.equal(w, w_absent) and torch.equal(guarded.cum_loss, absent.cum_loss)
+    assert w.max() < 10 and guarded.group[0] == -1
 
 
 def test_float64_module_returns_float64_weights_and_state():

@@ -44,12 +44,13 @@ def partition_weights(x: dict[int, float], part: list[list[int]], num_tasks: int
 class GO4AlignReference:
     """ARCHITECTURE.md "GO4Align, exactly", literally: Q by its normalised multiplicative recurrence."""
 
-    def __init__(self, num_tasks: int, num_groups: int, beta: float, eps: float = 1e-12) -> None:
-        self.t, self.k, self.beta, self.eps = num_tasks, num_groups, beta, eps
+    def __init__(self, num_tasks: int, num_groups: int, beta: float, eps: float = 1e-12, min_loss: float = 1e-6) -> None:
+        self.t, self.k, self.beta, self.eps, self.min_loss = num_tasks, num_groups, beta, eps, min_loss
         self.q = [1.0 / num_tasks] * num_tasks  # Q_0 = 1/M
 
     def step(self, losses: Sequence[float], present: Sequence[bool]) -> list[list[float]]:
         """Returns every weight vector an optimal grouping gives (one unless the optimum is tied)."""
+        present = [bool(p) and float(l) > self.min_loss for l, p in zip(losses, present)]  # L_m = 0 guard
         loss = [float(l) if p else 0.0 for l, p in zip(losses, present)]
         total = sum(loss)
         p_scale = [total / max(l, self.eps) for l in loss]
