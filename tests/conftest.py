@@ -42,3 +42,44 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def kuairand_src() -> Path:
     return kuairand_source()
+
+
+def _logging_state():
+    import logging
+
+    root = logging.getLogger()
+    loggers = {name: (lg.level, lg.propagate, lg.disabled, list(lg.handlers))
+               for name, lg in logging.Logger.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    return list(root.handlers), root.level, loggers
+
+
+def _restore(state) -> None:
+    import logging
+
+    handlers, level, loggers = state
+    root = logging.getLogger()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lg in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(lg, logging.Logger):
+            lvl, propagate, disabled, hs = loggers.get(name, (logging.NOTSET, True, False, []))
+            lg.setLevel(lvl)
+            lg.propagate, lg.disabled = propagate, disabled
+            lg.handlers[:] = hs
+
+
+# CLI entry points and experiment runners called in-process set logger levels, handlers and
+# propagation for a command-line run; undo that after each test and each module (module-scoped
+# fixtures run before function-scoped ones), so later tests see the defaults.
+@pytest.fixture(autouse=True, scope="module")
+def _restore_logging_per_module():
+    state = _logging_state()
+    yield
+    _restore(state)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    state = _logging_state()
+    yield
+    _restore(state)
