@@ -77,3 +77,13 @@ def synthetic_batches(out: Path, tasks: int, batch_size: int, num_batches: int, 
 
 
 __all__ = ["build_plain_step", "synthetic_batches"]
+
+
+def bench_data(data: Path | None, tmp: Path, *, rows: int, tasks: int, table_scale: float) -> Path:
+    """`data` if given, else synthetic data generated into `tmp/data` for this benchmark run."""
+    if data is not None:
+        return Path(data)
+    from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
+
+    print(f"generating {rows:,} synthetic rows, {tasks} tasks (table scale {table_scale})", flush=True)
+    return generate_synthetic(tmp / "data", SynthConfig(tasks=tasks, rows=rows, days=2, seed=0, table_scale=table_scale))

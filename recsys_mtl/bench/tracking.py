@@ -122,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import os
 
+    from recsys_mtl.bench.model_step import bench_data
     from recsys_mtl.config.features import FeatureSpec
     from recsys_mtl.train.commands import quiet_library_logs
     from recsys_mtl.train.distributed import init_distributed
@@ -134,14 +135,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("recsys_mtl.tracking").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
         tmp = Path(tmp)
-        data = args.data
-        if data is None:
-            from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
-
-            print(f"generating {args.rows:,} synthetic rows, {args.tasks} tasks (table scale {args.table_scale})",
-                  flush=True)
-            data = generate_synthetic(tmp / "data", SynthConfig(tasks=args.tasks, rows=args.rows, days=2, seed=0,
-                                                                table_scale=args.table_scale))
+        data = bench_data(args.data, tmp, rows=args.rows, tasks=args.tasks, table_scale=args.table_scale)
         spec_path = args.spec or Path(data) / "feature_spec.yaml"
         spec = FeatureSpec.load(spec_path)
         probe = _config(args, Path(data), spec_path, tmp / "probe", "full", tmp)

@@ -82,6 +82,7 @@ def framework_loop(config, spec, env, warmup: int, steps: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recsys_mtl.bench.model_step import bench_data
     from recsys_mtl.config.features import FeatureSpec
     from recsys_mtl.train.commands import quiet_library_logs
     from recsys_mtl.train.distributed import init_distributed
@@ -95,14 +96,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("recsys_mtl.train").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         tmp = Path(tmp)
-        data = args.data
-        if data is None:
-            from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
-
-            print(f"generating {args.rows:,} synthetic rows, {args.tasks} tasks (table scale {args.table_scale})",
-                  flush=True)
-            data = generate_synthetic(tmp / "data", SynthConfig(tasks=args.tasks, rows=args.rows, days=2, seed=0,
-                                                                table_scale=args.table_scale))
+        data = bench_data(args.data, tmp, rows=args.rows, tasks=args.tasks, table_scale=args.table_scale)
         total = args.warmup + args.steps
         config = _config(args, data, tmp / "run", total)
         spec = FeatureSpec.load(config.data.spec)
