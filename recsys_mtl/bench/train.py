@@ -9,6 +9,10 @@
 Both run the same steps on the same data; the first `--warmup` steps of each
 are not timed. Runs alternate (plain, framework, plain, ...) so background load
 hits both alike. Target: framework >= 90% of plain.
+
+`--preset dlrm` is the GPU-size workload: 64 tasks, batch 8192, each of the 26
+sparse features with its own table of 1,000,000 rows x 128 (26 tables, 13.3 GB
+of fp32 weights), configs/bench_dlrm.yaml's model, 4 loader workers.
 """
 
 from __future__ import annotations
@@ -20,24 +24,74 @@ import time
 from pathlib import Path
 
 
+# defaults of the options a preset may change (None in the parser: "not given")
+DEFAULTS = {"config": "configs/synthetic.yaml", "rows": 200_000, "tasks": 32, "table_scale": 0.01,
+            "batch_size": 2048, "steps": 40, "warmup": 5}
+# DLRM-size workload: every sparse feature its own table of table_rows x table_dim
+PRESETS = {
+    "dlrm": {"config": "configs/bench_dlrm.yaml", "tasks": 64, "batch_size": 8192, "table_scale": 1.0,
+             "rows": 1_600_000, "steps": 100, "warmup": 10, "table_rows": 1_000_000, "table_dim": 128,
+             "overrides": ["data.num_workers=4"]},
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/synthetic.yaml", help="training config (model, optimizers)")
+    d = DEFAULTS
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="dlrm: 26 tables of 1M rows x 128, 64 tasks, batch 8192 (for a GPU); "
+                        "its values apply to the options below that are not given")
+    p.add_argument("--config", help=f"training config (model, optimizers); default {d['config']}")
     p.add_argument("--data", type=Path, default=None, help="Parquet dataset with feature_spec.yaml (default: generate)")
-    p.add_argument("--rows", type=int, default=200_000, help="rows to generate when --data is not given")
-    p.add_argument("--tasks", type=int, default=32, help="tasks to generate when --data is not given")
-    p.add_argument("--table-scale", type=float, default=0.01, help="table size factor for generated data")
-    p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--steps", type=int, default=40, help="timed steps per run")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rows", type=int, help=f"rows to generate when --data is not given (default {d['rows']:,})")
+    p.add_argument("--tasks", type=int, help=f"tasks to generate when --data is not given (default {d['tasks']})")
+    p.add_argument("--table-scale", type=float, help=f"table size factor for generated data (default {d['table_scale']})")
+    p.add_argument("--batch-size", type=int, help=f"default {d['batch_size']}")
+    p.add_argument("--steps", type=int, help=f"timed steps per run (default {d['steps']})")
+    p.add_argument("--warmup", type=int, help=f"untimed steps before them (default {d['warmup']})")
     p.add_argument("--repeat", type=int, default=3, help="runs of each loop, alternating")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
-def _config(args: argparse.Namespace, data: Path, out: Path, steps: int):
+def resolve_arguments(args: argparse.Namespace) -> None:
+    """Options not given take the preset's value, else the default; a preset's overrides go first."""
+    preset = PRESETS[args.preset] if args.preset else {}
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, preset.get(key, default))
+    args.overrides = list(preset.get("overrides", [])) + list(args.overrides)
+
+
+def one_table_per_feature(spec_path: Path, out: Path, rows: int, dim: int) -> Path:
+    """A copy of the spec at `spec_path` where each sparse feature has its own `rows` x `dim` table.
+
+    The generated ids stay valid: every synthetic table is at most `rows` (1M) long and
+    hashed ids are taken modulo the table size.
+    """
+    import yaml
+
+    from recsys_mtl.config.loader import read_yaml
+
+    raw = read_yaml(spec_path)
+    tables = {}
+    for feature in raw["sparse"]:
+        source = raw["tables"][feature["table"]]
+        if source["num_embeddings"] > rows:
+            raise SystemExit(f"bench train: {spec_path}: table {feature['table']!r} has "
+                             f"{source['num_embeddings']} rows, more than the preset's {rows}")
+        tables[f"t_{feature['name']}"] = {"num_embeddings": rows, "embedding_dim": dim,
+                                          "pooling": source.get("pooling", "sum")}
+        feature["table"] = f"t_{feature['name']}"
+    raw["tables"] = tables
+    raw["name"] = f"{raw.get('name', 'spec')}_one_table_per_feature_{rows}x{dim}"
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
+def _config(args: argparse.Namespace, data: Path, spec: Path, out: Path, steps: int):
     from recsys_mtl.config.train import TrainConfig
 
     overrides = [
-        f"data.train_path={data}", f"data.spec={data / 'feature_spec.yaml'}", "data.eval_path=null",
+        f"data.train_path={data}", f"data.spec={spec}", "data.eval_path=null",
         f"data.batch_size={args.batch_size}", f"train.max_steps={steps}", "train.epochs=1000",
         f"train.log_every={args.warmup}", "train.eval_every=0", "train.progress_bar=false",
         f"train.output_dir={out}", "train.checkpoint.every=0", "train.checkpoint.resume=false",
@@ -81,6 +135,17 @@ def framework_loop(config, spec, env, warmup: int, steps: int) -> float:
     return steps * config.data.batch_size * env.world_size / (marks[last] - marks[first])
 
 
+def _release() -> None:
+    """Free the last loop's model before the next one builds its own (two DLRM-size models do not fit)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run(args: argparse.Namespace) -> int:
     from recsys_mtl.bench.model_step import bench_data
     from recsys_mtl.config.features import FeatureSpec
@@ -88,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     from recsys_mtl.train.distributed import init_distributed
     from recsys_mtl.train.trainer import build_parquet_source
 
+    resolve_arguments(args)
     if args.steps % args.warmup:
         raise SystemExit("bench train: --steps must be a multiple of --warmup (timing uses the log flushes)")
     quiet_library_logs()
@@ -97,8 +163,12 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         tmp = Path(tmp)
         data = bench_data(args.data, tmp, rows=args.rows, tasks=args.tasks, table_scale=args.table_scale)
+        spec_path = data / "feature_spec.yaml"
+        if args.preset:
+            p = PRESETS[args.preset]
+            spec_path = one_table_per_feature(spec_path, tmp / "spec.yaml", p["table_rows"], p["table_dim"])
         total = args.warmup + args.steps
-        config = _config(args, data, tmp / "run", total)
+        config = _config(args, data, spec_path, tmp / "run", total)
         spec = FeatureSpec.load(config.data.spec)
         env = init_distributed(config.train.device)
         stream = build_parquet_source(str(data), spec, args.batch_size, env, seed=0, shuffle=config.data.shuffle,
@@ -107,15 +177,19 @@ def run(args: argparse.Namespace) -> int:
         if len(stream) < total:
             raise SystemExit(f"bench train: {data} gives {len(stream)} batches of {args.batch_size}; need {total}")
         batches = [b for _, b in zip(range(total), stream)]
-        print(f"model: {config.model.architecture}, {spec.num_tasks} tasks, {len(spec.tables)} tables, "
+        dims = sum(t.num_embeddings * t.embedding_dim for t in spec.tables.values())
+        print(f"model: {config.model.architecture}, {spec.num_tasks} tasks, {len(spec.tables)} tables "
+              f"({dims * 4 / 1e9:.2f} GB fp32), weighting {config.weighting.method}, "
               f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
               f"device {env.device}, {env.world_size} process(es)", flush=True)
         plain, framework = [], []
         for r in range(args.repeat):
             plain.append(plain_loop(config, spec, env, batches, args.warmup, args.steps))
             print(f"  run {r + 1}: plain TorchRec loop   {plain[-1]:>10,.0f} samples/s", flush=True)
+            _release()
             framework.append(framework_loop(config, spec, env, args.warmup, args.steps))
             print(f"  run {r + 1}: framework (Trainer)  {framework[-1]:>10,.0f} samples/s", flush=True)
+            _release()
         p, f = statistics.median(plain), statistics.median(framework)
         bp, bf = max(plain), max(framework)
         print(f"plain TorchRec loop: median {p:,.0f}, best {bp:,.0f} samples/s over {args.repeat} runs")
@@ -123,3 +197,4 @@ def run(args: argparse.Namespace) -> int:
         # best-of is the least disturbed by other processes on a shared machine
         print(f"ratio framework/plain: {bf / bp:.3f} best-of, {f / p:.3f} median (target >= 0.90)")
     return 0
+

@@ -122,6 +122,8 @@ class ParquetStream:
         shuffle_buffer_rows: if > 0, also permute rows within windows of this many rows.
         drop_remainder: give every rank the same number of full batches (training); False keeps
             every row, the last batch of each slot may be short (evaluation on one rank).
+        pin_memory: with workers, hand batches over in page-locked memory (for asynchronous
+            host-to-GPU copies); ignored without workers.
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class ParquetStream:
         shuffle: bool = True,
         shuffle_buffer_rows: int = 0,
         drop_remainder: bool = True,
+        pin_memory: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -155,6 +158,7 @@ class ParquetStream:
         self.shuffle = shuffle
         self.window = -(-shuffle_buffer_rows // batch_size) * batch_size if shuffle_buffer_rows else 0
         self.drop_remainder = drop_remainder
+        self.pin_memory = pin_memory
         self.columns = spec.columns()
         self.dataset, self.units, fragments = _discover(path, spec)
         self._fragments = {f.path: f for f in fragments}
@@ -321,7 +325,7 @@ class ParquetStream:
             return
         loader = DataLoader(
             _WorkerSlots(self, epoch, start), batch_size=None, num_workers=self.num_workers,
-            persistent_workers=False, prefetch_factor=2,
+            persistent_workers=False, prefetch_factor=2, pin_memory=self.pin_memory,
         )
         for batch in loader:
             self.batch += 1

@@ -121,7 +121,7 @@ def build_parquet_source(path: str, spec: FeatureSpec, batch_size: int, env: Dis
 
     return ParquetStream(path, spec, batch_size, rank=env.rank, world_size=env.world_size, num_workers=num_workers,
                          seed=seed, shuffle=shuffle, shuffle_buffer_rows=shuffle_buffer_rows,
-                         drop_remainder=drop_remainder)
+                         drop_remainder=drop_remainder, pin_memory=env.device.type == "cuda")
 
 
 class Trainer:
