@@ -32,7 +32,7 @@ def _splitmix(x: torch.Tensor) -> torch.Tensor:
 
 def hashed_uniform(seed: int, table: int, rows: torch.Tensor, cols: torch.Tensor, bound: float) -> torch.Tensor:
     """[len(rows), len(cols)] float32 values in [-bound, bound), a pure function of the indices."""
-    key = _splitmix(torch.tensor(seed * 1_000_003 + table, dtype=torch.int64) * _GOLDEN)
+    key = _splitmix(torch.tensor(seed * 1_000_003 + table, dtype=torch.int64, device=rows.device) * _GOLDEN)
     x = key + rows.to(torch.int64).view(-1, 1) * 0x100000001 + cols.to(torch.int64).view(1, -1) * _GOLDEN
     bits = _shr(_splitmix(x), 40)  # top 24 bits
     return (bits.to(torch.float32) / float(1 << 24) * 2.0 - 1.0) * bound
@@ -47,11 +47,13 @@ def fill_table_(weight: torch.Tensor, seed: int, table: int, num_embeddings: int
     """
     bound = (1.0 / num_embeddings) ** 0.5
     rows, dim = weight.shape
-    cols = torch.arange(col_offset, col_offset + dim)
+    device = weight.device  # hashed where the table lives: 13 GB of GPU tables take seconds, not minutes
+    cols = torch.arange(col_offset, col_offset + dim, device=device)
     keep = None if zero_from_col is None else (cols < zero_from_col).to(torch.float32)
     for start in range(0, rows, _CHUNK_ROWS):
         stop = min(rows, start + _CHUNK_ROWS)
-        values = hashed_uniform(seed, table, torch.arange(row_offset + start, row_offset + stop), cols, bound)
+        values = hashed_uniform(seed, table, torch.arange(row_offset + start, row_offset + stop, device=device), cols,
+                                bound)
         if keep is not None:
             values = values * keep
         weight[start:stop].copy_(values.to(weight.dtype))

@@ -56,6 +56,15 @@ def test_embedding_init_of_a_block_equals_that_block_of_the_whole_table():
     assert not torch.equal(whole, other)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_embedding_init_on_the_gpu_equals_the_cpu_bit_for_bit():
+    cpu = torch.empty(70_000, 8)  # more than one chunk of rows
+    fill_table_(cpu, seed=3, table=2, num_embeddings=70_000, row_offset=5, zero_from_col=6)
+    gpu = torch.empty(70_000, 8, device="cuda")
+    fill_table_(gpu, seed=3, table=2, num_embeddings=70_000, row_offset=5, zero_from_col=6)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=0)
+
+
 def test_same_seed_same_model():
     spec = tiny_spec()
     torch.manual_seed(0)
