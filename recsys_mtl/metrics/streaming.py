@@ -93,7 +93,20 @@ class StreamingTaskMetrics:
         """{"ne": [T], "ne_lifetime": [T], ...} (window values unless `_lifetime`); log loss in nats."""
         raw: dict[str, torch.Tensor] = {}
         for m in self._metrics:
-            raw.update(m.compute())
+            try:
+                raw.update(m.compute())
+            except ValueError as e:
+                if "frozen dataclass" not in str(e):
+                    raise
+                import torchmetrics
+                import torchrec
+
+                raise RuntimeError(
+                    f"train metrics: TorchRec {torchrec.__version__}'s metrics do not run on torchmetrics "
+                    f"{torchmetrics.__version__} (its compute() rejects TorchRec's frozen metric reports). Install "
+                    "the torchmetrics TorchRec pins (pip install torchmetrics==1.0.3, as requirements/cpu.txt does), "
+                    "or set tracking.train_metrics: false"
+                ) from e
         out = {}
         for ours, keys in self._keys.items():
             if not all(k in raw for k in keys):  # rank != 0 gets nothing back from TorchRec
