@@ -206,7 +206,8 @@ class TrainSection:
     epochs: int = 1
     # per-task early stop fixed in advance (chosen on a validation split): task -> the number of
     # epochs its labels train on; afterwards its labels are masked (weight 0, `present` false), so
-    # tasks that overfit early stop while rare ones keep training. Tasks not listed train every epoch.
+    # tasks that overfit early stop while rare ones keep training. Tasks not listed, or with N >= epochs
+    # (a run whose epochs are overridden lower), train every epoch.
     task_epochs: dict[str, int] = dataclasses.field(default_factory=dict)
     max_steps: int | None = None  # stop after this many steps in total (over all epochs)
     eval_every: int = 0  # steps between evaluations; 0 = after each epoch
@@ -225,9 +226,8 @@ class TrainSection:
     def validate(self, where: Where) -> None:
         _positive(where, "epochs", self.epochs)
         for task, n in self.task_epochs.items():
-            if not 1 <= n <= self.epochs:
-                raise where.child("task_epochs").child(task).error(
-                    f"must be between 1 and train.epochs ({self.epochs}), got {n}")
+            if n < 1:
+                raise where.child("task_epochs").child(task).error(f"must be >= 1 (epochs of training), got {n}")
         _positive(where, "max_steps", self.max_steps)
         _positive(where, "eval_every", self.eval_every, allow_zero=True)
         _positive(where, "log_every", self.log_every)

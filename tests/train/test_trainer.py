@@ -237,10 +237,17 @@ def test_task_epochs_naming_an_unknown_task_lists_the_spec_tasks(tmp_path):
                 train_data=ListSource(rank_batches(spec, 2, 16, 1, 0)))
 
 
-@pytest.mark.parametrize("n", [0, 3])
-def test_task_epochs_outside_one_to_epochs_is_a_config_error_naming_the_task(tmp_path, n):
-    with pytest.raises(ConfigError, match=rf"train\.task_epochs\.task0: must be between 1 and train\.epochs \(2\), got {n}"):
+@pytest.mark.parametrize("n", [0, -1])
+def test_task_epochs_below_one_is_a_config_error_naming_the_task(tmp_path, n):
+    with pytest.raises(ConfigError, match=rf"train\.task_epochs\.task0: must be >= 1 \(epochs of training\), got {n}"):
         tiny_config(tmp_path, train={"epochs": 2, "task_epochs": {"task0": n}})
+
+
+def test_task_epochs_beyond_the_run_s_epochs_train_every_epoch(tmp_path):
+    spec = tiny_spec()
+    cfg = tiny_config(tmp_path, train={"epochs": 2, "task_epochs": {"task0": 5}})
+    Trainer(cfg, spec=spec, train_data=ListSource(rank_batches(spec, 2, 16, 1, 0))).fit()
+    assert all(r["weights"][0] > 0 for r in logged(tmp_path))
 
 
 def test_wide_l2_trains_through_the_pipeline_and_shrinks_the_wide_weights(tmp_path):
