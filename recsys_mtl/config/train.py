@@ -9,7 +9,7 @@
     optim:     {embedding: {type: rowwise_adagrad|adagrad|sgd, lr, eps},
                 dense: {type: adam|adagrad|sgd, lr, weight_decay}}
     weighting: {method: equal, args: {}}
-    train:     {epochs, max_steps, eval_every, log_every, seed, device, output_dir,
+    train:     {epochs, task_epochs: {TASK: N}, max_steps, eval_every, log_every, seed, device, output_dir,
                 deterministic, progress_bar, checkpoint: {every, keep, dir, resume}}
     tracking:  {enabled, tracking_uri, experiment, run_name, train_metrics, train_metrics_every_n_steps,
                 log_model, register_model, ...}   (recsys_mtl/tracking/config.py)
@@ -104,6 +104,11 @@ class ModelConfig:
     # task's logit with a linear term on the dense features; a per-task logistic regression over
     # the ids inside the same tables. Costs T extra floats (rounded up to a multiple of 4) per row.
     wide: bool = False
+    # L2 on the wide id weights each batch looks up: wide_l2 * mean over rows of the sum over
+    # features and tasks of the squared pooled wide columns. A training-loss term, so it works with
+    # the fused embedding optimizer on every device. Rare tasks carry little likelihood, so it
+    # mostly stops them memorising rare ids (user_id) through the wide part.
+    wide_l2: float = 0.0
     # "prior": start each head's bias at the log-odds of its task's label rate in the first training
     # batches, so early steps do not spend (and Adagrad accumulators do not absorb) the bias shift
     head_bias: Literal["prior", "zero"] = "prior"
@@ -122,6 +127,9 @@ class ModelConfig:
         _layer_sizes(where, "task_tower", self.task_tower)
         if not 0.0 <= self.dropout < 1.0:
             raise where.child("dropout").error(f"must be in [0, 1), got {self.dropout}")
+        _positive(where, "wide_l2", self.wide_l2, allow_zero=True)
+        if self.wide_l2 and not self.wide:
+            raise where.child("wide_l2").error(f"is {self.wide_l2} but model.wide is false; set wide: true or drop wide_l2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +204,11 @@ class CheckpointConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
     epochs: int = 1
+    # per-task early stop fixed in advance (chosen on a validation split): task -> the number of
+    # epochs its labels train on; afterwards its labels are masked (weight 0, `present` false), so
+    # tasks that overfit early stop while rare ones keep training. Tasks not listed, or with N >= epochs
+    # (a run whose epochs are overridden lower), train every epoch.
+    task_epochs: dict[str, int] = dataclasses.field(default_factory=dict)
     max_steps: int | None = None  # stop after this many steps in total (over all epochs)
     eval_every: int = 0  # steps between evaluations; 0 = after each epoch
     log_every: int = 50
@@ -212,6 +225,9 @@ class TrainSection:
 
     def validate(self, where: Where) -> None:
         _positive(where, "epochs", self.epochs)
+        for task, n in self.task_epochs.items():
+            if n < 1:
+                raise where.child("task_epochs").child(task).error(f"must be >= 1 (epochs of training), got {n}")
         _positive(where, "max_steps", self.max_steps)
         _positive(where, "eval_every", self.eval_every, allow_zero=True)
         _positive(where, "log_every", self.log_every)

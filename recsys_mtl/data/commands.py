@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--src", type=Path, default=Path("../shared/data/kuairand"))
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--split-date", default="20220418",
+                   help="last train day, YYYYMMDD or YYYY-MM-DD (default 20220418, the data README's split)")
+    p.add_argument("--end-date", default=None,
+                   help="last test day; later days are dropped (e.g. --split-date 20220415 --end-date 20220418 "
+                        "holds out a validation split from the train days only)")
     p.set_defaults(func=_kuairand)
 
     p = dsub.add_parser("summary", help="stream a dataset once and print per-task label statistics")
@@ -55,9 +60,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _kuairand(args: argparse.Namespace) -> int:
-    from recsys_mtl.data.kuairand import convert_kuairand
+    from recsys_mtl.data.kuairand import convert_kuairand, parse_date
 
-    out = convert_kuairand(args.src, args.out, overwrite=args.overwrite)
+    end = parse_date(args.end_date) if args.end_date is not None else None
+    out = convert_kuairand(args.src, args.out, overwrite=args.overwrite, split_date=parse_date(args.split_date),
+                           end_date=end)
     print(f"wrote {out / 'train'} and {out / 'test'} (spec: {out / 'feature_spec.yaml'})")
     return 0
 

@@ -4,6 +4,8 @@ Source: KuaiRand (Gao et al., CIKM 2022), CC BY-SA 4.0; see the data's README.
 Derived files stay under that license.
 
 - Split: `date <= 20220418` is train, later dates are test (the data README's split).
+  `split_date` moves it and `end_date` drops later days, e.g. a validation split
+  carved from the train days only: `split_date=20220415, end_date=20220418`.
 - Leaking columns are dropped: `play_time_ms` (determines long_view and is_click),
   `comment_stay_time` (leaks is_comment); raw timestamps are not features.
 - Categorical columns become contiguous ids with a vocabulary fitted on the train
@@ -63,8 +65,28 @@ def _vocab_ids(train_values: pa.Array, values: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.add(idx, 1), 0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
-    """Write `out/train/date=YYYY-MM-DD/part-00000.parquet`, `out/test/...` and `out/feature_spec.yaml`."""
+def parse_date(value: str | int) -> int:
+    """`20220418`, `"20220418"` or `"2022-04-18"` -> 20220418; DataError otherwise."""
+    text = str(value).replace("-", "")
+    try:
+        day = dt.datetime.strptime(text, "%Y%m%d").date() if len(text) == 8 else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise DataError(f"date {value!r}: expected YYYYMMDD or YYYY-MM-DD")
+    return day.year * 10000 + day.month * 100 + day.day
+
+
+def _day(d: int) -> str:
+    return f"{d // 10000:04d}-{d // 100 % 100:02d}-{d % 100:02d}"
+
+
+def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
+                     split_date: int = SPLIT_DATE, end_date: int | None = None) -> Path:
+    """Write `out/train/date=YYYY-MM-DD/part-00000.parquet`, `out/test/...` and `out/feature_spec.yaml`.
+
+    train: `date <= split_date`; test: `split_date < date <= end_date` (default: every later day).
+    """
     src, out = Path(src), Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
@@ -77,6 +99,15 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False) 
     if missing:
         raise DataError(f"{src / USER_FEATURES}: missing columns {missing}")
 
+    days = np.unique(inter.column("date").to_numpy())
+    if end_date is not None and end_date <= split_date:
+        raise DataError(f"end_date {end_date} must be after split_date {split_date}")
+    last = days[-1] if end_date is None else min(end_date, days[-1])
+    if not (days[0] <= split_date < last):
+        raise DataError(f"split_date {split_date}: leaves no train or no test day; the data has days "
+                        f"{days[0]} to {days[-1]}" + (f" (end_date {end_date})" if end_date is not None else ""))
+    if end_date is not None:
+        inter = inter.filter(pc.less_equal(inter.column("date"), end_date))
     inter = inter.drop_columns([c for c in LEAKING if c in inter.column_names])
     joined = inter.join(users, keys="user_id", join_type="left outer").combine_chunks()
     # the join does not keep row order: restore the interaction log's time order
@@ -84,7 +115,7 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False) 
     if joined.num_rows != inter.num_rows:
         raise DataError(f"{src / USER_FEATURES}: user_id is not unique ({joined.num_rows} rows after the join, {inter.num_rows} before)")
     date = joined.column("date").to_numpy()
-    is_train = date <= SPLIT_DATE
+    is_train = date <= split_date
     train = joined.filter(pa.array(is_train))
 
     cols: dict[str, np.ndarray] = {}
@@ -132,14 +163,15 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False) 
             part = full.filter(pa.array(mask))
             for d in np.unique(part.column("date").to_numpy()):
                 day = part.filter(pc.equal(part.column("date"), int(d))).drop_columns(["date"])
-                folder = tmp / split / f"date={d // 10000:04d}-{d // 100 % 100:02d}-{d % 100:02d}"
+                folder = tmp / split / f"date={_day(int(d))}"
                 folder.mkdir(parents=True)
                 pq.write_table(day, folder / "part-00000.parquet", compression="snappy")
-        spec = kuairand_spec(sizes, transforms, stats)
+        spec = kuairand_spec(sizes, transforms, stats, split_date)
         (tmp / "feature_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
         (tmp / "README.md").write_text(
             "Derived from KuaiRand (Gao et al., CIKM 2022), CC BY-SA 4.0. "
-            f"Train: date <= {SPLIT_DATE} ({int(is_train.sum())} rows); test: later ({int((~is_train).sum())} rows). "
+            f"Train: date <= {split_date} ({int(is_train.sum())} rows); test: "
+            f"{'later' if end_date is None else f'to {end_date}'} ({int((~is_train).sum())} rows). "
             f"Source sha256 of {INTERACTIONS}: {hashlib.sha256((src / INTERACTIONS).read_bytes()).hexdigest()}\n"
         )
     except BaseException:
@@ -150,7 +182,8 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False) 
     return out
 
 
-def kuairand_spec(sizes: dict[str, int], transforms: dict[str, str], stats: dict[str, tuple[float, float]]) -> dict:
+def kuairand_spec(sizes: dict[str, int], transforms: dict[str, str], stats: dict[str, tuple[float, float]],
+                  split_date: int = SPLIT_DATE) -> dict:
     tables, sparse = {}, []
     for name, size in sizes.items():
         table = "video" if name == "video_id" else ("user" if name == "user_id" else name)
@@ -164,7 +197,7 @@ def kuairand_spec(sizes: dict[str, int], transforms: dict[str, str], stats: dict
         dense.append(entry)
     return {
         "name": "kuairand",
-        "description": "KuaiRand-27K subset (CC BY-SA 4.0), 7 tasks, time split at 2022-04-18",
+        "description": f"KuaiRand-27K subset (CC BY-SA 4.0), 7 tasks, time split at {_day(split_date)}",
         "tables": tables,
         "sparse": sparse,
         "dense": dense,
@@ -172,4 +205,4 @@ def kuairand_spec(sizes: dict[str, int], transforms: dict[str, str], stats: dict
     }
 
 
-__all__ = ["convert_kuairand", "TASKS", "SPLIT_DATE"]
+__all__ = ["convert_kuairand", "parse_date", "TASKS", "SPLIT_DATE"]

@@ -71,6 +71,7 @@ class MultiTaskModel(nn.Module):
         self.sparse_names = spec.sparse_names
         self.num_tasks = spec.num_tasks
         self.wide = config.wide
+        self.wide_l2 = config.wide_l2
         self.deep_dims = [spec.tables[f.table].embedding_dim for f in spec.sparse]
         embedding_device = embedding_device if embedding_device is not None else device
         self.ebc = EmbeddingBagCollection(tables=embedding_bag_configs(spec, config.wide),
@@ -106,12 +107,21 @@ class MultiTaskModel(nn.Module):
         init_embedding_state_(state, self.table_state_keys(prefix), self.seed)
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        return self.logits_and_wide_l2(dense, sparse)[0]
+
+    def logits_and_wide_l2(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, T], wide_l2 penalty): `wide_l2` times the mean over rows of the squared wide id weights
+        looked up (0 without it). Training adds the penalty to the loss; evaluation needs only the logits."""
         pooled = self.ebc(sparse).to_dict()  # by key: column order changes after sharding
+        penalty = None
         if self.wide:
             parts = [pooled[name][:, :dim] for name, dim in zip(self.sparse_names, self.deep_dims)]
-            wide = torch.stack(
+            wide_ids = torch.stack(
                 [pooled[name][:, dim : dim + self.num_tasks] for name, dim in zip(self.sparse_names, self.deep_dims)]
-            ).sum(dim=0)
+            )  # [F, B, T]
+            if self.wide_l2:
+                penalty = self.wide_l2 * wide_ids.square().sum(dim=(0, 2)).mean()
+            wide = wide_ids.sum(dim=0)
             if self.wide_dense is not None:
                 wide = wide + self.wide_dense(dense)
         else:
@@ -121,4 +131,4 @@ class MultiTaskModel(nn.Module):
         x = torch.cat(parts, dim=1)
         h = self.task_towers(self.architecture(x))  # [B, T, H]
         logits = self.heads(h).squeeze(-1)  # [B, T]
-        return logits + wide if self.wide else logits
+        return (logits + wide if self.wide else logits), (logits.new_zeros(()) if penalty is None else penalty)

@@ -65,6 +65,7 @@ class MultiTaskTrainModule(nn.Module):
         self.task_loss = WeightedTaskLoss(weighting, world_size, process_group)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        logits = self.model(batch.dense, batch.sparse)
+        # the penalty is a per-rank mean over rows; averaging gradients over ranks makes it the global batch's mean
+        logits, penalty = self.model.logits_and_wide_l2(batch.dense, batch.sparse)
         loss, losses, weights = self.task_loss(logits, batch.labels, batch.label_mask, batch.sample_weights)
-        return loss, (losses, logits, weights)
+        return loss + penalty, (losses, logits, weights)

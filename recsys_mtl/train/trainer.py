@@ -109,7 +109,8 @@ def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
         "sparse_features": spec.sparse_names,
         "dense_features": spec.dense_names,
         "tasks": spec.task_names,
-        "model": to_dict(config.model),
+        # wide_l2 is a loss term, not a shape: a checkpoint trained with another value (or before it existed) loads
+        "model": {k: v for k, v in to_dict(config.model).items() if k != "wide_l2"},
         "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
         "weighting": config.weighting.method,
     }
@@ -180,6 +181,7 @@ class Trainer:
         self.last_eval: dict[str, dict[str, float]] | None = None
         self.last_loss = float("nan")
         self.train_metrics = self._build_train_metrics()
+        self.task_epochs = self._task_epochs()
 
     # -- construction helpers ----------------------------------------------------------------
     def _build_weighting(self) -> WeightingMethod:
@@ -189,6 +191,22 @@ class Trainer:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"weighting: cannot build {wc.method!r} with args {wc.args}: {exc}") from None
         return weighting.to(self.device)
+
+    def _task_epochs(self) -> torch.Tensor:
+        """[T] epochs each task's labels train on (train.task_epochs, else train.epochs)."""
+        tc = self.config.train
+        unknown = sorted(set(tc.task_epochs) - set(self.spec.task_names))
+        if unknown:
+            raise ConfigError(f"train.task_epochs: unknown task(s) {unknown}; the spec's tasks are "
+                              f"{', '.join(self.spec.task_names)}")
+        return torch.tensor([tc.task_epochs.get(t, tc.epochs) for t in self.spec.task_names])
+
+    def _mask_stopped_tasks(self, batch: Batch) -> Batch:
+        """Tasks past their train.task_epochs lose their labels for this epoch's batches."""
+        training = self.task_epochs > self.epoch
+        if bool(training.all()):
+            return batch
+        return dataclasses.replace(batch, label_mask=batch.label_mask & training.to(batch.label_mask.device))
 
     def _build_train_metrics(self):
         """TorchRec streaming metrics on every rank (their compute is a collective), or None."""
@@ -394,6 +412,7 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------
     def _batches(self, remaining: int, keep: collections.deque | None) -> Iterator[Batch]:
         for batch in itertools.islice(iter(self.train_data), remaining):
+            batch = self._mask_stopped_tasks(batch)
             if keep is not None:
                 keep.append(batch)
             yield batch

@@ -67,3 +67,17 @@ def test_demo_trains_both_methods_evaluates_compares_and_prints_the_ui_command(t
     assert sorted(r.info.run_name for r in runs) == ["equal", "eval equal", "eval go4align", "go4align"]
     assert main(argv) == 0  # a second run reuses the data and starts fresh runs
     assert "[1/5] reusing synthetic data" in capsys.readouterr().out
+
+
+def test_kuairand_command_takes_split_and_end_dates(tmp_path, kuairand_src):
+    if not (kuairand_src / "kuairand27k_standard_kcore15_likehate.tsv").exists():
+        pytest.skip(f"KuaiRand subset not found at {kuairand_src} (set RECSYS_MTL_KUAIRAND)")
+    out = tmp_path / "kr"
+    assert main(["data", "kuairand", "--src", str(kuairand_src), "--out", str(out), "--split-date", "2022-04-17",
+                 "--end-date", "20220418"]) == 0
+    assert [p.name for p in (out / "test").iterdir()] == ["date=2022-04-18"]
+
+
+def test_kuairand_command_with_a_bad_date_exits_2_naming_it(tmp_path, kuairand_src):
+    r = run_cli("data", "kuairand", "--src", kuairand_src, "--out", tmp_path / "kr", "--split-date", "18.04.2022")
+    assert r.returncode == 2 and "date '18.04.2022': expected YYYYMMDD or YYYY-MM-DD" in r.stderr

@@ -1,9 +1,11 @@
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from recsys_mtl.config import FeatureSpec
-from recsys_mtl.data.kuairand import LEAKING, TASKS
+from recsys_mtl.data.errors import DataError
+from recsys_mtl.data.kuairand import LEAKING, TASKS, parse_date
 from recsys_mtl.data.stream import ParquetStream, _data_files
 
 
@@ -44,3 +46,53 @@ def test_vocabulary_is_fitted_on_train_only(kuairand_dir):
 def test_shipped_spec_matches_the_converter(kuairand_dir, repo_root):
     shipped = yaml.safe_load((repo_root / "feature_specs" / "kuairand.yaml").read_text())
     assert shipped == yaml.safe_load((kuairand_dir / "feature_spec.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def kuairand_valid_dir(kuairand_src, tmp_path_factory):
+    from recsys_mtl.data.kuairand import convert_kuairand
+
+    if not (kuairand_src / "kuairand27k_standard_kcore15_likehate.tsv").exists():
+        pytest.skip(f"KuaiRand subset not found at {kuairand_src} (set RECSYS_MTL_KUAIRAND)")
+    return convert_kuairand(kuairand_src, tmp_path_factory.mktemp("kr_valid") / "kr", split_date=20220415,
+                            end_date=20220418)
+
+
+def test_split_and_end_date_carve_a_validation_split_from_the_train_days(kuairand_valid_dir, kuairand_dir):
+    days = lambda split: sorted(p.name for p in (kuairand_valid_dir / split).iterdir())  # noqa: E731
+    assert days("train")[0] == "date=2022-04-08" and days("train")[-1] == "date=2022-04-15"
+    assert days("test") == ["date=2022-04-16", "date=2022-04-17", "date=2022-04-18"]
+    spec = FeatureSpec.load(kuairand_valid_dir / "feature_spec.yaml")
+    train = ParquetStream(kuairand_valid_dir / "train", spec, 4096, drop_remainder=False)
+    valid = ParquetStream(kuairand_valid_dir / "test", spec, 4096, drop_remainder=False)
+    assert train.num_rows + valid.num_rows == 35_716  # exactly the default split's train days
+    assert "2022-04-15" in spec.description
+    # the vocabulary is fitted on the earlier days only: fewer users than the default split knows
+    default = FeatureSpec.load(kuairand_dir / "feature_spec.yaml")
+    assert spec.tables["user"].num_embeddings < default.tables["user"].num_embeddings
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"split_date": 20220430}, "split_date 20220430: leaves no train or no test day"),
+    ({"split_date": 20220301}, "split_date 20220301: leaves no train or no test day"),
+    ({"split_date": 20220415, "end_date": 20220415}, "end_date 20220415 must be after split_date 20220415"),
+])
+def test_a_split_date_outside_the_data_is_refused_and_names_the_option(kuairand_src, tmp_path, kwargs, message):
+    from recsys_mtl.data.kuairand import convert_kuairand
+
+    if not (kuairand_src / "kuairand27k_standard_kcore15_likehate.tsv").exists():
+        pytest.skip(f"KuaiRand subset not found at {kuairand_src} (set RECSYS_MTL_KUAIRAND)")
+    with pytest.raises(DataError, match=message):
+        convert_kuairand(kuairand_src, tmp_path / "kr", **kwargs)
+    assert not (tmp_path / "kr").exists()
+
+
+@pytest.mark.parametrize("value, expected", [("20220415", 20220415), ("2022-04-15", 20220415), (20220415, 20220415)])
+def test_dates_are_read_as_yyyymmdd_with_or_without_dashes(value, expected):
+    assert parse_date(value) == expected
+
+
+@pytest.mark.parametrize("value", ["2022-13-01", "April", "202204"])
+def test_a_malformed_date_is_a_data_error_quoting_it(value):
+    with pytest.raises(DataError, match=f"date '{value}': expected YYYYMMDD or YYYY-MM-DD"):
+        parse_date(value)

@@ -100,3 +100,26 @@ def test_wide_columns_start_at_zero_and_hold_one_weight_per_task():
     delta = after - before
     torch.testing.assert_close(delta[:, 2], torch.ones(16))
     assert delta[:, [0, 1, 3, 4, 5]].abs().max() < 1e-6
+
+
+def test_wide_l2_penalty_is_the_mean_over_rows_of_the_squared_wide_weights_looked_up():
+    spec = tiny_spec(num_tasks=6)
+    model = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True, wide_l2=0.5))
+    batch = random_batch(spec, 16)
+    with torch.no_grad():
+        model.ebc.embedding_bags["user"].weight[:, 8:14] = 0.1  # every user: 0.1 for each of the 6 tasks
+        logits, penalty = model.logits_and_wide_l2(batch.dense, batch.sparse)
+    # only user_id reads the user table and it is single-valued: each row looks up 6 weights of 0.1
+    torch.testing.assert_close(penalty, torch.tensor(0.5 * 6 * 0.01))
+    torch.testing.assert_close(logits, model(batch.dense, batch.sparse))
+    no_l2 = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True))
+    assert no_l2.logits_and_wide_l2(batch.dense, batch.sparse)[1].item() == 0.0
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"wide_l2": 0.1}, r"model\.wide_l2: is 0\.1 but model\.wide is false; set wide: true or drop wide_l2"),
+    ({"wide": True, "wide_l2": -0.1}, r"model\.wide_l2: must be >= 0, got -0\.1"),
+])
+def test_wide_l2_needs_the_wide_part_and_a_non_negative_value(model, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(TrainConfig, {"data": {"train_path": "x", "spec": "y"}, "model": model}, "cfg.yaml")

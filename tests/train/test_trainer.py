@@ -218,3 +218,46 @@ def test_heads_start_at_each_tasks_label_rate(tmp_path):
     rate = (labels * mask).sum(0) / mask.sum(0)
     bias = trainer.module.model.heads.bias.detach().flatten()
     torch.testing.assert_close(torch.sigmoid(bias), rate, rtol=1e-4, atol=1e-6)
+
+
+def test_a_task_past_its_task_epochs_trains_with_no_loss_and_no_weight(tmp_path):
+    spec = tiny_spec()
+    cfg = tiny_config(tmp_path, train={"epochs": 3, "task_epochs": {"task0": 1, "task3": 2}})
+    Trainer(cfg, spec=spec, train_data=ListSource(rank_batches(spec, 2, 16, 1, 0))).fit()
+    by_epoch = {e: [r for r in logged(tmp_path) if r["epoch"] == e] for e in range(3)}
+    assert all(r["weights"][0] > 0 and r["weights"][3] > 0 for r in by_epoch[0])
+    assert all(r["weights"][0] == 0 and r["losses"][0] == 0 and r["weights"][3] > 0 for r in by_epoch[1])
+    assert all(r["weights"][0] == 0 and r["weights"][3] == 0 and r["weights"][1] > 0 for r in by_epoch[2])
+
+
+def test_task_epochs_naming_an_unknown_task_lists_the_spec_tasks(tmp_path):
+    spec = tiny_spec()
+    with pytest.raises(ConfigError, match=r"train\.task_epochs: unknown task\(s\) \['clicks'\]; the spec's tasks are task0, "):
+        Trainer(tiny_config(tmp_path, train={"epochs": 2, "task_epochs": {"clicks": 1}}), spec=spec,
+                train_data=ListSource(rank_batches(spec, 2, 16, 1, 0)))
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_task_epochs_below_one_is_a_config_error_naming_the_task(tmp_path, n):
+    with pytest.raises(ConfigError, match=rf"train\.task_epochs\.task0: must be >= 1 \(epochs of training\), got {n}"):
+        tiny_config(tmp_path, train={"epochs": 2, "task_epochs": {"task0": n}})
+
+
+def test_task_epochs_beyond_the_run_s_epochs_train_every_epoch(tmp_path):
+    spec = tiny_spec()
+    cfg = tiny_config(tmp_path, train={"epochs": 2, "task_epochs": {"task0": 5}})
+    Trainer(cfg, spec=spec, train_data=ListSource(rank_batches(spec, 2, 16, 1, 0))).fit()
+    assert all(r["weights"][0] > 0 for r in logged(tmp_path))
+
+
+def test_wide_l2_trains_through_the_pipeline_and_shrinks_the_wide_weights(tmp_path):
+    spec = tiny_spec()
+    norms = {}
+    for l2 in (0.0, 1.0):
+        cfg = tiny_config(tmp_path / str(l2), model={"wide": True, "wide_l2": l2}, train={"epochs": 3})
+        trainer = Trainer(cfg, spec=spec, train_data=ListSource(rank_batches(spec, 4, 16, 1, 0)))
+        trainer.fit()
+        state = trainer.module.model.state_dict()
+        norms[l2] = sum(float(state[k].local_shards()[0].tensor[:, 8:].norm() if hasattr(state[k], "local_shards")
+                              else state[k][:, 8:].norm()) for k in ("ebc.embedding_bags.user.weight",))
+    assert 0 < norms[1.0] < norms[0.0]
