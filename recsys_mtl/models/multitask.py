@@ -110,8 +110,9 @@ class MultiTaskModel(nn.Module):
         return self.logits_and_wide_l2(dense, sparse)[0]
 
     def logits_and_wide_l2(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B, T], wide_l2 penalty): `wide_l2` times the mean over rows of the squared wide id weights
-        looked up (0 without it). Training adds the penalty to the loss; evaluation needs only the logits."""
+        """(logits [B, T], wide_l2 penalty [T]): per task, `wide_l2` times the mean over rows of the squared wide id
+        weights looked up (0 without it). Training adds the penalty of the tasks it trains to the loss; evaluation
+        needs only the logits."""
         pooled = self.ebc(sparse).to_dict()  # by key: column order changes after sharding
         penalty = None
         if self.wide:
@@ -120,7 +121,7 @@ class MultiTaskModel(nn.Module):
                 [pooled[name][:, dim : dim + self.num_tasks] for name, dim in zip(self.sparse_names, self.deep_dims)]
             )  # [F, B, T]
             if self.wide_l2:
-                penalty = self.wide_l2 * wide_ids.square().sum(dim=(0, 2)).mean()
+                penalty = self.wide_l2 * wide_ids.square().sum(dim=0).mean(dim=0)
             wide = wide_ids.sum(dim=0)
             if self.wide_dense is not None:
                 wide = wide + self.wide_dense(dense)
@@ -131,4 +132,4 @@ class MultiTaskModel(nn.Module):
         x = torch.cat(parts, dim=1)
         h = self.task_towers(self.architecture(x))  # [B, T, H]
         logits = self.heads(h).squeeze(-1)  # [B, T]
-        return (logits + wide if self.wide else logits), (logits.new_zeros(()) if penalty is None else penalty)
+        return (logits + wide if self.wide else logits), (logits.new_zeros(self.num_tasks) if penalty is None else penalty)

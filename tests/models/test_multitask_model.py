@@ -110,10 +110,10 @@ def test_wide_l2_penalty_is_the_mean_over_rows_of_the_squared_wide_weights_looke
         model.ebc.embedding_bags["user"].weight[:, 8:14] = 0.1  # every user: 0.1 for each of the 6 tasks
         logits, penalty = model.logits_and_wide_l2(batch.dense, batch.sparse)
     # only user_id reads the user table and it is single-valued: each row looks up 6 weights of 0.1
-    torch.testing.assert_close(penalty, torch.tensor(0.5 * 6 * 0.01))
+    torch.testing.assert_close(penalty, torch.full((6,), 0.5 * 0.01))  # per task
     torch.testing.assert_close(logits, model(batch.dense, batch.sparse))
     no_l2 = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True))
-    assert no_l2.logits_and_wide_l2(batch.dense, batch.sparse)[1].item() == 0.0
+    assert no_l2.logits_and_wide_l2(batch.dense, batch.sparse)[1].abs().sum().item() == 0.0
 
 
 @pytest.mark.parametrize("model, message", [
@@ -123,3 +123,4 @@ def test_wide_l2_penalty_is_the_mean_over_rows_of_the_squared_wide_weights_looke
 def test_wide_l2_needs_the_wide_part_and_a_non_negative_value(model, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(TrainConfig, {"data": {"train_path": "x", "spec": "y"}, "model": model}, "cfg.yaml")
+

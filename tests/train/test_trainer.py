@@ -261,3 +261,25 @@ def test_wide_l2_trains_through_the_pipeline_and_shrinks_the_wide_weights(tmp_pa
         norms[l2] = sum(float(state[k].local_shards()[0].tensor[:, 8:].norm() if hasattr(state[k], "local_shards")
                               else state[k][:, 8:].norm()) for k in ("ebc.embedding_bags.user.weight",))
     assert 0 < norms[1.0] < norms[0.0]
+
+
+def test_a_task_past_its_task_epochs_keeps_its_wide_weights_under_wide_l2(tmp_path):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    model = {"wide": True, "wide_l2": 1.0}
+
+    def wide_user_weights(trainer):
+        w = trainer.module.model.state_dict()["ebc.embedding_bags.user.weight"]
+        return (w.local_shards()[0].tensor if hasattr(w, "local_shards") else w)[:, 8:8 + spec.num_tasks].clone()
+
+    task_epochs = {"task0": 1}
+    first = Trainer(tiny_config(tmp_path, model=model, train={"epochs": 1, "task_epochs": task_epochs}), spec=spec,
+                    train_data=ListSource(batches))
+    first.fit()
+    rest = Trainer(tiny_config(tmp_path, model=model, train={"epochs": 3, "task_epochs": task_epochs}), spec=spec,
+                   train_data=ListSource(batches))
+    rest.fit()  # resumes after epoch 1: task0 has no labels from here on
+    before, after = wide_user_weights(first), wide_user_weights(rest)
+    assert before[:, 0].abs().sum() > 0
+    torch.testing.assert_close(after[:, 0], before[:, 0], rtol=0, atol=0)  # the L2 no longer shrinks task0
+    assert not torch.equal(after[:, 1], before[:, 1])
