@@ -263,6 +263,24 @@ def test_wide_l2_trains_through_the_pipeline_and_shrinks_the_wide_weights(tmp_pa
     assert 0 < norms[1.0] < norms[0.0]
 
 
+def test_feature_dropout_trains_through_the_pipeline_and_resumes_exactly(tmp_path):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    model = {"wide": True, "feature_dropout": {"user_id": 0.5}}
+    full = Trainer(tiny_config(tmp_path / "full", model=model, train={"epochs": 2}), spec=spec,
+                   train_data=ListSource(batches))
+    full.fit()
+    Trainer(tiny_config(tmp_path / "part", model=model, train={"epochs": 2, "max_steps": 3}), spec=spec,
+            train_data=ListSource(batches)).fit()
+    Trainer(tiny_config(tmp_path / "part", model=model, train={"epochs": 2}), spec=spec,
+            train_data=ListSource(batches)).fit()
+    assert logged(tmp_path / "full") == logged(tmp_path / "part")  # the dropout masks come from the checkpointed RNG
+    no_dropout = {**model, "feature_dropout": {}}
+    Trainer(tiny_config(tmp_path / "plain", model=no_dropout, train={"epochs": 2}), spec=spec,
+            train_data=ListSource(batches)).fit()
+    assert logged(tmp_path / "plain") != logged(tmp_path / "full")
+
+
 def test_a_task_past_its_task_epochs_keeps_its_wide_weights_under_wide_l2(tmp_path):
     spec = tiny_spec()
     batches = rank_batches(spec, 4, 16, 1, 0)
