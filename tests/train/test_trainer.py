@@ -173,6 +173,16 @@ def test_checkpoint_of_another_model_shape_names_the_difference(tmp_path):
         trainer.fit()
 
 
+
+def test_a_checkpoint_trained_with_feature_dropout_and_wide_l2_loads_into_a_config_without_them(tmp_path):
+    spec = tiny_spec()
+    trained = {"wide": True, "wide_l2": 0.1, "feature_dropout": {"user_id": 0.3}}
+    Trainer(tiny_config(tmp_path, model=trained, train={"max_steps": 1}), spec=spec,
+            train_data=ListSource(rank_batches(spec, 2, 16, 1, 0))).fit()
+    serving = Trainer(tiny_config(tmp_path, model={"wide": True}), spec=spec,
+                      train_data=ListSource(rank_batches(spec, 2, 16, 1, 0)))
+    assert serving.maybe_resume() and serving.step == 1
+
 class PostStepRecorder(WeightingMethod):
     """Registered per test (monkeypatch), so the global registry stays as the product ships it."""
 
