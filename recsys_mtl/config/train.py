@@ -1,7 +1,8 @@
 """Training config: what `recsys-mtl train CONFIG` reads. Loaded by the one config loader.
 
     data:      {train_path, eval_path, spec, batch_size, eval_batch_size, shuffle, shuffle_buffer_rows, num_workers}
-    model:     {architecture: shared_bottom|mmoe|ple, dense_tower, task_tower, dropout,
+    model:     {architecture: shared_bottom|mmoe|ple, dense_tower, task_tower, dropout, wide, wide_l2,
+                feature_dropout: {FEATURE: p}, head_bias,
                 shared_bottom: {hidden}, mmoe: {num_experts, expert_hidden},
                 ple: {levels, shared_experts, task_experts, expert_hidden}}
     sharding:  {tables: {TABLE: table_wise|row_wise|column_wise|data_parallel}, memory_per_rank_gb}
@@ -109,6 +110,10 @@ class ModelConfig:
     # the fused embedding optimizer on every device. Rare tasks carry little likelihood, so it
     # mostly stops them memorising rare ids (user_id) through the wide part.
     wide_l2: float = 0.0
+    # id dropout while training: feature -> fraction of rows whose pooled embedding (deep and wide columns)
+    # is zeroed, as if the id were unknown; never at evaluation. Trains the model for what it meets on new
+    # ids (cold-start items) and makes it lean on features that generalise rather than memorised ids
+    feature_dropout: dict[str, float] = dataclasses.field(default_factory=dict)
     # "prior": start each head's bias at the log-odds of its task's label rate in the first training
     # batches, so early steps do not spend (and Adagrad accumulators do not absorb) the bias shift
     head_bias: Literal["prior", "zero"] = "prior"
@@ -130,6 +135,9 @@ class ModelConfig:
         _positive(where, "wide_l2", self.wide_l2, allow_zero=True)
         if self.wide_l2 and not self.wide:
             raise where.child("wide_l2").error(f"is {self.wide_l2} but model.wide is false; set wide: true or drop wide_l2")
+        for name, p in self.feature_dropout.items():
+            if not 0.0 <= p < 1.0:
+                raise where.child("feature_dropout").child(name).error(f"must be in [0, 1), got {p}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,6 +51,9 @@ class MultiTaskModel(nn.Module):
     the deep columns feed the architecture, the per-task columns are summed over
     features into that task's logit (a logistic regression on the ids).
 
+    `config.feature_dropout` zeroes a feature's pooled row (deep and wide columns)
+    for a random fraction of rows in training mode only, as if the id were unknown.
+
     embedding_device="meta" builds the tables without memory (DMP materialises
     only each rank's shards; call `init_embeddings_` on the sharded state).
     """
@@ -72,6 +75,13 @@ class MultiTaskModel(nn.Module):
         self.num_tasks = spec.num_tasks
         self.wide = config.wide
         self.wide_l2 = config.wide_l2
+        unknown = sorted(set(config.feature_dropout) - set(self.sparse_names))
+        if unknown:
+            from recsys_mtl.config.loader import ConfigError
+
+            raise ConfigError(f"model.feature_dropout: unknown sparse feature(s) {unknown}; the spec's sparse features "
+                              f"are {', '.join(self.sparse_names)}")
+        self.feature_dropout = {name: p for name, p in config.feature_dropout.items() if p > 0}
         self.deep_dims = [spec.tables[f.table].embedding_dim for f in spec.sparse]
         embedding_device = embedding_device if embedding_device is not None else device
         self.ebc = EmbeddingBagCollection(tables=embedding_bag_configs(spec, config.wide),
@@ -87,6 +97,16 @@ class MultiTaskModel(nn.Module):
             self.task_towers = BatchedMLP(self.num_tasks, self.architecture.out_dim, config.task_tower, config.dropout)
             self.heads = BatchedLinear(self.num_tasks, self.task_towers.out_dim, 1)
             self.wide_dense = nn.Linear(spec.num_dense, self.num_tasks) if config.wide and spec.num_dense else None
+
+    def _drop_features(self, pooled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training only: zero each dropped feature's pooled row for a Bernoulli(p) subset of rows (no rescaling:
+        a dropped row looks like an unknown id, which is what evaluation meets for a new user or item)."""
+        pooled = {name: pooled[name] for name in self.sparse_names}  # a new dict: torch.fx traces `pooled` as a Proxy
+        for name, p in self.feature_dropout.items():
+            x = pooled[name]
+            keep = torch.rand_like(x[:, :1]) >= p
+            pooled[name] = x * keep.to(x.dtype)
+        return pooled
 
     @torch.no_grad()
     def set_head_bias_from_rates_(self, rates: torch.Tensor) -> None:
@@ -110,9 +130,12 @@ class MultiTaskModel(nn.Module):
         return self.logits_and_wide_l2(dense, sparse)[0]
 
     def logits_and_wide_l2(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B, T], wide_l2 penalty): `wide_l2` times the mean over rows of the squared wide id weights
-        looked up (0 without it). Training adds the penalty to the loss; evaluation needs only the logits."""
+        """(logits [B, T], wide_l2 penalty [T]): per task, `wide_l2` times the mean over rows of the squared wide id
+        weights looked up (0 without it). Training adds the penalty of the tasks it trains to the loss; evaluation
+        needs only the logits."""
         pooled = self.ebc(sparse).to_dict()  # by key: column order changes after sharding
+        if self.training and self.feature_dropout:
+            pooled = self._drop_features(pooled)
         penalty = None
         if self.wide:
             parts = [pooled[name][:, :dim] for name, dim in zip(self.sparse_names, self.deep_dims)]
@@ -120,7 +143,7 @@ class MultiTaskModel(nn.Module):
                 [pooled[name][:, dim : dim + self.num_tasks] for name, dim in zip(self.sparse_names, self.deep_dims)]
             )  # [F, B, T]
             if self.wide_l2:
-                penalty = self.wide_l2 * wide_ids.square().sum(dim=(0, 2)).mean()
+                penalty = self.wide_l2 * wide_ids.square().sum(dim=0).mean(dim=0)
             wide = wide_ids.sum(dim=0)
             if self.wide_dense is not None:
                 wide = wide + self.wide_dense(dense)
@@ -131,4 +154,4 @@ class MultiTaskModel(nn.Module):
         x = torch.cat(parts, dim=1)
         h = self.task_towers(self.architecture(x))  # [B, T, H]
         logits = self.heads(h).squeeze(-1)  # [B, T]
-        return (logits + wide if self.wide else logits), (logits.new_zeros(()) if penalty is None else penalty)
+        return (logits + wide if self.wide else logits), (logits.new_zeros(self.num_tasks) if penalty is None else penalty)

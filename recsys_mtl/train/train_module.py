@@ -38,7 +38,10 @@ class WeightedTaskLoss(nn.Module):
         self.process_group = process_group
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-                sample_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                sample_weights: torch.Tensor | None = None,
+                penalty: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`penalty` [T]: per-task regularisation added unweighted for the tasks labelled in the global batch, so a
+        task with no labels (past its train.task_epochs) is left exactly as it is."""
         sums, counts = masked_bce_sums(logits, labels, mask, sample_weights)
         num_tasks = sums.shape[0]
         if self.world_size > 1:
@@ -52,7 +55,10 @@ class WeightedTaskLoss(nn.Module):
         present = global_counts > 0
         weights = self.weighting(losses, present)
         local = sums * (float(self.world_size) / denom)
-        return (weights * local).sum(), losses, weights
+        loss = (weights * local).sum()
+        if penalty is not None:
+            loss = loss + (penalty * present).sum()
+        return loss, losses, weights
 
 
 class MultiTaskTrainModule(nn.Module):
@@ -67,5 +73,5 @@ class MultiTaskTrainModule(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         # the penalty is a per-rank mean over rows; averaging gradients over ranks makes it the global batch's mean
         logits, penalty = self.model.logits_and_wide_l2(batch.dense, batch.sparse)
-        loss, losses, weights = self.task_loss(logits, batch.labels, batch.label_mask, batch.sample_weights)
-        return loss + penalty, (losses, logits, weights)
+        loss, losses, weights = self.task_loss(logits, batch.labels, batch.label_mask, batch.sample_weights, penalty)
+        return loss, (losses, logits, weights)

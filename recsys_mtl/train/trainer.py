@@ -109,8 +109,9 @@ def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
         "sparse_features": spec.sparse_names,
         "dense_features": spec.dense_names,
         "tasks": spec.task_names,
-        # wide_l2 is a loss term, not a shape: a checkpoint trained with another value (or before it existed) loads
-        "model": {k: v for k, v in to_dict(config.model).items() if k != "wide_l2"},
+        # wide_l2 and feature_dropout act in training only, not on the model's shape or output: a checkpoint
+        # trained with other values (or before they existed) loads
+        "model": {k: v for k, v in to_dict(config.model).items() if k not in ("wide_l2", "feature_dropout")},
         "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
         "weighting": config.weighting.method,
     }

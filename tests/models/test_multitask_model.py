@@ -110,10 +110,10 @@ def test_wide_l2_penalty_is_the_mean_over_rows_of_the_squared_wide_weights_looke
         model.ebc.embedding_bags["user"].weight[:, 8:14] = 0.1  # every user: 0.1 for each of the 6 tasks
         logits, penalty = model.logits_and_wide_l2(batch.dense, batch.sparse)
     # only user_id reads the user table and it is single-valued: each row looks up 6 weights of 0.1
-    torch.testing.assert_close(penalty, torch.tensor(0.5 * 6 * 0.01))
+    torch.testing.assert_close(penalty, torch.full((6,), 0.5 * 0.01))  # per task
     torch.testing.assert_close(logits, model(batch.dense, batch.sparse))
     no_l2 = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True))
-    assert no_l2.logits_and_wide_l2(batch.dense, batch.sparse)[1].item() == 0.0
+    assert no_l2.logits_and_wide_l2(batch.dense, batch.sparse)[1].abs().sum().item() == 0.0
 
 
 @pytest.mark.parametrize("model, message", [
@@ -123,3 +123,41 @@ def test_wide_l2_penalty_is_the_mean_over_rows_of_the_squared_wide_weights_looke
 def test_wide_l2_needs_the_wide_part_and_a_non_negative_value(model, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(TrainConfig, {"data": {"train_path": "x", "spec": "y"}, "model": model}, "cfg.yaml")
+
+
+def test_feature_dropout_zeroes_whole_rows_of_one_feature_in_training_only():
+    spec = tiny_spec(num_tasks=6)
+    model = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True, feature_dropout={"user_id": 0.5}))
+    batch = random_batch(spec, 256)
+    with torch.no_grad():
+        model.ebc.embedding_bags["user"].weight[:, 8:14] = 1.0  # every user adds 1 to every task's logit
+        model.eval()
+        full = model(batch.dense, batch.sparse)
+        no_user = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True))
+        no_user.load_state_dict(model.state_dict())
+        no_user.ebc.embedding_bags["user"].weight.zero_()  # what a dropped row sees: an all-zero user_id
+        no_user.eval()
+        dropped = no_user(batch.dense, batch.sparse)
+        torch.testing.assert_close(model(batch.dense, batch.sparse), full)  # eval: never dropped
+        model.train()
+        torch.manual_seed(0)
+        train = model(batch.dense, batch.sparse)
+    is_full = (train - full).abs().amax(dim=1) < 1e-5
+    is_dropped = (train - dropped).abs().amax(dim=1) < 1e-5
+    assert bool((is_full ^ is_dropped).all())  # each row keeps or loses the whole feature (deep and wide)
+    assert 0.35 < is_dropped.float().mean() < 0.65
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"feature_dropout": {"user_id": 1.0}}, r"model\.feature_dropout\.user_id: must be in \[0, 1\), got 1\.0"),
+    ({"feature_dropout": {"user_id": -0.1}}, r"model\.feature_dropout\.user_id: must be in \[0, 1\), got -0\.1"),
+])
+def test_feature_dropout_rates_must_be_in_0_1(model, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(TrainConfig, {"data": {"train_path": "x", "spec": "y"}, "model": model}, "cfg.yaml")
+
+
+def test_feature_dropout_of_a_feature_the_spec_lacks_is_a_config_error_listing_the_spec_features():
+    with pytest.raises(ConfigError, match=r"model\.feature_dropout: unknown sparse feature\(s\) \['userid'\]; "
+                                          r"the spec's sparse features are user_id, item_id, hist_items"):
+        MultiTaskModel(tiny_spec(), ModelConfig(architecture="mmoe", feature_dropout={"userid": 0.3}))

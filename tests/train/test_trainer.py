@@ -173,6 +173,16 @@ def test_checkpoint_of_another_model_shape_names_the_difference(tmp_path):
         trainer.fit()
 
 
+
+def test_a_checkpoint_trained_with_feature_dropout_and_wide_l2_loads_into_a_config_without_them(tmp_path):
+    spec = tiny_spec()
+    trained = {"wide": True, "wide_l2": 0.1, "feature_dropout": {"user_id": 0.3}}
+    Trainer(tiny_config(tmp_path, model=trained, train={"max_steps": 1}), spec=spec,
+            train_data=ListSource(rank_batches(spec, 2, 16, 1, 0))).fit()
+    serving = Trainer(tiny_config(tmp_path, model={"wide": True}), spec=spec,
+                      train_data=ListSource(rank_batches(spec, 2, 16, 1, 0)))
+    assert serving.maybe_resume() and serving.step == 1
+
 class PostStepRecorder(WeightingMethod):
     """Registered per test (monkeypatch), so the global registry stays as the product ships it."""
 
@@ -261,3 +271,43 @@ def test_wide_l2_trains_through_the_pipeline_and_shrinks_the_wide_weights(tmp_pa
         norms[l2] = sum(float(state[k].local_shards()[0].tensor[:, 8:].norm() if hasattr(state[k], "local_shards")
                               else state[k][:, 8:].norm()) for k in ("ebc.embedding_bags.user.weight",))
     assert 0 < norms[1.0] < norms[0.0]
+
+
+def test_feature_dropout_trains_through_the_pipeline_and_resumes_exactly(tmp_path):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    model = {"wide": True, "feature_dropout": {"user_id": 0.5}}
+    full = Trainer(tiny_config(tmp_path / "full", model=model, train={"epochs": 2}), spec=spec,
+                   train_data=ListSource(batches))
+    full.fit()
+    Trainer(tiny_config(tmp_path / "part", model=model, train={"epochs": 2, "max_steps": 3}), spec=spec,
+            train_data=ListSource(batches)).fit()
+    Trainer(tiny_config(tmp_path / "part", model=model, train={"epochs": 2}), spec=spec,
+            train_data=ListSource(batches)).fit()
+    assert logged(tmp_path / "full") == logged(tmp_path / "part")  # the dropout masks come from the checkpointed RNG
+    no_dropout = {**model, "feature_dropout": {}}
+    Trainer(tiny_config(tmp_path / "plain", model=no_dropout, train={"epochs": 2}), spec=spec,
+            train_data=ListSource(batches)).fit()
+    assert logged(tmp_path / "plain") != logged(tmp_path / "full")
+
+
+def test_a_task_past_its_task_epochs_keeps_its_wide_weights_under_wide_l2(tmp_path):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    model = {"wide": True, "wide_l2": 1.0}
+
+    def wide_user_weights(trainer):
+        w = trainer.module.model.state_dict()["ebc.embedding_bags.user.weight"]
+        return (w.local_shards()[0].tensor if hasattr(w, "local_shards") else w)[:, 8:8 + spec.num_tasks].clone()
+
+    task_epochs = {"task0": 1}
+    first = Trainer(tiny_config(tmp_path, model=model, train={"epochs": 1, "task_epochs": task_epochs}), spec=spec,
+                    train_data=ListSource(batches))
+    first.fit()
+    rest = Trainer(tiny_config(tmp_path, model=model, train={"epochs": 3, "task_epochs": task_epochs}), spec=spec,
+                   train_data=ListSource(batches))
+    rest.fit()  # resumes after epoch 1: task0 has no labels from here on
+    before, after = wide_user_weights(first), wide_user_weights(rest)
+    assert before[:, 0].abs().sum() > 0
+    torch.testing.assert_close(after[:, 0], before[:, 0], rtol=0, atol=0)  # the L2 no longer shrinks task0
+    assert not torch.equal(after[:, 1], before[:, 1])
