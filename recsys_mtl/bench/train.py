@@ -33,7 +33,7 @@ DEFAULTS = {"config": "configs/synthetic.yaml", "rows": 200_000, "tasks": 32, "t
 PRESETS = {
     "dlrm": {"config": "configs/bench_dlrm.yaml", "tasks": 64, "batch_size": 8192, "table_scale": 1.0,
              "rows": 1_600_000, "steps": 100, "warmup": 10, "table_rows": 1_000_000, "table_dim": 128,
-             "overrides": ["data.num_workers=4"]},
+             "overrides": ["data.num_workers=4"], "needs_gpu": True},
 }
 
 
@@ -156,6 +156,14 @@ def run(args: argparse.Namespace) -> int:
     from recsys_mtl.train.trainer import build_parquet_source
 
     resolve_arguments(args)
+    if args.preset and PRESETS[args.preset].get("needs_gpu"):
+        import torch
+
+        from recsys_mtl.config.loader import ConfigError
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"bench train: --preset {args.preset} needs a GPU (26 tables of 1M x 128 are 13.3 GB "
+                             "of fp32 weights); no CUDA device is visible here")
     if args.steps % args.warmup:
         raise SystemExit("bench train: --steps must be a multiple of --warmup (timing uses the log flushes)")
     quiet_library_logs()

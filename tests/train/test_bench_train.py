@@ -42,3 +42,15 @@ def test_one_table_per_feature_keeps_every_id_in_range(synth_small, tmp_path):
     # the stream checks every id against its table: reading all of it is the test
     stream = ParquetStream(synth_small, spec, 1024, shuffle=False, drop_remainder=False)
     assert sum(b.labels.shape[0] for b in stream) == stream.num_rows
+
+
+def test_the_dlrm_preset_refuses_a_machine_without_a_gpu():
+    import pytest
+    import torch
+
+    from recsys_mtl.config.loader import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(ConfigError, match="--preset dlrm needs a GPU"):
+        run(_args("--preset", "dlrm"))
