@@ -31,9 +31,11 @@ class WeightedTaskLoss(nn.Module):
     """
 
     def __init__(self, weighting: WeightingMethod, world_size: int = 1,
-                 process_group: dist.ProcessGroup | None = None) -> None:
+                 process_group: dist.ProcessGroup | None = None, compile: bool = False) -> None:
         super().__init__()
         object.__setattr__(self, "weighting", weighting)
+        # the compiled callable shares the module's buffers: state_dict and checkpoints are unchanged
+        object.__setattr__(self, "_weigh", torch.compile(weighting, fullgraph=True) if compile else weighting)
         self.world_size = world_size
         self.process_group = process_group
 
@@ -53,7 +55,7 @@ class WeightedTaskLoss(nn.Module):
         denom = global_counts.clamp(min=1.0)
         losses = global_sums / denom
         present = global_counts > 0
-        weights = self.weighting(losses, present)
+        weights = self._weigh(losses, present)
         local = sums * (float(self.world_size) / denom)
         loss = (weights * local).sum()
         if penalty is not None:
@@ -65,10 +67,10 @@ class MultiTaskTrainModule(nn.Module):
     """`model` (a MultiTaskModel) + the weighted loss; DMP shards `model.ebc` inside it."""
 
     def __init__(self, model: nn.Module, weighting: WeightingMethod, world_size: int = 1,
-                 process_group: dist.ProcessGroup | None = None) -> None:
+                 process_group: dist.ProcessGroup | None = None, compile_weighting: bool = False) -> None:
         super().__init__()
         self.model = model
-        self.task_loss = WeightedTaskLoss(weighting, world_size, process_group)
+        self.task_loss = WeightedTaskLoss(weighting, world_size, process_group, compile=compile_weighting)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         # the penalty is a per-rank mean over rows; averaging gradients over ranks makes it the global batch's mean

@@ -149,7 +149,8 @@ class Trainer:
         # model: dense parts built identically on every rank from the seed; tables on meta until sharded
         self.weighting: WeightingMethod = self._build_weighting()
         self.model = MultiTaskModel(self.spec, config.model, seed=tc.seed, device=self.device, embedding_device="meta")
-        module = MultiTaskTrainModule(self.model, self.weighting, self.env.world_size, dist.group.WORLD)
+        module = MultiTaskTrainModule(self.model, self.weighting, self.env.world_size, dist.group.WORLD,
+                                      compile_weighting=config.weighting.compile)
         self.dmp = shard_model(module, self.spec, config.sharding, config.optim.embedding, self.device,
                                config.data.batch_size, extra_columns=wide_columns(self.spec, config.model.wide))
         self.model.init_embeddings_(self.dmp.state_dict(), prefix="model.")

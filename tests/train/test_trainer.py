@@ -311,3 +311,27 @@ def test_a_task_past_its_task_epochs_keeps_its_wide_weights_under_wide_l2(tmp_pa
     assert before[:, 0].abs().sum() > 0
     torch.testing.assert_close(after[:, 0], before[:, 0], rtol=0, atol=0)  # the L2 no longer shrinks task0
     assert not torch.equal(after[:, 1], before[:, 1])
+
+
+def test_compiled_weighting_trains_like_eager_and_keeps_its_state_in_the_checkpoint(tmp_path):
+    """weighting.compile runs GO4Align under torch.compile(fullgraph=True) inside the pipeline step."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    runs, states = {}, {}
+    for compiled in (False, True):
+        out = tmp_path / str(compiled)
+        cfg = tiny_config(out, weighting={"method": "go4align", "args": {"num_groups": 2}, "compile": compiled},
+                          train={"deterministic": False})
+        trainer = Trainer(cfg, spec=spec, train_data=ListSource(batches))
+        trainer.fit()
+        runs[compiled] = torch.tensor([r["weights"] for r in logged(out)])
+        states[compiled] = trainer.weighting.state_dict()
+        assert (counters["stats"]["unique_graphs"] > 0) == compiled  # compiled once, eager never
+    assert runs[True].shape == (4, spec.num_tasks)
+    torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-6)
+    for key, value in states[False].items():
+        torch.testing.assert_close(states[True][key], value, rtol=1e-5, atol=1e-6)
