@@ -26,6 +26,21 @@ COMMAND_MODULES = [
 ]
 
 
+def add_module_group(sub: argparse._SubParsersAction, name: str, help_text: str, metavar: str,
+                     modules: dict[str, tuple[str, str]]) -> None:
+    """`recsys-mtl NAME <entry>` where each entry's module defines `add_arguments(parser)` and `run(args)`.
+
+    modules: entry -> (module path, one-line help).
+    """
+    group = sub.add_parser(name, help=help_text)
+    gsub = group.add_subparsers(dest=f"{name}_command", metavar=metavar, required=True)
+    for entry, (module, entry_help) in modules.items():
+        p = gsub.add_parser(entry, help=entry_help)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys-mtl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
 BENCHMARKS = {
     "data": ("recsys_mtl.bench.data", "raw pyarrow scan vs the full reader producing batches"),
@@ -14,10 +13,6 @@ BENCHMARKS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks (ratios measured side by side in one run)")
-    bsub = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
-    for name, (module, help_text) in BENCHMARKS.items():
-        p = bsub.add_parser(name, help=help_text)
-        mod = importlib.import_module(module)
-        mod.add_arguments(p)
-        p.set_defaults(func=mod.run)
+    from recsys_mtl.cli import add_module_group
+
+    add_module_group(sub, "bench", "benchmarks (ratios measured side by side in one run)", "BENCHMARK", BENCHMARKS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
 EXPERIMENTS = {
     "weighting": ("recsys_mtl.experiments.weighting",
@@ -12,10 +11,7 @@ EXPERIMENTS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    exp = sub.add_parser("experiment", help="grids of training runs, evaluated offline and tabulated")
-    esub = exp.add_subparsers(dest="experiment_command", metavar="EXPERIMENT", required=True)
-    for name, (module, help_text) in EXPERIMENTS.items():
-        p = esub.add_parser(name, help=help_text)
-        mod = importlib.import_module(module)
-        mod.add_arguments(p)
-        p.set_defaults(func=mod.run)
+    from recsys_mtl.cli import add_module_group
+
+    add_module_group(sub, "experiment", "grids of training runs, evaluated offline and tabulated", "EXPERIMENT",
+                     EXPERIMENTS)

@@ -28,6 +28,16 @@ def _label_fontsize(n: int) -> float:
     return 9.0 if n <= 24 else 7.5 if n <= 64 else 6.0
 
 
+def _save(plt, fig, ax, title: str, path: str | Path) -> Path:
+    if title:
+        ax.set_title(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_task_heatmap(values, steps: Sequence[int], task_names: Sequence[str], path: str | Path, *,
                       title: str = "", discrete: bool = False, colorbar_label: str = "") -> Path:
     """values: [S, T] (one row per logged step). With `discrete`, integer values (group ids) get one
@@ -62,13 +72,7 @@ def plot_task_heatmap(values, steps: Sequence[int], task_names: Sequence[str], p
     ax.set_ylim(T - 0.5, -0.5)  # first task on top
     ax.set_xlabel("step")
     ax.set_ylabel("task")
-    if title:
-        ax.set_title(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, title, path)
 
 
 def plot_relative_ne_change(task_names: Sequence[str], rel_change, path: str | Path, *, ci=None,
@@ -108,10 +112,4 @@ def plot_relative_ne_change(task_names: Sequence[str], rel_change, path: str | P
     ax.grid(axis="x", alpha=0.3)
     if R > 1:
         ax.legend(loc="best", fontsize=8)
-    if title:
-        ax.set_title(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, title, path)
