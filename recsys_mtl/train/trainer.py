@@ -203,12 +203,10 @@ class Trainer:
                               f"{', '.join(self.spec.task_names)}")
         return torch.tensor([tc.task_epochs.get(t, tc.epochs) for t in self.spec.task_names])
 
-    def _mask_stopped_tasks(self, batch: Batch) -> Batch:
-        """Tasks past their train.task_epochs lose their labels for this epoch's batches."""
+    def _epoch_label_mask(self) -> torch.Tensor | None:
+        """[T] bool of the tasks still training this epoch (train.task_epochs), or None when all are."""
         training = self.task_epochs > self.epoch
-        if bool(training.all()):
-            return batch
-        return dataclasses.replace(batch, label_mask=batch.label_mask & training.to(batch.label_mask.device))
+        return None if bool(training.all()) else training
 
     def _build_train_metrics(self):
         """TorchRec streaming metrics on every rank (their compute is a collective), or None."""
@@ -413,8 +411,10 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------
     def _batches(self, remaining: int, keep: collections.deque | None) -> Iterator[Batch]:
+        training = self._epoch_label_mask()  # one epoch per call: tasks past their task_epochs lose their labels
         for batch in itertools.islice(iter(self.train_data), remaining):
-            batch = self._mask_stopped_tasks(batch)
+            if training is not None:
+                batch = dataclasses.replace(batch, label_mask=batch.label_mask & training.to(batch.label_mask.device))
             if keep is not None:
                 keep.append(batch)
             yield batch
