@@ -12,6 +12,12 @@ Derived files stay under that license.
   split only (id 0 = unknown or null), so no test information reaches the encoding.
 - `duration_ms` is 0 for 18.5% of rows: kept as a dense feature plus a
   `duration_missing` flag.
+- History counters (`history=True`, the default), point in time: for each user and
+  each video, the number of earlier interactions (`user_hist_n`) and, per task, the
+  smoothed label rate as a log-odds offset from the task's train rate
+  (`user_hist_<task>`; 0 = no history). A train row on day d counts days before d
+  only; a test row counts the train days only, so no test label (and never the
+  row's own label) reaches a feature.
 """
 
 from __future__ import annotations
@@ -45,6 +51,40 @@ USER_CATEGORICAL = [
 ] + [f"onehot_feat{i}" for i in range(18)]
 USER_NUMERIC = ["follow_user_num", "fans_user_num", "friend_user_num", "register_days"]
 EMBEDDING_DIM = 16
+HISTORY_ENTITIES = {"user": "user_id", "video": "video_id"}
+HISTORY_PRIOR_ROWS = 5.0  # pseudo-rows of the task's train rate in the smoothed history rate
+
+
+def history_features(entity: np.ndarray, day: np.ndarray, labels: dict[str, np.ndarray], split_day: int,
+                     prefix: str, prior_rows: float = HISTORY_PRIOR_ROWS,
+                     priors: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Point-in-time counters of one entity (ids 0..E-1) over whole days.
+
+    day: each row's day index (0..D-1); rows with day <= split_day are train. A train row on day d sees
+    days < d; a later (test) row sees days <= split_day. labels: task -> float array (NaN = no label).
+    Returns `{prefix}_n` (earlier rows) and `{prefix}_{task}`: log((pos + a p) / (n_t + a)) odds minus
+    logit(p), with p the task's train rate (or `priors[task]`; one constant per task, the only input that
+    reads every train day) and a = prior_rows; 0 where the entity has no history.
+    """
+    num_entities, num_days = int(entity.max()) + 1, int(day.max()) + 1
+    seen_until = np.minimum(day, split_day + 1)  # exclusive: the days a row's features may count
+
+    def before(values: np.ndarray) -> np.ndarray:
+        grid = np.zeros((num_entities, num_days + 1), dtype=np.float64)
+        np.add.at(grid, (entity, day + 1), values)
+        return np.cumsum(grid, axis=1)[entity, seen_until]  # sum over days < seen_until
+
+    train = day <= split_day
+    out = {f"{prefix}_n": before(np.ones(len(entity))).astype(np.float32)}
+    for task, y in labels.items():
+        has = ~np.isnan(y)
+        p = priors[task] if priors is not None else np.nanmean(np.where(train & has, y, np.nan))
+        p = float(np.clip(p, 1e-4, 1 - 1e-4))
+        n = before(has.astype(np.float64))
+        pos = before(np.where(has, y, 0.0))
+        rate = (pos + prior_rows * p) / (n + prior_rows)
+        out[f"{prefix}_{task}"] = (np.log(rate / (1 - rate)) - np.log(p / (1 - p))).astype(np.float32)
+    return out
 
 
 def _read(src: Path, name: str, **kwargs) -> pa.Table:
@@ -82,7 +122,7 @@ def _day(d: int) -> str:
 
 
 def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
-                     split_date: int = SPLIT_DATE, end_date: int | None = None) -> Path:
+                     split_date: int = SPLIT_DATE, end_date: int | None = None, history: bool = True) -> Path:
     """Write `out/train/date=YYYY-MM-DD/part-00000.parquet`, `out/test/...` and `out/feature_spec.yaml`.
 
     train: `date <= split_date`; test: `split_date < date <= end_date` (default: every later day).
@@ -141,11 +181,20 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
     for name in USER_NUMERIC:
         dense[name] = pc.fill_null(joined.column(name), 0).to_numpy(zero_copy_only=False).astype(np.float32)
     transforms = {"duration_missing": "none"}
+    if history:
+        unique_days = np.unique(date)
+        day_index = np.searchsorted(unique_days, date)
+        split_day = int(np.searchsorted(unique_days, split_date, side="right")) - 1
+        labels = {t: pc.cast(joined.column(t), pa.float64()).to_numpy(zero_copy_only=False) for t in TASKS}
+        for prefix, column in HISTORY_ENTITIES.items():
+            feats = history_features(cols[column], day_index, labels, split_day, f"{prefix}_hist")
+            dense.update(feats)
+            transforms.update({name: "standard" for name in feats if not name.endswith("_n")})
     stats = {}
     for name, x in dense.items():
         transform = transforms.get(name, "log1p_standard")
-        if transform == "log1p_standard":
-            lx = np.sign(x[is_train]) * np.log1p(np.abs(x[is_train]))
+        if transform in ("log1p_standard", "standard"):
+            lx = np.sign(x[is_train]) * np.log1p(np.abs(x[is_train])) if transform == "log1p_standard" else x[is_train]
             stats[name] = (round(float(lx.mean()), 4), round(float(lx.std()) + 1e-4, 4))
         transforms[name] = transform
 

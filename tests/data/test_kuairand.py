@@ -96,3 +96,43 @@ def test_dates_are_read_as_yyyymmdd_with_or_without_dashes(value, expected):
 def test_a_malformed_date_is_a_data_error_quoting_it(value):
     with pytest.raises(DataError, match=f"date '{value}': expected YYYYMMDD or YYYY-MM-DD"):
         parse_date(value)
+
+
+def test_history_counters_see_only_earlier_days_and_never_a_test_label():
+    """Point in time: changing the labels of day d and later leaves every feature of days <= d alone, and
+    changing any test-day label changes no feature at all (given the tasks' train rates, the smoothing prior)."""
+    import numpy as np
+
+    from recsys_mtl.data.kuairand import history_features
+
+    rng = np.random.default_rng(0)
+    n, split_day = 400, 4  # days 0..4 train, 5..6 test
+    entity = rng.integers(0, 7, n)
+    day = np.sort(rng.integers(0, 7, n))
+    y = rng.binomial(1, 0.2, n).astype(np.float64)
+    y[rng.random(n) < 0.1] = np.nan  # unlabelled rows
+    base = history_features(entity, day, {"t": y}, split_day, "u", priors={"t": 0.2})
+    for d in range(7):
+        changed = y.copy()
+        changed[day >= d] = np.where(np.isnan(y[day >= d]), 1.0, 1.0 - np.nan_to_num(y[day >= d]))
+        after = history_features(entity, day, {"t": changed}, split_day, "u", priors={"t": 0.2})
+        keep = day <= d if d <= split_day else np.ones(n, bool)  # test rows count train days only
+        for name in base:
+            np.testing.assert_array_equal(after[name][keep], base[name][keep], err_msg=f"{name}, labels from day {d}")
+    # the counts are right: a train row's `u_n` is its entity's rows on earlier days; a test row's, on train days
+    for i in rng.choice(n, 50, replace=False):
+        until = min(day[i], split_day + 1)
+        assert base["u_n"][i] == ((entity == entity[i]) & (day < until)).sum()
+    # no history -> 0 (the task's train rate); more positives -> a higher rate
+    first_day = day == 0
+    assert (base["u_t"][first_day] == 0).all() and (base["u_n"][first_day] == 0).all()
+    assert base["u_t"].std() > 0
+
+
+def test_history_counters_are_dense_features_of_the_converted_data(kuairand_dir):
+    spec = FeatureSpec.load(kuairand_dir / "feature_spec.yaml")
+    for prefix in ("user_hist", "video_hist"):
+        assert f"{prefix}_n" in spec.dense_names
+        assert all(f"{prefix}_{t}" in spec.dense_names for t in TASKS)
+    first = ds.dataset(_data_files([kuairand_dir / "train" / "date=2022-04-08"])).to_table()
+    assert (first.column("user_hist_n").to_numpy() == 0).all()  # the first day has no history
