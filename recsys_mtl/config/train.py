@@ -1,14 +1,14 @@
 """Training config: what `recsys-mtl train CONFIG` reads. Loaded by the one config loader.
 
     data:      {train_path, eval_path, spec, batch_size, eval_batch_size, shuffle, shuffle_buffer_rows, num_workers}
-    model:     {architecture: shared_bottom|mmoe|ple, dense_tower, task_tower, dropout, wide, wide_l2,
+    model:     {architecture: shared_bottom|mmoe|ple, dense_tower, task_tower, dropout, wide, wide_l2, wide_l2_tasks,
                 feature_dropout: {FEATURE: p}, head_bias,
                 shared_bottom: {hidden}, mmoe: {num_experts, expert_hidden},
                 ple: {levels, shared_experts, task_experts, expert_hidden}}
     sharding:  {tables: {TABLE: table_wise|row_wise|column_wise|data_parallel}, memory_per_rank_gb}
                (tables not listed: the planner decides)
     optim:     {embedding: {type: rowwise_adagrad|adagrad|sgd, lr, eps},
-                dense: {type: adam|adagrad|sgd, lr, weight_decay}}
+                dense: {type: adam|adagrad|sgd, lr, weight_decay, wide_lr}}
     weighting: {method: equal, args: {}}
     train:     {epochs, task_epochs: {TASK: N}, max_steps, eval_every, log_every, seed, device, output_dir,
                 deterministic, progress_bar, checkpoint: {every, keep, dir, resume}}
@@ -110,6 +110,9 @@ class ModelConfig:
     # the fused embedding optimizer on every device. Rare tasks carry little likelihood, so it
     # mostly stops them memorising rare ids (user_id) through the wide part.
     wide_l2: float = 0.0
+    # per-task wide_l2 (task -> value; tasks not listed take wide_l2): rare tasks differ in how much
+    # memorised-id weight they can afford (on KuaiRand is_follow needs it, is_forward does not)
+    wide_l2_tasks: dict[str, float] = dataclasses.field(default_factory=dict)
     # id dropout while training: feature -> fraction of rows whose pooled embedding (deep and wide columns)
     # is zeroed, as if the id were unknown; never at evaluation. Trains the model for what it meets on new
     # ids (cold-start items) and makes it lean on features that generalise rather than memorised ids
@@ -135,6 +138,10 @@ class ModelConfig:
         _positive(where, "wide_l2", self.wide_l2, allow_zero=True)
         if self.wide_l2 and not self.wide:
             raise where.child("wide_l2").error(f"is {self.wide_l2} but model.wide is false; set wide: true or drop wide_l2")
+        for name, value in self.wide_l2_tasks.items():
+            _positive(where.child("wide_l2_tasks"), name, value, allow_zero=True)
+        if any(self.wide_l2_tasks.values()) and not self.wide:
+            raise where.child("wide_l2_tasks").error("is set but model.wide is false; set wide: true or drop wide_l2_tasks")
         for name, p in self.feature_dropout.items():
             if not 0.0 <= p < 1.0:
                 raise where.child("feature_dropout").child(name).error(f"must be in [0, 1), got {p}")
@@ -170,9 +177,13 @@ class DenseOptimConfig:
     type: Literal["adam", "adagrad", "sgd"] = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    # learning rate of the wide part's dense weights (model.wide), null = lr. The wide part is a
+    # logistic regression that starts at 0: at a deep-tower lr it barely moves in a short run
+    wide_lr: float | None = None
 
     def validate(self, where: Where) -> None:
         _positive(where, "lr", self.lr)
+        _positive(where, "wide_lr", self.wide_lr)
         _positive(where, "weight_decay", self.weight_decay, allow_zero=True)
 
 

@@ -74,7 +74,15 @@ class MultiTaskModel(nn.Module):
         self.sparse_names = spec.sparse_names
         self.num_tasks = spec.num_tasks
         self.wide = config.wide
-        self.wide_l2 = config.wide_l2
+        unknown = sorted(set(config.wide_l2_tasks) - set(spec.task_names))
+        if unknown:
+            from recsys_mtl.config.loader import ConfigError
+
+            raise ConfigError(f"model.wide_l2_tasks: unknown task(s) {unknown}; the spec's tasks are "
+                              f"{', '.join(spec.task_names)}")
+        l2 = [float(config.wide_l2_tasks.get(t, config.wide_l2)) for t in spec.task_names]
+        self.wide_l2 = any(l2)
+        self.register_buffer("wide_l2_per_task", torch.tensor(l2, device=device or "cpu"), persistent=False)
         unknown = sorted(set(config.feature_dropout) - set(self.sparse_names))
         if unknown:
             from recsys_mtl.config.loader import ConfigError
@@ -97,6 +105,9 @@ class MultiTaskModel(nn.Module):
             self.task_towers = BatchedMLP(self.num_tasks, self.architecture.out_dim, config.task_tower, config.dropout)
             self.heads = BatchedLinear(self.num_tasks, self.task_towers.out_dim, 1)
             self.wide_dense = nn.Linear(spec.num_dense, self.num_tasks) if config.wide and spec.num_dense else None
+            if self.wide_dense is not None:  # the wide part starts at 0, like the wide id columns (a logistic regression)
+                nn.init.zeros_(self.wide_dense.weight)
+                nn.init.zeros_(self.wide_dense.bias)
 
     def _drop_features(self, pooled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training only: zero each dropped feature's pooled row for a Bernoulli(p) subset of rows (no rescaling:
@@ -143,7 +154,7 @@ class MultiTaskModel(nn.Module):
                 [pooled[name][:, dim : dim + self.num_tasks] for name, dim in zip(self.sparse_names, self.deep_dims)]
             )  # [F, B, T]
             if self.wide_l2:
-                penalty = self.wide_l2 * wide_ids.square().sum(dim=0).mean(dim=0)
+                penalty = self.wide_l2_per_task * wide_ids.square().sum(dim=0).mean(dim=0)
             wide = wide_ids.sum(dim=0)
             if self.wide_dense is not None:
                 wide = wide + self.wide_dense(dense)

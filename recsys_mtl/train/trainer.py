@@ -92,12 +92,19 @@ def set_deterministic(enabled: bool) -> None:
 
 
 def build_dense_optimizer(named_params: dict[str, torch.nn.Parameter], cfg: DenseOptimConfig) -> KeyedOptimizerWrapper:
+    """One optimizer over the dense parameters; with `cfg.wide_lr`, the wide part's (`wide_dense`) in a
+    second param group at that learning rate."""
+    wide = {id(p) for name, p in named_params.items() if "wide_dense." in name} if cfg.wide_lr else set()
+
     def factory(params):
+        groups = [{"params": [p for p in params if id(p) not in wide]}]
+        if wide:
+            groups.append({"params": [p for p in params if id(p) in wide], "lr": cfg.wide_lr})
         if cfg.type == "adam":
-            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.type == "adagrad":
-            return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     return KeyedOptimizerWrapper(named_params, factory)
 
@@ -111,7 +118,7 @@ def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
         "tasks": spec.task_names,
         # wide_l2 and feature_dropout act in training only, not on the model's shape or output: a checkpoint
         # trained with other values (or before they existed) loads
-        "model": {k: v for k, v in to_dict(config.model).items() if k not in ("wide_l2", "feature_dropout")},
+        "model": {k: v for k, v in to_dict(config.model).items() if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout")},
         "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
         "weighting": config.weighting.method,
     }

@@ -116,9 +116,31 @@ def test_wide_l2_penalty_is_the_mean_over_rows_of_the_squared_wide_weights_looke
     assert no_l2.logits_and_wide_l2(batch.dense, batch.sparse)[1].abs().sum().item() == 0.0
 
 
+def test_wide_l2_tasks_sets_the_penalty_per_task_and_names_an_unknown_task():
+    spec = tiny_spec(num_tasks=6)
+    names = spec.task_names
+    model = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True, wide_l2=0.5,
+                                             wide_l2_tasks={names[1]: 0.0, names[4]: 2.0}))
+    batch = random_batch(spec, 16)
+    with torch.no_grad():
+        model.ebc.embedding_bags["user"].weight[:, 8:14] = 0.1
+        penalty = model.logits_and_wide_l2(batch.dense, batch.sparse)[1]
+    torch.testing.assert_close(penalty, torch.tensor([0.5, 0.0, 0.5, 0.5, 2.0, 0.5]) * 0.01)
+    with pytest.raises(ConfigError, match=r"model\.wide_l2_tasks: unknown task\(s\) \['clicks'\]; the spec's tasks are"):
+        MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True, wide_l2_tasks={"clicks": 0.1}))
+
+
+def test_the_wide_dense_part_starts_at_zero_like_the_wide_id_columns():
+    spec = tiny_spec(num_tasks=6)
+    model = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True))
+    assert model.wide_dense.weight.abs().sum() == 0 and model.wide_dense.bias.abs().sum() == 0
+
+
 @pytest.mark.parametrize("model, message", [
     ({"wide_l2": 0.1}, r"model\.wide_l2: is 0\.1 but model\.wide is false; set wide: true or drop wide_l2"),
     ({"wide": True, "wide_l2": -0.1}, r"model\.wide_l2: must be >= 0, got -0\.1"),
+    ({"wide_l2_tasks": {"task0": 0.1}}, r"model\.wide_l2_tasks: is set but model\.wide is false"),
+    ({"wide": True, "wide_l2_tasks": {"task0": -1.0}}, r"model\.wide_l2_tasks\.task0: must be >= 0, got -1\.0"),
 ])
 def test_wide_l2_needs_the_wide_part_and_a_non_negative_value(model, message):
     with pytest.raises(ConfigError, match=message):

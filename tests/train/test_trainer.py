@@ -273,6 +273,26 @@ def test_wide_l2_trains_through_the_pipeline_and_shrinks_the_wide_weights(tmp_pa
     assert 0 < norms[1.0] < norms[0.0]
 
 
+def test_wide_lr_puts_the_wide_dense_weights_in_their_own_param_group_and_resumes_exactly(tmp_path):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    conf = {"model": {"wide": True}, "optim": {"dense": {"type": "adam", "lr": 0.01, "wide_lr": 0.1}}}
+    full = Trainer(tiny_config(tmp_path / "full", train={"epochs": 2}, **conf), spec=spec, train_data=ListSource(batches))
+    groups = full.dense_optimizer._optimizer.param_groups
+    wide = [p for p in full.module.model.wide_dense.parameters()]
+    assert [g["lr"] for g in groups] == [0.01, 0.1]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in wide}
+    full.fit()
+    assert all(p.abs().sum() > 0 for p in wide)  # trained away from their zero start
+    Trainer(tiny_config(tmp_path / "part", train={"epochs": 2, "max_steps": 3}, **conf), spec=spec,
+            train_data=ListSource(batches)).fit()
+    Trainer(tiny_config(tmp_path / "part", train={"epochs": 2}, **conf), spec=spec, train_data=ListSource(batches)).fit()
+    assert logged(tmp_path / "full") == logged(tmp_path / "part")
+    slow = {**conf, "optim": {"dense": {"type": "adam", "lr": 0.01}}}
+    Trainer(tiny_config(tmp_path / "slow", train={"epochs": 2}, **slow), spec=spec, train_data=ListSource(batches)).fit()
+    assert logged(tmp_path / "slow") != logged(tmp_path / "full")
+
+
 def test_feature_dropout_trains_through_the_pipeline_and_resumes_exactly(tmp_path):
     spec = tiny_spec()
     batches = rank_batches(spec, 4, 16, 1, 0)
