@@ -56,6 +56,23 @@ class MlflowServer:
         self.stop()
         raise RuntimeError(f"mlflow server not healthy after {HEALTH_TIMEOUT_S}s; see {self.root / 'server.log'}")
 
+    def freeze(self) -> None:
+        """SIGSTOP the group: the port still accepts connections (the kernel's backlog) but nothing answers,
+        so a synchronous request hangs until its timeout, the worst kind of outage for a caller."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def ensure_running(self) -> None:
+        """Restart a server a failed test left stopped or frozen, so one failure does not cascade."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            self.stop()
+        self.start()
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

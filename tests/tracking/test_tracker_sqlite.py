@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -120,26 +119,25 @@ def test_metrics_spooled_during_an_outage_are_uploaded_by_flush_spool(tmp_path, 
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
 
 
-def test_log_metrics_enqueue_costs_microseconds_for_200_metrics(tmp_path):
-    tracker = RunTracker.start(_config(tmp_path, system_metrics_interval_s=0), run_name="cost",
+def test_200_metrics_a_step_for_100_steps_all_arrive(tmp_path):
+    # What the enqueue costs the training thread is measured by `recsys-mtl bench tracking` (tracking
+    # callbacks' ms per step, side by side with tracking off), not timed here.
+    tracker = RunTracker.start(_config(tmp_path, system_metrics_interval_s=0), run_name="volume",
                                work_dir=tmp_path / "work", rank=0)
     names = [f"t{i}" for i in range(64)]
     losses, weights, groups = torch.rand(64), torch.rand(64), torch.randint(0, 4, (64,))
     scalars = {f"train/extra_{i}": float(i) for i in range(8)}
-    samples = []
     for step in range(100):
-        t0 = time.perf_counter()
         tracker.log_vector(step, "train/loss", names, losses)  # 3 x 64 + 8 = 200 metrics a step
         tracker.log_vector(step, "train/weight", names, weights)
         tracker.log_vector(step, "train/group", names, groups)
         tracker.log_metrics(step, scalars)
-        samples.append(time.perf_counter() - t0)
     tracker.close()
-    samples.sort()
-    median = samples[len(samples) // 2]
-    # 1% of a nominal 10 ms CPU step is 100 us; the enqueue is a few us (loose bound for a loaded CI box)
-    assert median < 100e-6, f"median enqueue {median * 1e6:.1f} us for 200 metrics"
-    assert len(MlflowClient(tracking_uri=tracker.tracking_uri).get_metric_history(tracker.run_id, "train/group/t3")) == 100
+    client = MlflowClient(tracking_uri=tracker.tracking_uri)
+    history = client.get_metric_history(tracker.run_id, "train/group/t3")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(100))
+    assert {m.value for m in history} == {float(groups[3])}
+    assert len(client.get_metric_history(tracker.run_id, "train/extra_7")) == 100
 
 
 def test_an_invalid_metric_name_is_dropped_alone_and_the_rest_of_the_batch_arrives(tmp_path, caplog):
