@@ -46,12 +46,8 @@ class MlflowServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited with {self.proc.returncode}; see {self.root / 'server.log'}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
+            if self._healthy():
+                return
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"mlflow server not healthy after {HEALTH_TIMEOUT_S}s; see {self.root / 'server.log'}")
@@ -63,15 +59,16 @@ class MlflowServer:
 
     def ensure_running(self) -> None:
         """Restart a server a failed test left stopped or frozen, so one failure does not cascade."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            self.stop()
-        self.start()
+        if not self._healthy():
+            self.stop()  # a no-op on a dead process; SIGKILL also ends a frozen one
+            self.start()
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
