@@ -297,7 +297,12 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "<config>") 
             if not isinstance(child, dict):
                 raise ConfigError(f"{source}: override {item!r}: {p!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{source}: override {item!r}: the value {raw!r} is not valid YAML ({problem}); "
+                              f"quote it for a string, e.g. {key}='\"...\"'") from None
 
 
 __all__ = [

@@ -16,6 +16,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "test_tiny.yaml"
         ("sharding.tables={user: rowwise}", "sharding.tables.user: expected one of 'table_wise' | 'row_wise' | 'column_wise' | 'data_parallel', got 'rowwise'"),
         ("weighting.method=go5align", "weighting.method: unknown weighting method 'go5align'; set it to one of:"),
         ("train.epoch=3", "train.epoch: unknown key (did you mean 'epochs'?)"),
+        ("train.task_epochs={is_click: 4", "override 'train.task_epochs={is_click: 4': the value '{is_click: 4' is not valid YAML"),
     ],
 )
 def test_bad_config_values_exit_2_with_what_to_change(override, message, capsys):
