@@ -14,6 +14,10 @@ What a run holds:
   `train/{ne,logloss,calibration}_lifetime/<task>`;
 - each evaluation: `eval/{ne,auc,logloss,calibration,count}/<task>`, `eval/mean_ne`, `eval/mean_auc`;
 - system metrics (`system/...`), heatmaps `plots/train_weight.png`, `plots/train_group.png`;
+- a training resumed from a checkpoint continues the same run (`tracking.continue_run`): its first params stay,
+  changed ones are listed in a tag, the resume steps are in `recsys_mtl.resumed_at_steps`, and steps logged
+  between the checkpoint and the interruption appear twice in a metric's history (the later value is the
+  resumed process's);
 - at the end: the model as `model/` (config.yaml, feature_spec.yaml and the final DCP
   checkpoint directory `model/checkpoint/`, as saved by every rank), `train_log.jsonl`,
   and a model-registry version when `tracking.register_model` is set.
@@ -57,11 +61,15 @@ class TrackingCallback(TrainerCallback):
         spec_file = work / "feature_spec.yaml"  # the spec the model was built from, even if given in memory
         spec_file.write_text(yaml.safe_dump(to_dict(trainer.spec), sort_keys=False))
         data_paths = [p for p in (cfg.data.train_path, cfg.data.eval_path) if p and Path(p).exists()]
+        continue_run_id = None
+        if trainer.resumed_from_step is not None and tcfg.continue_run and (work / "run_id").exists():
+            continue_run_id = (work / "run_id").read_text().strip() or None
         self.tracker = RunTracker.start(
             tcfg, run_name=tcfg.run_name or trainer.output_dir.resolve().name, config_obj=cfg,
             params={"world_size": trainer.env.world_size, "num_tasks": trainer.spec.num_tasks},
             tags={"recsys_mtl.weighting": cfg.weighting.method, "recsys_mtl.architecture": cfg.model.architecture},
-            artifacts=[spec_file], data_paths=data_paths, work_dir=trainer.output_dir, rank=trainer.env.rank)
+            artifacts=[spec_file], data_paths=data_paths, work_dir=trainer.output_dir, rank=trainer.env.rank,
+            continue_run_id=continue_run_id, resumed_at_step=trainer.resumed_from_step)
         self.run_id = self.tracker.run_id
         if self.run_id:
             (work / "run_id").write_text(self.run_id + "\n")

@@ -52,6 +52,9 @@ class TrackingConfig:
     log_model: bool = True
     #: register the logged model under this name in the MLflow model registry (a new version per run)
     register_model: str | None = None
+    #: a training resumed from a checkpoint (train.checkpoint.resume) continues the MLflow run recorded in
+    #: `<output_dir>/tracking/run_id`, if the store still has it; false: every process start is a new run
+    continue_run: bool = True
 
     def validate(self, where: Where) -> None:
         if not 1 <= self.max_metrics_per_batch <= MAX_METRICS_PER_BATCH:

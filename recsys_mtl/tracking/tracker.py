@@ -57,6 +57,50 @@ def _rank_from_env() -> int:
     return 0
 
 
+RESUMED_AT_TAG = "recsys_mtl.resumed_at_steps"
+
+
+def _reopen(client, run_id: str, experiment_id: str, experiment: str):
+    """The run `run_id`, set RUNNING again, if it can be continued; None (with a warning) if not."""
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST, or a store error
+        if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(exc, "error_code", "")) and "not found" not in str(exc).lower():
+            raise
+        log.warning("cannot continue MLflow run %s (not in this store); starting a new run", run_id)
+        return None
+    why = None
+    if run.info.lifecycle_stage != "active":
+        why = "it was deleted"
+    elif run.info.experiment_id != experiment_id:
+        why = f"it belongs to experiment id {run.info.experiment_id}, not {experiment!r}"
+    if why:
+        log.warning("cannot continue MLflow run %s (%s); starting a new run", run_id, why)
+        return None
+    client.update_run(run_id, status="RUNNING")
+    return run
+
+
+def _params_on_continue(run, params: Mapping[str, Any], step: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """(the params a continued run can still take: new keys only, tags recording the resume and what changed)."""
+    existing = run.data.params
+    new, changed = {}, []
+    for key, value in params.items():
+        text = str(value)[:MAX_PARAM_VALUE_CHARS]
+        if str(key) not in existing:
+            new[key] = value
+        elif existing[str(key)] != text:
+            changed.append(f"{key}: {existing[str(key)]} -> {text}")
+    earlier = run.data.tags.get(RESUMED_AT_TAG)
+    tags = {RESUMED_AT_TAG: f"{earlier},{step}" if earlier else str(step)}
+    if changed:
+        log.warning("continued MLflow run %s keeps its first values of %d changed param(s): %s (recorded in the "
+                    "tag recsys_mtl.resume.step-%d.changed_params)", run.info.run_id, len(changed),
+                    "; ".join(changed)[:500], step)
+        tags[f"recsys_mtl.resume.step-{step}.changed_params"] = "\n".join(changed)[:MAX_PARAM_VALUE_CHARS]
+    return new, tags
+
+
 class NullTracker:
     """What ranks other than 0 (and disabled tracking) get: every call does nothing."""
 
@@ -117,9 +161,12 @@ class _VectorHistory:
 
 
 class RunTracker(NullTracker):
-    def __init__(self, client, run_id: str, config: TrackingConfig, tracking_uri: str, work_dir: Path) -> None:
+    def __init__(self, client, run_id: str, config: TrackingConfig, tracking_uri: str, work_dir: Path,
+                 resumed_at_step: int | None = None) -> None:
         self.client = client
         self.run_id = run_id
+        #: the step a continued run resumed at (None for a new run): plots start from the store's history up to it
+        self.resumed_at_step = resumed_at_step
         self.config = config
         self.tracking_uri = tracking_uri
         self.work_dir = work_dir
@@ -151,8 +198,15 @@ class RunTracker(NullTracker):
               params: Mapping[str, Any] | None = None, config_obj: Any = None,
               tags: Mapping[str, Any] | None = None, artifacts: Sequence[str | Path] = (),
               data_paths: Sequence[str | Path] = (), work_dir: str | Path = ".",
-              rank: int | None = None) -> "RunTracker | NullTracker":
+              rank: int | None = None, continue_run_id: str | None = None,
+              resumed_at_step: int | None = None) -> "RunTracker | NullTracker":
         """Create the MLflow run (rank 0 only) and return its tracker.
+
+        `continue_run_id` (a training resumed from a checkpoint at `resumed_at_step`): reopen that run instead,
+        if it is still in the store, active, in the same experiment; otherwise warn and create a new one. A
+        continued run keeps its first params: new keys are added, and keys whose value changed (e.g.
+        `train.checkpoint.resume`) are listed in the tag `recsys_mtl.resume.step-N.changed_params` (MLflow
+        refuses to change a param). Its start-time artifacts go under `resumes/step-N/`.
 
         `config_obj` (a config dataclass or mapping) is logged flattened as params and in full as
         the artifact `config.yaml`; `params` adds more. Provenance tags (git commit, package versions,
@@ -184,15 +238,20 @@ class RunTracker(NullTracker):
                                                   artifact_location=config.resolved_artifact_location())
             else:
                 exp_id = exp.experiment_id
-            run = client.create_run(exp_id, run_name=run_name)
+            run = _reopen(client, continue_run_id, exp_id, config.experiment) if continue_run_id else None
+            if run is None:
+                run = client.create_run(exp_id, run_name=run_name)
         except Exception as exc:  # noqa: BLE001 - any store error
             raise TrackingUnavailable(
                 f"cannot create an MLflow run in experiment {config.experiment!r} at {uri}: {exc}"
             ) from exc
+        continued = run.info.run_id == continue_run_id
+        step = resumed_at_step or 0
+        artifact_dir = f"resumes/step-{step}" if continued else None
         if spool_dir.is_dir():  # leftovers of an earlier run in this work dir
             for path, ok in spool.flush_spool_dir(spool_dir).items():
                 log.info("uploaded spool %s" if ok else "spool %s still not fully uploaded", path)
-        tracker = cls(client, run.info.run_id, config, uri, work_dir)
+        tracker = cls(client, run.info.run_id, config, uri, work_dir, resumed_at_step=step if continued else None)
         all_params: dict[str, Any] = {}
         if config_obj is not None:
             from recsys_mtl.config.loader import flatten, to_dict
@@ -203,16 +262,23 @@ class RunTracker(NullTracker):
             import yaml
 
             cfg_path.write_text(yaml.safe_dump(to_dict(config_obj), sort_keys=False))
-            tracker.log_artifact(cfg_path)
+            tracker.log_artifact(cfg_path, artifact_dir)
         all_params.update(params or {})
+        resume_tags: dict[str, str] = {}
+        if continued:
+            all_params, resume_tags = _params_on_continue(run, all_params, step)
         if all_params:
             tracker.log_params(all_params)
         from recsys_mtl.tracking.provenance import run_tags
 
-        tracker.set_tags({**run_tags(data_paths), **(tags or {})})
+        tracker.set_tags({**run_tags(data_paths), **(tags or {}), **resume_tags})
         for path in artifacts:
-            tracker.log_artifact(path)
-        log.info("MLflow run %s (experiment %r) at %s", tracker.run_id, config.experiment, uri)
+            tracker.log_artifact(path, artifact_dir)
+        if continued:
+            log.info("MLflow run %s (experiment %r) at %s: continued at step %d", tracker.run_id,
+                     config.experiment, uri, step)
+        else:
+            log.info("MLflow run %s (experiment %r) at %s", tracker.run_id, config.experiment, uri)
         return tracker
 
     # ------------------------------------------------------------ caller side (cheap)
@@ -348,7 +414,7 @@ class RunTracker(NullTracker):
             if self.config.plots and prefix in PLOTTED_PREFIXES:
                 hist = self._histories.get(prefix)
                 if hist is None or hist.names != list(names):
-                    hist = self._histories[prefix] = _VectorHistory(names)
+                    hist = self._histories[prefix] = self._history_before_resume(prefix, names)
                 hist.add(step, values)
         elif kind == "p":
             for k, v in item[1].items():
@@ -357,6 +423,27 @@ class RunTracker(NullTracker):
             self._tags.update({str(k): str(v)[:MAX_PARAM_VALUE_CHARS] for k, v in item[1].items()})
         elif kind == "a":
             self._artifacts.append((item[1], item[2]))
+
+    def _history_before_resume(self, prefix: str, names: Sequence[str]) -> _VectorHistory:
+        """A new plot history; for a continued run, seeded with the store's values up to the resume step (steps
+        logged after it by the interrupted process are left out: this process logs them again)."""
+        hist = _VectorHistory(names)
+        if self.resumed_at_step is None:
+            return hist
+        try:
+            by_step: dict[int, dict[str, float]] = {}
+            for name in names:
+                for m in self.client.get_metric_history(self.run_id, f"{prefix}/{name}"):
+                    if m.step <= self.resumed_at_step:
+                        by_step.setdefault(m.step, {})[name] = m.value
+        except Exception as exc:  # noqa: BLE001 - the plot then starts at the resume step, nothing else is lost
+            log.warning("could not read %s history of run %s for its plot (%s); the plot starts at step %d",
+                        prefix, self.run_id, exc, self.resumed_at_step)
+            return _VectorHistory(names)
+        for step in sorted(by_step):
+            row = by_step[step]
+            hist.add(step, [row.get(n, float("nan")) for n in names])
+        return hist
 
     def _valid_name(self, key: str) -> bool:
         """MLflow's own name check, once per name: one bad name must not get a whole batch rejected."""

@@ -185,6 +185,8 @@ class Trainer:
         self.epoch = 0
         self.step_in_epoch = 0
         self._resume_position: dict | None = None
+        #: the step this process resumed from a checkpoint at (set by fit), None for a fresh start
+        self.resumed_from_step: int | None = None
         self._saved_step = -1
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
         self.last_eval: dict[str, dict[str, float]] | None = None
@@ -431,6 +433,7 @@ class Trainer:
         if self.env.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.maybe_resume()
+        self.resumed_from_step = self.step if resumed else None
         if not resumed and tc.init_from:
             self.warm_start(tc.init_from)
         elif not resumed:

@@ -205,3 +205,22 @@ def test_run_tracked_on_a_real_mlflow_server_is_evaluated_from_downloaded_artifa
     out = run_evaluate("--run", run_id, "--data", str(data / "eval"), "--tracking-uri", mlflow_server.url)
     np.testing.assert_allclose(out.report.metrics.ne, eval_metrics(run, "ne"), rtol=1e-5)
     assert client.get_run(out.eval_run).data.tags["mlflow.parentRunId"] == run_id
+
+
+def test_a_resumed_training_continues_its_mlflow_run(data, tmp_path):
+    uri, out, artifacts = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "out", tmp_path / "artifacts"
+    first = train_in_process(data, out, uri, artifacts, "train.max_steps=12", "train.checkpoint.every=4")
+    second = train_in_process(data, out, uri, artifacts, "train.checkpoint.every=4")  # resume: true is the default
+    assert second == first
+    client = MlflowClient(uri)
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 1
+    run = client.get_run(first)
+    assert run.info.status == "FINISHED" and run.data.tags["recsys_mtl.resumed_at_steps"] == "12"
+    assert run.data.params["train.max_steps"] == "12"  # MLflow keeps a param's first value; the change is a tag
+    assert run.data.tags["recsys_mtl.resume.step-12.changed_params"] == "train.max_steps: 12 -> None"
+    total = max(m.step for m in client.get_metric_history(first, "train/loss_total"))
+    assert total > 12
+    for task in TASKS:  # each logged step once, before and after the resume
+        steps = [m.step for m in client.get_metric_history(first, f"train/loss/{task}")]
+        assert sorted(steps) == list(range(EVERY, total + 1, EVERY)), steps
+    assert "resumes/step-12/config.yaml" in artifact_files(client, first)

@@ -149,3 +149,60 @@ def test_an_invalid_metric_name_is_dropped_alone_and_the_rest_of_the_batch_arriv
     assert run.data.metrics == {"train/ok": 1.0, "train/loss/good": 3.0}
     assert "'train/bad!name' is not valid" in caplog.text
     assert not tracker.spool_path.with_name(tracker.spool_path.name + ".rejected").exists()
+
+
+def test_continue_run_reopens_it_keeps_first_params_and_plots_the_history_up_to_the_resume_step(tmp_path, caplog):
+    cfg, work = _config(tmp_path, system_metrics_interval_s=0), tmp_path / "work"
+    spec = tmp_path / "features.yaml"
+    spec.write_text("tasks: [ctr]\n")
+    with RunTracker.start(cfg, run_name="first", config_obj={"train": {"epochs": 2, "resume": False}},
+                          artifacts=[spec], work_dir=work, rank=0) as first:
+        for step in range(1, 11):  # the interrupted process got to step 10; its checkpoint is at step 6
+            first.log_vector(step, "train/weight", TASKS, torch.full((8,), float(step)))
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    client.update_run(first.run_id, status="RUNNING")  # what a killed process leaves behind
+
+    with RunTracker.start(cfg, run_name="ignored", config_obj={"train": {"epochs": 4, "resume": True}, "new": 1},
+                          artifacts=[spec], work_dir=work, rank=0, continue_run_id=first.run_id,
+                          resumed_at_step=6) as tracker:
+        assert tracker.run_id == first.run_id and tracker.resumed_at_step == 6
+        assert client.get_run(tracker.run_id).info.status == "RUNNING"
+        for step in range(7, 13):
+            tracker.log_vector(step, "train/weight", TASKS, torch.full((8,), 100.0 + step))
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "first"
+    assert run.data.params == {"train.epochs": "2", "train.resume": "False", "new": "1"}  # first values kept
+    assert run.data.tags["recsys_mtl.resumed_at_steps"] == "6"
+    assert run.data.tags["recsys_mtl.resume.step-6.changed_params"].splitlines() == [
+        "train.epochs: 2 -> 4", "train.resume: False -> True"]
+    assert {"config.yaml", "features.yaml", "resumes/step-6/config.yaml", "resumes/step-6/features.yaml"} <= {
+        f.path for d in ("", "resumes/step-6") for f in client.list_artifacts(first.run_id, d or None)}
+    # the plot's history: the store's steps up to the resume, then this process's (no step twice)
+    hist = tracker._histories["train/weight"]
+    assert hist.steps == list(range(1, 13))
+    assert [row[0] for row in hist.rows] == [float(s) for s in range(1, 7)] + [100.0 + s for s in range(7, 13)]
+    # the metric history itself has steps 7-10 twice: the interrupted process's and the resumed one's
+    values = sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "train/weight/task0"))
+    assert [v for s, v in values if s == 8] == [8.0, 108.0]
+
+
+def test_continue_run_starts_a_new_run_when_the_old_one_is_gone_or_elsewhere(tmp_path, caplog):
+    cfg, work = _config(tmp_path, system_metrics_interval_s=0), tmp_path / "work"
+    with RunTracker.start(cfg, run_name="old", work_dir=work, rank=0) as old:
+        pass
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    client.delete_run(old.run_id)
+    with RunTracker.start(cfg, run_name="fresh", work_dir=work, rank=0, continue_run_id=old.run_id,
+                          resumed_at_step=3) as fresh:
+        assert fresh.run_id != old.run_id and fresh.resumed_at_step is None
+    assert "cannot continue MLflow run" in caplog.text and "it was deleted" in caplog.text
+    with RunTracker.start(cfg, run_name="fresh2", work_dir=work, rank=0, continue_run_id="0" * 32,
+                          resumed_at_step=3) as fresh2:
+        assert fresh2.run_id not in (old.run_id, "0" * 32)
+    assert "not in this store" in caplog.text
+    other = TrackingConfig(**{**cfg.__dict__, "experiment": "other"})
+    with RunTracker.start(other, run_name="moved", work_dir=work, rank=0, continue_run_id=fresh.run_id,
+                          resumed_at_step=3) as moved:
+        assert moved.run_id != fresh.run_id
+    assert "belongs to experiment id" in caplog.text
+    assert client.get_run(fresh.run_id).data.tags.get("recsys_mtl.resumed_at_steps") is None
