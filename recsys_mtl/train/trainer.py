@@ -6,8 +6,8 @@
 Per step the pipeline runs: batch copy -> sparse input dist (overlapped with
 the previous step) -> forward (model, masked BCE, all-reduced L[T], weighting)
 -> one backward (embedding optimizer fused into it) -> dense optimizer step.
-Rank 0 appends every step's losses to `<output_dir>/train_log.jsonl`, shows a
-progress bar, and logs one line per evaluation.
+Rank 0 appends every step's losses to `<output_dir>/train_log.jsonl` (`loss` is the weighted data loss
+sum(w_t L_t), without the wide_l2 penalty), shows a progress bar, and logs one line per evaluation.
 """
 
 from __future__ import annotations
