@@ -179,7 +179,12 @@ def read_yaml(path: str | Path) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{path}: invalid YAML{at}: {yaml_problem(exc)}") from None
+
+
+def yaml_problem(exc: Exception) -> str:
+    """The short reason of a yaml.YAMLError (its `problem`, else its first line)."""
+    return getattr(exc, "problem", None) or str(exc).splitlines()[0]
 
 
 def load_yaml(path: str | Path, cls: type[T]) -> T:
@@ -214,4 +219,4 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-__all__ = ["ConfigError", "Where", "from_dict", "load_yaml", "read_yaml", "to_dict", "flatten"]
+__all__ = ["ConfigError", "Where", "from_dict", "load_yaml", "read_yaml", "yaml_problem", "to_dict", "flatten"]

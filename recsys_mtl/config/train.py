@@ -282,7 +282,7 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "<config>") 
     """`train.seed=3` sets data["train"]["seed"] = 3 in place (the value is parsed as YAML)."""
     import yaml
 
-    from recsys_mtl.config.loader import ConfigError
+    from recsys_mtl.config.loader import ConfigError, yaml_problem
 
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -300,8 +300,7 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "<config>") 
         try:
             node[parts[-1]] = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"{source}: override {item!r}: the value {raw!r} is not valid YAML ({problem}); "
+            raise ConfigError(f"{source}: override {item!r}: the value {raw!r} is not valid YAML ({yaml_problem(exc)}); "
                               f"quote it for a string, e.g. {key}='\"...\"'") from None
 
 

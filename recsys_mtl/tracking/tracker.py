@@ -62,10 +62,13 @@ RESUMED_AT_TAG = "recsys_mtl.resumed_at_steps"
 
 def _reopen(client, run_id: str, experiment_id: str, experiment: str):
     """The run `run_id`, set RUNNING again, if it can be continued; None (with a warning) if not."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
     try:
         run = client.get_run(run_id)
-    except Exception as exc:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST, or a store error
-        if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(exc, "error_code", "")) and "not found" not in str(exc).lower():
+    except MlflowException as exc:  # any other store error propagates (TrackingUnavailable)
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             raise
         log.warning("cannot continue MLflow run %s (not in this store); starting a new run", run_id)
         return None
@@ -274,11 +277,8 @@ class RunTracker(NullTracker):
         tracker.set_tags({**run_tags(data_paths), **(tags or {}), **resume_tags})
         for path in artifacts:
             tracker.log_artifact(path, artifact_dir)
-        if continued:
-            log.info("MLflow run %s (experiment %r) at %s: continued at step %d", tracker.run_id,
-                     config.experiment, uri, step)
-        else:
-            log.info("MLflow run %s (experiment %r) at %s", tracker.run_id, config.experiment, uri)
+        log.info("MLflow run %s (experiment %r) at %s%s", tracker.run_id, config.experiment, uri,
+                 f": continued at step {step}" if continued else "")
         return tracker
 
     # ------------------------------------------------------------ caller side (cheap)
