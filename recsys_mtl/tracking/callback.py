@@ -110,14 +110,15 @@ class TrackingCallback(TrainerCallback):
     def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None:
         t, tcfg = self.tracker, trainer.config.tracking
         try:
-            t.log_metrics(result.steps, {"train/samples_per_second": result.samples_per_second})
+            if result.steps != trainer.resumed_from_step:  # a re-run of a finished training trained nothing
+                t.log_metrics(result.steps, {"train/samples_per_second": result.samples_per_second})
             log_path = trainer.output_dir / "train_log.jsonl"
             if log_path.exists():
                 t.log_artifact(log_path)
             if tcfg.log_model and self.run_id:
                 self._log_model(trainer)
                 if tcfg.register_model:
-                    self._register(tcfg.register_model)
+                    self._register(tcfg.register_model, retrained=result.steps != trainer.resumed_from_step)
         finally:
             self.close("FINISHED")
 
@@ -137,12 +138,19 @@ class TrackingCallback(TrainerCallback):
         t.log_artifact(checkpoint, f"{MODEL_ARTIFACT}/{CHECKPOINT_DIR}/{checkpoint.name}")  # the name keeps the step
         t.set_tags({"recsys_mtl.model": MODEL_ARTIFACT, "recsys_mtl.checkpoint": checkpoint.name})
 
-    def _register(self, name: str) -> None:
-        from recsys_mtl.tracking.registry import register_run_model
+    def _register(self, name: str, retrained: bool = True) -> None:
+        from recsys_mtl.tracking.registry import register_run_model, run_model_versions
 
         if not self.tracker.flush(timeout=600):  # the version's source must exist first
             log.error("model not registered: the run's artifacts are not all in the store yet (see the spool)")
             return
+        if not retrained:  # a re-run of a finished training: its model is the one already registered, if any
+            existing = run_model_versions(self.tracker.client, name, self.run_id)
+            if existing:
+                self.model_version = existing[-1]
+                log.info("model %r version %s is this run's model already: not registered again", name,
+                         self.model_version.version)
+                return
         self.model_version = register_run_model(self.tracker.client, name, self.run_id)
         log.info("registered model %r version %s (source %s)", name, self.model_version.version,
                  self.model_version.source)

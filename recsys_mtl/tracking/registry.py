@@ -34,4 +34,10 @@ def register_run_model(client, name: str, run_id: str, artifact_path: str = MODE
                                        tags={"recsys_mtl.weighting": run.data.tags.get("recsys_mtl.weighting", "")})
 
 
-__all__ = ["ensure_registered_model", "register_run_model"]
+def run_model_versions(client, name: str, run_id: str) -> list:
+    """The versions of `name` registered from run `run_id`, oldest first (none if `name` does not exist)."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return sorted(found, key=lambda mv: int(mv.version))
+
+
+__all__ = ["ensure_registered_model", "register_run_model", "run_model_versions"]

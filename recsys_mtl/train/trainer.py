@@ -190,6 +190,7 @@ class Trainer:
         self._saved_step = -1
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
         self.last_eval: dict[str, dict[str, float]] | None = None
+        self._evaluated_at = -1  # the step of last_eval
         self.last_loss = float("nan")
         self.train_metrics = self._build_train_metrics()
         self.task_epochs = self._task_epochs()
@@ -265,6 +266,8 @@ class Trainer:
         state["train_state"] = pack({
             "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "data": position,
             "world_size": self.env.world_size,
+            # a re-run of a finished training resumes here: it reports this evaluation instead of logging a second one
+            "eval": (self.step, self.last_eval) if self._evaluated_at == self.step else None,
         })
         state[f"rng_rank{self.env.rank}"] = pack(rng_state())
         path = self.checkpoints.save(self.step, state, self.signature)
@@ -294,6 +297,8 @@ class Trainer:
         self.step, self.epoch, self.step_in_epoch = train_state["step"], train_state["epoch"], train_state["step_in_epoch"]
         self._resume_position = train_state["data"]
         self._saved_step = self.step
+        if train_state.get("eval") and train_state["eval"][0] == self.step:  # absent from older checkpoints
+            self._evaluated_at, self.last_eval = train_state["eval"]
         if self.env.is_main:
             self._truncate_train_log(self.step)
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.step_in_epoch)
@@ -387,7 +392,7 @@ class Trainer:
             self.dmp.train()
             self._reattach()
         metrics = task_metrics(logits, labels, mask, self.spec.task_names)
-        self.last_eval = metrics
+        self.last_eval, self._evaluated_at = metrics, self.step
         if self.env.is_main:
             log.info(format_eval_line(self.step, self.epoch, metrics))
             for cb in self.callbacks:
@@ -448,9 +453,11 @@ class Trainer:
         post_step = self.weighting.needs_post_step_losses
         bar = self._progress_bar()
         start_time, start_step = time.perf_counter(), self.step
-        evaluated_at = -1
+        if resumed and self._finished() and self.env.is_main:
+            log.info("training already finished at step %d (epoch %d): nothing to train%s", self.step, self.epoch,
+                     "; its last evaluation is in the checkpoint" if self._evaluated_at == self.step else "")
 
-        while self.epoch < tc.epochs and (tc.max_steps is None or self.step < tc.max_steps):
+        while not self._finished():
             if self._resume_position is not None:
                 self.train_data.load_state_dict(self._resume_position)
                 self._resume_position = None
@@ -490,18 +497,20 @@ class Trainer:
                 if tc.eval_every and self.step % tc.eval_every == 0:
                     self._flush_records()
                     self.evaluate()
-                    evaluated_at = self.step
-                if tc.checkpoint.every and self.step % tc.checkpoint.every == 0:
+                epoch_end = self.step_in_epoch == steps_in_epoch  # saved after the epoch's evaluation, below
+                if tc.checkpoint.every and self.step % tc.checkpoint.every == 0 and not epoch_end:
                     self._flush_records()
                     self.save_checkpoint()
             if self.step_in_epoch < steps_in_epoch:
                 break  # max_steps reached inside the epoch
             self.epoch += 1
             self.step_in_epoch = 0
-            if not tc.eval_every and evaluated_at != self.step:
+            if not tc.eval_every and self._evaluated_at != self.step:
                 self._flush_records()
                 self.evaluate()
-                evaluated_at = self.step
+            if tc.checkpoint.every and self.step % tc.checkpoint.every == 0 and self._saved_step != self.step:
+                self._flush_records()
+                self.save_checkpoint()
 
         self._flush_records()
         if self.train_metrics is not None and self.train_metrics.updates and \
@@ -510,7 +519,7 @@ class Trainer:
         elapsed = max(time.perf_counter() - start_time, 1e-9)
         if bar is not None:
             bar.close()
-        if self.eval_data is not None and evaluated_at != self.step:
+        if self.eval_data is not None and self._evaluated_at != self.step:
             self.evaluate()
         if self.step > 0 and self._saved_step != self.step:
             self.save_checkpoint()  # the end of training is always checkpointed
@@ -527,6 +536,10 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_end(self, result)
         return result
+
+    def _finished(self) -> bool:
+        tc = self.config.train
+        return self.epoch >= tc.epochs or (tc.max_steps is not None and self.step >= tc.max_steps)
 
     def _progress_bar(self):
         if not (self.env.is_main and self.config.train.progress_bar):

@@ -224,3 +224,10 @@ def test_a_resumed_training_continues_its_mlflow_run(data, tmp_path):
         steps = [m.step for m in client.get_metric_history(first, f"train/loss/{task}")]
         assert sorted(steps) == list(range(EVERY, total + 1, EVERY)), steps
     assert "resumes/step-12/config.yaml" in artifact_files(client, first)
+    evals = [m.step for m in client.get_metric_history(first, "eval/ne/click")]
+    again = train_in_process(data, out, uri, artifacts, "train.checkpoint.every=4", register="resumed-mtl")
+    assert again == first  # the finished training again (e.g. a retry after a failure past its end)
+    train_in_process(data, out, uri, artifacts, "train.checkpoint.every=4", register="resumed-mtl")
+    assert len(client.search_model_versions("name = 'resumed-mtl'")) == 1  # no second version of the same model
+    assert [m.step for m in client.get_metric_history(first, "eval/ne/click")] == evals  # nothing re-logged
+    assert sorted(m.step for m in client.get_metric_history(first, "train/samples_per_second")) == [12, total]

@@ -135,6 +135,43 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path):
         assert torch.equal(x, y), key
 
 
+class EvalSteps:
+    """Records the steps of each evaluation a trainer reports."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_train_start(self, trainer) -> None: ...
+    def on_log(self, trainer, records) -> None: ...
+    def on_train_metrics(self, trainer, step, metrics) -> None: ...
+    def on_train_end(self, trainer, result) -> None: ...
+
+    def on_eval(self, trainer, step, epoch, metrics) -> None:
+        self.steps.append(step)
+
+
+def test_each_step_is_evaluated_once_across_a_resume_and_a_rerun_of_the_finished_training(tmp_path, caplog):
+    spec = tiny_spec()
+    batches, held_out = rank_batches(spec, 4, 16, 1, 0), rank_batches(spec, 2, 16, 1, 0, seed=5)
+
+    def run(out, callback, **train):
+        cfg = tiny_config(out, train={"epochs": 2, "checkpoint": {"every": 4}, **train})
+        return Trainer(cfg, spec=spec, train_data=ListSource(batches), eval_data=ListSource(held_out),
+                       callbacks=[callback]).fit()
+
+    full = run(tmp_path / "full", EvalSteps())
+    seen = EvalSteps()
+    run(tmp_path / "part", seen, max_steps=4)  # stops at the end of epoch 1, which is evaluated and checkpointed
+    resumed = run(tmp_path / "part", seen)
+    assert seen.steps == [4, 8]  # epoch 1's evaluation is in its checkpoint: not run again on resume
+    assert resumed.eval_metrics == full.eval_metrics
+    with caplog.at_level("INFO", logger="recsys_mtl"):
+        rerun = run(tmp_path / "part", seen)  # e.g. a scheduler retrying a job that had finished
+    assert seen.steps == [4, 8] and rerun.steps == 8
+    assert rerun.eval_metrics == full.eval_metrics  # reported from the checkpoint
+    assert any("already finished at step 8" in r.message for r in caplog.records)
+
+
 def test_a_crash_while_saving_keeps_the_previous_checkpoint_usable(tmp_path, monkeypatch):
     spec = tiny_spec()
     batches = rank_batches(spec, 4, 16, 1, 0)
