@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from recsys_mtl.config.loader import ConfigError
@@ -62,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
-        print(f"recsys-mtl: error: {exc}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+        where = f" [rank {rank}]" if rank != "0" else ""
+        sys.stderr.write(f"recsys-mtl: error{where}: {exc}\n")  # one write: ranks' lines do not interleave
+        sys.stderr.flush()
         return 2
 
 

@@ -82,7 +82,11 @@ def load_model(path: str | Path, config_path: str | Path | None = None, source: 
         config = TrainConfig.load(str(config_path))
         spec = FeatureSpec.load(config.data.spec)
         checkpoint = _checkpoint_in(path)
-    CheckpointManager(checkpoint.parent).check_signature(checkpoint, model_signature(spec, config))
+    # scoring needs the model's shape only: the optimizers and the weighting method it trained with do not matter
+    CheckpointManager(checkpoint.parent).check_signature(
+        checkpoint, model_signature(spec, config), ignore=("optim", "weighting"),
+        advice="Give the training config (and feature spec) this checkpoint was trained with (--config; a tracked "
+               "run keeps it as <output_dir>/tracking/config.yaml), or load the run's model directory instead.")
 
     model = MultiTaskModel(spec, config.model, seed=config.train.seed, device="cpu", embedding_device="meta")
     model.ebc = model.ebc.to_empty(device="cpu")  # DCP fills the tables: skip their random init

@@ -39,6 +39,10 @@ _PREFIX = "step-"
 _TMP_PREFIX = ".tmp-"
 
 
+RESUME_ADVICE = ("Resume with the config (and feature spec) it was trained with, or start fresh: set "
+                 "train.checkpoint.resume: false or point train.checkpoint.dir (or train.output_dir) at a new directory.")
+
+
 class CheckpointMismatchError(ConfigError):
     """The checkpoint was written by a model of another shape than the configured one."""
 
@@ -155,27 +159,29 @@ class CheckpointManager:
         return final
 
     # -- loading -------------------------------------------------------------------------
-    def check_signature(self, path: Path, signature: dict[str, Any]) -> None:
-        saved = json.loads((path / SIGNATURE).read_text())
-        diffs = _signature_diff(saved, json.loads(json.dumps(signature)))
+    def check_signature(self, path: Path, signature: dict[str, Any], advice: str = RESUME_ADVICE,
+                        ignore: tuple[str, ...] = ()) -> None:
+        """Refuse a checkpoint whose model.json differs from `signature` (keys in `ignore` aside), listing
+        each difference and then `advice` (what to change: it depends on who loads the checkpoint)."""
+        saved = {k: v for k, v in json.loads((path / SIGNATURE).read_text()).items() if k not in ignore}
+        current = {k: v for k, v in json.loads(json.dumps(signature)).items() if k not in ignore}
+        diffs = _signature_diff(saved, current)
         if diffs:
-            raise CheckpointMismatchError(
-                f"checkpoint {path} was written by a model of another shape:\n  "
-                + "\n  ".join(diffs)
-                + "\nResume with the config (and feature spec) it was trained with, or start fresh: "
-                "set train.checkpoint.resume: false or point train.checkpoint.dir (or train.output_dir) "
-                "at a new directory."
-            )
+            kind = "a model of another shape" if any(d.split(".")[0].split(":")[0] not in ("optim", "weighting")
+                                                     for d in diffs) else "another training setup"
+            raise CheckpointMismatchError(f"checkpoint {path} was written by {kind}:\n  " + "\n  ".join(diffs)
+                                          + "\n" + advice)
 
-    def load(self, path: Path, state: dict[str, Any], signature: dict[str, Any]) -> None:
+    def load(self, path: Path, state: dict[str, Any], signature: dict[str, Any], advice: str = RESUME_ADVICE) -> None:
         """Fill `state` in place from checkpoint `path` (after checking the model's shape)."""
-        self.check_signature(path, signature)
+        self.check_signature(path, signature, advice)
         try:
             dcp.load(state, checkpoint_id=str(path))
         except Exception as exc:  # DCP raises a CheckpointException wrapping per-rank errors
             raise CheckpointMismatchError(
-                f"checkpoint {path} does not fit this model ({type(exc).__name__}: {str(exc)[:500]}). "
-                "Resume with the config it was trained with, or set train.checkpoint.resume: false."
+                f"checkpoint {path} could not be loaded into this model ({type(exc).__name__}: {str(exc)[:500]}). "
+                "If the files are damaged (a disk error, a copy cut short), delete that step's folder to use the "
+                "previous checkpoint. " + advice
             ) from exc
 
     def _barrier(self) -> None:
@@ -196,4 +202,4 @@ def unpack(data: Any) -> Any:
     raise TypeError(f"unexpected checkpoint object {type(data).__name__}")
 
 
-__all__ = ["CheckpointManager", "CheckpointMismatchError", "pack", "unpack", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointManager", "CheckpointMismatchError", "RESUME_ADVICE", "pack", "unpack", "rng_state", "set_rng_state"]

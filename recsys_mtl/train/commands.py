@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import warnings
 
@@ -42,9 +41,30 @@ def quiet_library_logs() -> None:
 
 
 def launch_torchrun(config: str, overrides: list[str], nproc: int) -> int:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "recsys_mtl.cli", "train", config] + [f"--set={o}" for o in overrides]
-    return subprocess.call(cmd)
+    """torchrun in this process (its agent stops the workers on SIGTERM/SIGINT); returns the exit code.
+
+    A worker's own error (a config error: exit 2) has already been printed by the worker; torchrun's
+    traceback about the failed child is not repeated on top of it.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "recsys_mtl.cli", "train", config]
+                      + [f"--set={o}" for o in overrides])
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        torchrun(args)
+    except ChildFailedError as exc:
+        codes = {rank: f.exitcode for rank, f in sorted(exc.failures.items())}
+        print(f"recsys-mtl: training failed (exit codes by rank: {codes}); the workers' errors are above",
+              file=sys.stderr)
+        return 2 if 2 in codes.values() else 1
+    except SignalException as exc:
+        print(f"recsys-mtl: stopped by {exc.sigval.name}; the workers were stopped", file=sys.stderr)
+        return 128 + int(exc.sigval)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,9 +77,10 @@ def run(args: argparse.Namespace) -> int:
         return launch_torchrun(args.config, args.overrides, args.nproc)
 
     quiet_library_logs()
-    from recsys_mtl.train.distributed import init_distributed, shutdown_distributed
+    from recsys_mtl.train.distributed import die_with_launcher, init_distributed, shutdown_distributed
     from recsys_mtl.train.trainer import Trainer
 
+    die_with_launcher()
     env = init_distributed(config.train.device)
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -52,6 +53,25 @@ def init_distributed(device_preference: str = "auto") -> DistEnv:
     else:
         backend = dist.get_backend()
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+def die_with_launcher() -> None:
+    """Under torchrun, end this worker when the launcher dies, even by SIGKILL (Linux).
+
+    torchrun starts each worker in its own session, so killing the launcher or its process group
+    otherwise leaves the workers training on, unseen, into the same output_dir.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return  # best effort: the output_dir lock still stops a second run from writing alongside
+    if os.getppid() == 1:  # the launcher died before the prctl took effect
+        os._exit(1)
 
 
 def shutdown_distributed() -> None:

@@ -39,6 +39,7 @@ from recsys_mtl.models.multitask import wide_columns
 from recsys_mtl.train.checkpoint import CheckpointManager, pack, rng_state, set_rng_state, unpack
 from recsys_mtl.train.distributed import DistEnv, init_distributed
 from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
+from recsys_mtl.train.lock import OutputDirLock
 from recsys_mtl.train.sharding import describe_plan, shard_model
 from recsys_mtl.train.train_module import MultiTaskTrainModule
 from recsys_mtl.weighting import WeightingMethod, build_weighting
@@ -320,7 +321,9 @@ class Trainer:
         self.dense_optimizer.init_state()
         state = self._checkpoint_state()
         del state["train_state"], state[f"rng_rank{self.env.rank}"]
-        self.checkpoints.load(path, state, self.signature)
+        self.checkpoints.load(path, state, self.signature, advice=(
+            "train.init_from warm-starts a model of the same shape, optimizers and weighting method: make those "
+            "settings match the source run's (its config.yaml), or set train.init_from: null to start from scratch."))
         self.dmp.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
         self.weighting.load_state_dict(state["weighting"])
@@ -434,9 +437,14 @@ class Trainer:
             yield batch
 
     def fit(self) -> TrainResult:
+        """Train (or resume) to the end; rank 0 holds the output_dir's lock meanwhile (train/lock.py)."""
+        if not self.env.is_main:
+            return self._fit()
+        with OutputDirLock(self.output_dir):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         tc = self.config.train
-        if self.env.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.maybe_resume()
         self.resumed_from_step = self.step if resumed else None
         if not resumed and tc.init_from:
@@ -531,8 +539,11 @@ class Trainer:
             eval_metrics=self.last_eval,
         )
         if self.env.is_main:
-            log.info("training done: %d steps, %.0f samples/s, last loss %.4f", result.steps,
-                     result.samples_per_second, result.last_loss)
+            if result.steps == start_step:
+                log.info("training done: %d steps, none of them in this run", result.steps)
+            else:
+                log.info("training done: %d steps, %.0f samples/s, last loss %.4f", result.steps,
+                         result.samples_per_second, result.last_loss)
             for cb in self.callbacks:
                 cb.on_train_end(self, result)
         return result

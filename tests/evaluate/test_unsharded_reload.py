@@ -57,3 +57,29 @@ def test_checkpoint_reloaded_unsharded_scores_like_the_sharded_model(tmp_path, t
         sharded = trainer.module.model(batch.dense, batch.sparse)
         unsharded = loaded.model(batch.dense, batch.sparse)
     torch.testing.assert_close(unsharded, sharded, rtol=1e-5, atol=1e-6)
+
+
+def test_a_bare_checkpoint_loads_with_another_weighting_or_optimizer_but_not_another_shape(tmp_path):
+    from recsys_mtl.train.checkpoint import CheckpointMismatchError
+
+    spec = spec_with_mean_pooled_table()
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(to_dict(spec)))
+    cfg = tiny_config(tmp_path / "out", data={"spec": str(spec_path)}, tracking={"enabled": False},
+                      weighting={"method": "equal"})
+    Trainer(cfg, spec=spec, train_data=ListSource(rank_batches(spec, 2, 16, 1, 0))).fit()
+
+    def config_file(**changes) -> str:
+        d = to_dict(cfg)
+        for section, values in changes.items():
+            d[section] = {**d[section], **values}
+        path = tmp_path / f"config{len(list(tmp_path.glob('config*')))}.yaml"
+        path.write_text(yaml.safe_dump(d))
+        return str(path)
+
+    # scoring does not depend on how the model was trained: weighting and optimizers may differ
+    other = config_file(weighting={"method": "go4align", "args": {"num_groups": 2}},
+                        optim={"dense": {"type": "sgd", "lr": 0.1}, "embedding": {"type": "adagrad", "lr": 0.1}})
+    assert load_model(tmp_path / "out" / "checkpoints", other).step == 2
+    with pytest.raises(CheckpointMismatchError, match=r"model\.task_tower: checkpoint has \[8\](.|\n)*--config"):
+        load_model(tmp_path / "out" / "checkpoints", config_file(model={"task_tower": [4]}))

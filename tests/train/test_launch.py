@@ -125,3 +125,72 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(parquet, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux's")
+def test_a_second_run_in_a_busy_output_dir_is_refused_and_killing_the_launcher_stops_its_workers(parquet, tmp_path):
+    from recsys_mtl.config.loader import ConfigError
+    from recsys_mtl.train.lock import OutputDirLock
+
+    out = tmp_path / "busy"
+    # its own session: the SIGKILL below hits the launcher alone, as `kill -9 PID` does
+    launcher = subprocess.Popen(train_cmd(parquet, out, "train.epochs=1000", "tracking.enabled=false", nproc=2),
+                                env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not ((out / TRAIN_LOG).exists() and (out / TRAIN_LOG).stat().st_size > 0):
+            assert launcher.poll() is None, "the run ended before it trained"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert len(_processes_mentioning(str(out))) == 3  # the launcher (torchrun's agent) and 2 workers
+
+        second = subprocess.run(train_cmd(parquet, out, "tracking.enabled=false"), env=env(), cwd=REPO,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "is in use by another training (pid" in second.stderr, second.stderr[-2000:]
+
+        launcher.send_signal(signal.SIGKILL)
+        assert launcher.wait() == -signal.SIGKILL
+        deadline = time.monotonic() + 30
+        while _processes_mentioning(str(out)):  # the workers die with their launcher
+            assert time.monotonic() < deadline, "workers outlived their launcher"
+            time.sleep(0.1)
+        while True:  # and the folder is free again (an exiting process drops its files after its cmdline)
+            try:
+                OutputDirLock(out).acquire().release()
+                break
+            except ConfigError:
+                assert time.monotonic() < deadline, "the output_dir stayed locked"
+                time.sleep(0.1)
+    finally:
+        for pid in _processes_mentioning(str(out)):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_an_error_found_inside_the_nproc_workers_exits_2_with_the_message_and_no_traceback(parquet, tmp_path):
+    import yaml
+
+    spec = yaml.safe_load((parquet / "feature_spec.yaml").read_text())
+    spec["tables"]["user"]["num_embeddings"] = 3_000_000_000  # known only once the workers plan the sharding
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(spec))
+    cmd = train_cmd(parquet, tmp_path / "out", f"data.spec={tmp_path / 'big.yaml'}", "sharding.tables={user: table_wise}",
+                    "tracking.enabled=false", nproc=2)
+    proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "recsys-mtl: error: sharding.tables.user: table 'user'" in proc.stderr
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
