@@ -65,7 +65,7 @@ def load_model(path: str | Path, config_path: str | Path | None = None, source: 
     from recsys_mtl.config.loader import ConfigError, from_dict, read_yaml
     from recsys_mtl.config.train import TrainConfig
     from recsys_mtl.models import MultiTaskModel
-    from recsys_mtl.train.checkpoint import CheckpointManager
+    from recsys_mtl.train.checkpoint import DCP_ERRORS, CheckpointManager, describe_dcp_error
     from recsys_mtl.train.trainer import model_signature
 
     path = Path(path)
@@ -94,9 +94,9 @@ def load_model(path: str | Path, config_path: str | Path | None = None, source: 
     state = {"model": {f"model.{k}": v for k, v in model.state_dict().items()}}
     try:
         dcp.load(state, checkpoint_id=str(checkpoint))
-    except Exception as exc:  # DCP wraps per-key errors in a CheckpointException
-        raise ConfigError(f"checkpoint {checkpoint} does not fit the model of its config "
-                          f"({type(exc).__name__}: {str(exc)[:500]})") from exc
+    except DCP_ERRORS as exc:
+        raise ConfigError(f"checkpoint {checkpoint} could not be loaded into the model of its config "
+                          f"({describe_dcp_error(exc)}); if its files are damaged, load another step's") from exc
     model.load_state_dict({k[len("model."):]: v for k, v in state["model"].items()})
     model.eval()
     return LoadedModel(model=model, spec=spec, config=config, checkpoint=checkpoint, step=_step_of(checkpoint),

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from recsys_mtl.config.loader import ConfigError
 
@@ -83,6 +84,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# DCP wraps each rank's error in a CheckpointException, which derives from BaseException, not Exception
+DCP_ERRORS = (Exception, CheckpointException)
+
+
+def describe_dcp_error(exc: BaseException) -> str:
+    """One line per failing rank (`EOFError` ...), not DCP's multi-rank traceback dump."""
+    if isinstance(exc, CheckpointException):
+        parts = [f"rank {rank}: {type(e).__name__}: {str(e)[:300]}".rstrip(": ") for rank, (e, _) in exc.failures.items()]
+        return "; ".join(parts)
+    return f"{type(exc).__name__}: {str(exc)[:500]}"
 
 
 def _signature_diff(saved: dict, current: dict) -> list[str]:
@@ -177,9 +190,9 @@ class CheckpointManager:
         self.check_signature(path, signature, advice)
         try:
             dcp.load(state, checkpoint_id=str(path))
-        except Exception as exc:  # DCP raises a CheckpointException wrapping per-rank errors
+        except DCP_ERRORS as exc:
             raise CheckpointMismatchError(
-                f"checkpoint {path} could not be loaded into this model ({type(exc).__name__}: {str(exc)[:500]}). "
+                f"checkpoint {path} could not be loaded into this model ({describe_dcp_error(exc)}). "
                 "If the files are damaged (a disk error, a copy cut short), delete that step's folder to use the "
                 "previous checkpoint. " + advice
             ) from exc

@@ -392,3 +392,16 @@ def test_compiled_weighting_trains_like_eager_and_keeps_its_state_in_the_checkpo
     torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-6)
     for key, value in states[False].items():
         torch.testing.assert_close(states[True][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_damaged_checkpoint_is_a_clear_error_naming_it(tmp_path):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    Trainer(tiny_config(tmp_path), spec=spec, train_data=ListSource(batches)).fit()
+    data_file = next((tmp_path / "checkpoints").glob("step-*/*.distcp"))
+    with open(data_file, "r+b") as f:
+        f.truncate(100)  # a copy cut short
+    resumed = Trainer(tiny_config(tmp_path, train={"epochs": 2}), spec=spec, train_data=ListSource(batches))
+    with pytest.raises(CheckpointMismatchError, match=rf"checkpoint {data_file.parent} could not be loaded .*rank 0: "
+                                                      r"EOFError.*delete that step's folder"):
+        resumed.fit()
