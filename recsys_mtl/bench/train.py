@@ -48,9 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", type=int, help=f"tasks to generate when --data is not given (default {d['tasks']})")
     p.add_argument("--table-scale", type=float, help=f"table size factor for generated data (default {d['table_scale']})")
     p.add_argument("--batch-size", type=int, help=f"default {d['batch_size']}")
-    p.add_argument("--steps", type=int, help=f"timed steps per run (default {d['steps']})")
+    p.add_argument("--steps", type=int, help=f"timed steps per run, a multiple of --warmup (default {d['steps']})")
     p.add_argument("--warmup", type=int, help=f"untimed steps before them (default {d['warmup']})")
-    p.add_argument("--repeat", type=int, default=5, help="runs of each loop, back to back in ABBA order")
+    p.add_argument("--repeat", type=int, default=5, help="runs of each loop, back to back in ABBA order (default %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -155,17 +155,23 @@ def run(args: argparse.Namespace) -> int:
     from recsys_mtl.train.distributed import init_distributed
     from recsys_mtl.train.trainer import build_parquet_source
 
+    from recsys_mtl.config.loader import ConfigError
+
     resolve_arguments(args)
     if args.preset and PRESETS[args.preset].get("needs_gpu"):
         import torch
 
-        from recsys_mtl.config.loader import ConfigError
-
         if not torch.cuda.is_available():
             raise ConfigError(f"bench train: --preset {args.preset} needs a GPU (26 tables of 1M x 128 are 13.3 GB "
                              "of fp32 weights); no CUDA device is visible here")
-    if args.steps % args.warmup:
-        raise SystemExit("bench train: --steps must be a multiple of --warmup (timing uses the log flushes)")
+    if args.warmup < 1 or args.steps < 1 or args.steps % args.warmup:
+        raise ConfigError(f"bench train: --steps ({args.steps}) must be a positive multiple of --warmup "
+                          f"({args.warmup}): timing reads the log flushes, every --warmup steps")
+    total = args.warmup + args.steps
+    if args.data is None and args.rows // args.batch_size < total:
+        raise ConfigError(f"bench train: --rows {args.rows:,} makes {args.rows // args.batch_size} batches of "
+                          f"--batch-size {args.batch_size}; --warmup + --steps need {total}: give --rows "
+                          f"{total * args.batch_size:,} or more")
     quiet_library_logs()
     import logging
 
@@ -177,7 +183,6 @@ def run(args: argparse.Namespace) -> int:
         if args.preset:
             p = PRESETS[args.preset]
             spec_path = one_table_per_feature(spec_path, tmp / "spec.yaml", p["table_rows"], p["table_dim"])
-        total = args.warmup + args.steps
         config = _config(args, data, spec_path, tmp / "run", total)
         spec = FeatureSpec.load(config.data.spec)
         env = init_distributed(config.train.device)
@@ -185,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
                                       shuffle_buffer_rows=config.data.shuffle_buffer_rows,
                                       num_workers=config.data.num_workers, drop_remainder=True)
         if len(stream) < total:
-            raise SystemExit(f"bench train: {data} gives {len(stream)} batches of {args.batch_size}; need {total}")
+            raise ConfigError(f"bench train: {data} gives {len(stream)} batches of --batch-size {args.batch_size}; "
+                              f"--warmup + --steps need {total}")
         batches = [b for _, b in zip(range(total), stream)]
         dims = sum(t.num_embeddings * t.embedding_dim for t in spec.tables.values())
         print(f"model: {config.model.architecture}, {spec.num_tasks} tasks, {len(spec.tables)} tables "

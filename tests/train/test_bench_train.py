@@ -54,3 +54,15 @@ def test_the_dlrm_preset_refuses_a_machine_without_a_gpu():
         pytest.skip("a GPU is visible")
     with pytest.raises(ConfigError, match="--preset dlrm needs a GPU"):
         run(_args("--preset", "dlrm"))
+
+
+def test_step_counts_the_timing_cannot_use_are_config_errors_naming_the_options(tmp_path, monkeypatch):
+    import pytest
+
+    from recsys_mtl.config.loader import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"--steps \(20\) must be a positive multiple of --warmup \(3\)"):
+        run(_args("--steps", "20", "--warmup", "3"))
+    with pytest.raises(ConfigError, match=r"--rows 50,000 makes 24 batches .* give --rows 51,200 or more"):
+        run(_args("--rows", "50000", "--batch-size", "2048", "--steps", "20", "--warmup", "5"))
