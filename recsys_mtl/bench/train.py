@@ -151,11 +151,10 @@ def _release() -> None:
 def run(args: argparse.Namespace) -> int:
     from recsys_mtl.bench.model_step import bench_data
     from recsys_mtl.config.features import FeatureSpec
+    from recsys_mtl.config.loader import ConfigError
     from recsys_mtl.train.commands import quiet_library_logs
     from recsys_mtl.train.distributed import init_distributed
     from recsys_mtl.train.trainer import build_parquet_source
-
-    from recsys_mtl.config.loader import ConfigError
 
     resolve_arguments(args)
     if args.preset and PRESETS[args.preset].get("needs_gpu"):

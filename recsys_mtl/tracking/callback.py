@@ -110,7 +110,7 @@ class TrackingCallback(TrainerCallback):
     def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None:
         t, tcfg = self.tracker, trainer.config.tracking
         try:
-            if result.steps != trainer.resumed_from_step:  # a re-run of a finished training trained nothing
+            if result.trained_steps:  # a re-run of a finished training trained nothing
                 t.log_metrics(result.steps, {"train/samples_per_second": result.samples_per_second})
             log_path = trainer.output_dir / "train_log.jsonl"
             if log_path.exists():
@@ -118,7 +118,7 @@ class TrackingCallback(TrainerCallback):
             if tcfg.log_model and self.run_id:
                 self._log_model(trainer)
                 if tcfg.register_model:
-                    self._register(tcfg.register_model, retrained=result.steps != trainer.resumed_from_step)
+                    self._register(tcfg.register_model, retrained=result.trained_steps > 0)
         finally:
             self.close("FINISHED")
 

@@ -180,9 +180,7 @@ class CheckpointManager:
         current = {k: v for k, v in json.loads(json.dumps(signature)).items() if k not in ignore}
         diffs = _signature_diff(saved, current)
         if diffs:
-            kind = "a model of another shape" if any(d.split(".")[0].split(":")[0] not in ("optim", "weighting")
-                                                     for d in diffs) else "another training setup"
-            raise CheckpointMismatchError(f"checkpoint {path} was written by {kind}:\n  " + "\n  ".join(diffs)
+            raise CheckpointMismatchError(f"checkpoint {path} does not match this config:\n  " + "\n  ".join(diffs)
                                           + "\n" + advice)
 
     def load(self, path: Path, state: dict[str, Any], signature: dict[str, Any], advice: str = RESUME_ADVICE) -> None:

@@ -78,6 +78,7 @@ class TrainResult:
     samples_per_second: float
     last_loss: float
     eval_metrics: dict[str, dict[str, float]] | None
+    trained_steps: int = 0  # steps this fit() trained: 0 when it re-ran a finished training
 
 
 def seed_everything(seed: int) -> None:
@@ -537,9 +538,10 @@ class Trainer:
             samples_per_second=(self.step - start_step) * samples_per_step / elapsed,
             last_loss=self.last_loss,
             eval_metrics=self.last_eval,
+            trained_steps=self.step - start_step,
         )
         if self.env.is_main:
-            if result.steps == start_step:
+            if not result.trained_steps:
                 log.info("training done: %d steps, none of them in this run", result.steps)
             else:
                 log.info("training done: %d steps, %.0f samples/s, last loss %.4f", result.steps,
