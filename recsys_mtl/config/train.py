@@ -8,7 +8,8 @@
     sharding:  {tables: {TABLE: table_wise|row_wise|column_wise|data_parallel}, memory_per_rank_gb}
                (tables not listed: the planner decides)
     optim:     {embedding: {type: rowwise_adagrad|adagrad|sgd, lr, eps},
-                dense: {type: adam|adagrad|sgd, lr, weight_decay, wide_lr}}
+                dense: {type: adam|adagrad|sgd, lr, weight_decay, wide_lr},
+                schedule: {warmup_steps, decay: none|linear|cosine, min_lr_ratio}}
     weighting: {method: equal, args: {}}
     train:     {epochs, task_epochs: {TASK: N}, max_steps, eval_every, log_every, seed, device, output_dir,
                 deterministic, progress_bar, checkpoint: {every, keep, dir, resume}}
@@ -188,9 +189,26 @@ class DenseOptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule of both optimizers (train/schedule.py): each param group's lr times a factor
+    that rises linearly over warmup_steps, then decays (none | linear | cosine) to min_lr_ratio at the
+    last planned step (train.epochs' batches, or train.max_steps if fewer)."""
+
+    warmup_steps: int = 0
+    decay: Literal["none", "linear", "cosine"] = "none"
+    min_lr_ratio: float = 0.0
+
+    def validate(self, where: Where) -> None:
+        _positive(where, "warmup_steps", self.warmup_steps, allow_zero=True)
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise where.child("min_lr_ratio").error(f"must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimConfig:
     embedding: EmbeddingOptimConfig = dataclasses.field(default_factory=EmbeddingOptimConfig)
     dense: DenseOptimConfig = dataclasses.field(default_factory=DenseOptimConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -207,7 +207,11 @@ class ParquetStream:
 
     def __len__(self) -> int:
         """Batches this rank yields in the current epoch (equal on every rank with drop_remainder)."""
-        _, counts = self._plan(self.epoch)
+        return self.batches_in_epoch(self.epoch)
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Batches this rank yields in `epoch`: epochs differ when shuffled row groups split unevenly."""
+        _, counts = self._plan(epoch)
         first = self.rank * self.slots_per_rank
         return sum(counts[first : first + self.slots_per_rank])
 

@@ -100,10 +100,12 @@ def predict(model: torch.nn.Module, batches: Sized, spec: FeatureSpec, batch_siz
     return tuple(torch.cat([g[i] for g in gathered]) for i in range(3))  # type: ignore[return-value]
 
 
-def format_eval_line(step: int, epoch: int, metrics: dict[str, dict[str, float]]) -> str:
+def format_eval_line(step: int, epochs_done: float, total_epochs: int, metrics: dict[str, dict[str, float]]) -> str:
+    """`eval step S (epoch E/N): ...`; E counts the epochs done, with a fraction when evaluated mid-epoch."""
     aucs = [m["auc"] for m in metrics.values() if m["auc"] == m["auc"]]
     mean_auc = sum(aucs) / len(aucs) if aucs else float("nan")
     lls = [m["logloss"] for m in metrics.values() if m["logloss"] == m["logloss"]]
     mean_ll = sum(lls) / len(lls) if lls else float("nan")
     per_task = " ".join(f"{name}={m['auc']:.4f}" for name, m in metrics.items())
-    return f"eval step {step} epoch {epoch}: mean AUC {mean_auc:.4f}, mean logloss {mean_ll:.4f} | AUC {per_task}"
+    done = f"{epochs_done:.0f}" if float(epochs_done).is_integer() else f"{epochs_done:.2f}"
+    return f"eval step {step} (epoch {done}/{total_epochs}): mean AUC {mean_auc:.4f}, mean logloss {mean_ll:.4f} | AUC {per_task}"

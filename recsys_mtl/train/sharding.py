@@ -85,8 +85,8 @@ def memory_per_rank_bytes(config: ShardingConfig, device: torch.device) -> int:
 
 
 def table_bytes(rows: int, dim: int, optimizer: str) -> int:
-    """float32 weights plus optimizer state (row-wise Adagrad: one float a row)."""
-    state = {"sgd": 0, "adagrad": rows * dim, "rowwise_adagrad": rows}[optimizer]
+    """float32 weights plus optimizer state (row-wise Adagrad: one float a row; Adam: two a weight)."""
+    state = {"sgd": 0, "adagrad": rows * dim, "rowwise_adagrad": rows, "adam": 2 * rows * dim}[optimizer]
     return 4 * (rows * dim + state)
 
 
@@ -95,8 +95,12 @@ def _gib(n: float) -> str:
 
 
 def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: str,
-                          world_size: int, capacity: int, extra_columns: int = 0) -> None:
-    """Raise ConfigError for unknown table names and for forced shardings that cannot fit one rank."""
+                          world_size: int, capacity: int, extra_columns: int = 0,
+                          dense_optimizer: str = "adam") -> None:
+    """Raise ConfigError for unknown table names and for forced shardings that cannot fit one rank.
+
+    A data_parallel table is trained by the dense optimizer (`dense_optimizer`), the others by `optimizer`.
+    """
     for table, choice in config.tables.items():
         if table not in spec.tables:
             raise ConfigError(
@@ -105,7 +109,12 @@ def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: 
             )
         t = spec.tables[table]
         dim = t.embedding_dim + extra_columns
-        full = table_bytes(t.num_embeddings, dim, optimizer)
+        if choice == "data_parallel":
+            optimizer_of_table = f"dense {dense_optimizer}"
+            full = table_bytes(t.num_embeddings, dim, dense_optimizer)
+        else:
+            optimizer_of_table = optimizer
+            full = table_bytes(t.num_embeddings, dim, optimizer)
         if choice in ("table_wise", "data_parallel"):
             per_rank = full
         elif choice == "row_wise":
@@ -121,7 +130,7 @@ def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: 
             fixes.append(f"fewer rows (feature spec tables.{table}.num_embeddings, e.g. hashed ids)")
             raise ConfigError(
                 f"sharding.tables.{table}: table {table!r} ({t.num_embeddings} x {dim}, "
-                f"{_gib(full)} with {optimizer} state) needs {_gib(per_rank)} per rank as {choice} over "
+                f"{_gib(full)} with {optimizer_of_table} state) needs {_gib(per_rank)} per rank as {choice} over "
                 f"{world_size} rank(s), but a rank has {_gib(capacity)} "
                 f"(sharding.memory_per_rank_gb). Use " + ", or ".join(fixes) + "."
             )
@@ -148,10 +157,10 @@ def parameter_constraints(spec: FeatureSpec, config: ShardingConfig) -> dict[str
 
 def plan_sharding(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, optim: EmbeddingOptimConfig,
                   sharders: list, world_size: int, device: torch.device, batch_size: int,
-                  extra_columns: int = 0) -> ShardingPlan:
+                  extra_columns: int = 0, dense_optimizer: str = "adam") -> ShardingPlan:
     """Plan on every rank (the planner is deterministic), fail together, then use rank 0's plan."""
     capacity = memory_per_rank_bytes(config, device)
-    check_forced_sharding(spec, config, optim.type, world_size, capacity, extra_columns)
+    check_forced_sharding(spec, config, optim.type, world_size, capacity, extra_columns, dense_optimizer)
     topology = Topology(
         world_size=world_size,
         compute_device=device.type,
@@ -187,15 +196,17 @@ def plan_sharding(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, 
 
 def shard_model(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, optim: EmbeddingOptimConfig,
                 device: torch.device, batch_size: int, pg: dist.ProcessGroup | None = None,
-                extra_columns: int = 0) -> DistributedModelParallel:
+                extra_columns: int = 0, dense_optimizer: str = "adam") -> DistributedModelParallel:
     """Plan and wrap `module` in DMP; dense parts are DDP-wrapped, tables sharded with fused optimizers.
 
-    extra_columns: columns the model adds to every spec table (the wide part), for the memory check.
+    extra_columns: columns the model adds to every spec table (the wide part), and dense_optimizer: the
+    optimizer of data_parallel tables, for the memory check.
     """
     pg = pg or dist.group.WORLD
     world_size = dist.get_world_size(pg)
     sharders = build_sharders(optim)
-    plan = plan_sharding(module, spec, config, optim, sharders, world_size, device, batch_size, extra_columns)
+    plan = plan_sharding(module, spec, config, optim, sharders, world_size, device, batch_size, extra_columns,
+                         dense_optimizer)
     return DistributedModelParallel(
         module=module,
         env=ShardingEnv.from_process_group(pg),

@@ -7,12 +7,13 @@ Per step the pipeline runs: batch copy -> sparse input dist (overlapped with
 the previous step) -> forward (model, masked BCE, all-reduced L[T], weighting)
 -> one backward (embedding optimizer fused into it) -> dense optimizer step.
 Rank 0 appends every step's losses to `<output_dir>/train_log.jsonl` (`loss` is the weighted data loss
-sum(w_t L_t), without the wide_l2 penalty), shows a progress bar, and logs one line per evaluation.
+sum(w_t L_t), without the wide_l2 penalty), shows its progress (train/progress.py), and logs one line per evaluation.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -31,7 +32,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys_mtl.config.features import FeatureSpec
-from recsys_mtl.config.loader import ConfigError, to_dict
+from recsys_mtl.config.loader import ConfigError, flatten, to_dict
 from recsys_mtl.config.train import DenseOptimConfig, TrainConfig
 from recsys_mtl.data.batch import Batch
 from recsys_mtl.models import MultiTaskModel
@@ -40,6 +41,8 @@ from recsys_mtl.train.checkpoint import CheckpointManager, pack, rng_state, set_
 from recsys_mtl.train.distributed import DistEnv, init_distributed
 from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
 from recsys_mtl.train.lock import OutputDirLock
+from recsys_mtl.train.progress import Progress
+from recsys_mtl.train.schedule import LrSchedule
 from recsys_mtl.train.sharding import describe_plan, shard_model
 from recsys_mtl.train.train_module import MultiTaskTrainModule
 from recsys_mtl.weighting import WeightingMethod, build_weighting
@@ -135,6 +138,16 @@ def build_parquet_source(path: str, spec: FeatureSpec, batch_size: int, env: Dis
                          drop_remainder=drop_remainder, pin_memory=env.device.type == "cuda")
 
 
+def changed_settings(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
+    """`key: old -> new` for each flattened config value that differs (none for checkpoints without one);
+    train.checkpoint.resume is how a resume is asked for, not a change of the training."""
+    if saved is None:
+        return []
+    keys = sorted((set(saved) | set(current)) - {"train.checkpoint.resume"})
+    return [f"{key}: {saved.get(key, '(unset)')} -> {current.get(key, '(unset)')}"
+            for key in keys if saved.get(key) != current.get(key)]
+
+
 class Trainer:
     """Builds everything from a TrainConfig; `fit()` trains, evaluates, checkpoints and resumes.
 
@@ -161,7 +174,8 @@ class Trainer:
         module = MultiTaskTrainModule(self.model, self.weighting, self.env.world_size, dist.group.WORLD,
                                       compile_weighting=config.weighting.compile)
         self.dmp = shard_model(module, self.spec, config.sharding, config.optim.embedding, self.device,
-                               config.data.batch_size, extra_columns=wide_columns(self.spec, config.model.wide))
+                               config.data.batch_size, extra_columns=wide_columns(self.spec, config.model.wide),
+                               dense_optimizer=config.optim.dense.type)
         self.model.init_embeddings_(self.dmp.state_dict(), prefix="model.")
         if self.env.is_main:
             log.info("sharding plan: %s", describe_plan(self.dmp))
@@ -178,6 +192,7 @@ class Trainer:
         self.eval_data = eval_data
         if self.eval_data is None and config.data.eval_path:
             self.eval_data = self._default_source(config.data.eval_path, train=False)
+        self.schedule = self._build_schedule()  # after train_data: its length plans the decay
 
         ckpt_dir = Path(tc.checkpoint.dir) if tc.checkpoint.dir else self.output_dir / "checkpoints"
         self.checkpoints = CheckpointManager(ckpt_dir, keep=tc.checkpoint.keep, rank=self.env.rank,
@@ -186,6 +201,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.step_in_epoch = 0
+        self._steps_in_epoch = 0  # len(train_data) of the epoch being trained, for the eval line
         self._resume_position: dict | None = None
         #: the step this process resumed from a checkpoint at (set by fit), None for a fresh start
         self.resumed_from_step: int | None = None
@@ -270,6 +286,7 @@ class Trainer:
             "world_size": self.env.world_size,
             # a re-run of a finished training resumes here: it reports this evaluation instead of logging a second one
             "eval": (self.step, self.last_eval) if self._evaluated_at == self.step else None,
+            "config": flatten(self.config),  # a resume lists what changed since (tracked or not)
         })
         state[f"rng_rank{self.env.rank}"] = pack(rng_state())
         path = self.checkpoints.save(self.step, state, self.signature)
@@ -304,6 +321,10 @@ class Trainer:
         if self.env.is_main:
             self._truncate_train_log(self.step)
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.step_in_epoch)
+            changed = changed_settings(train_state.get("config"), flatten(self.config))
+            if changed:
+                log.warning("resumed with %d setting(s) changed since that checkpoint: %s", len(changed),
+                            "; ".join(changed))
         return True
 
     def warm_start(self, source: str | Path) -> None:
@@ -398,7 +419,8 @@ class Trainer:
         metrics = task_metrics(logits, labels, mask, self.spec.task_names)
         self.last_eval, self._evaluated_at = metrics, self.step
         if self.env.is_main:
-            log.info(format_eval_line(self.step, self.epoch, metrics))
+            epochs_done = self.epoch + (self.step_in_epoch / self._steps_in_epoch if self._steps_in_epoch else 0)
+            log.info(format_eval_line(self.step, epochs_done, self.config.train.epochs, metrics))
             for cb in self.callbacks:
                 cb.on_eval(self, self.step, self.epoch, metrics)
         return metrics
@@ -439,12 +461,12 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train (or resume) to the end; rank 0 holds the output_dir's lock meanwhile (train/lock.py)."""
-        if not self.env.is_main:
-            return self._fit()
-        with OutputDirLock(self.output_dir):
-            return self._fit()
+        with contextlib.ExitStack() as cleanup:
+            if self.env.is_main:
+                cleanup.enter_context(OutputDirLock(self.output_dir))
+            return self._fit(cleanup)
 
-    def _fit(self) -> TrainResult:
+    def _fit(self, cleanup: contextlib.ExitStack) -> TrainResult:
         tc = self.config.train
         resumed = self.maybe_resume()
         self.resumed_from_step = self.step if resumed else None
@@ -460,7 +482,7 @@ class Trainer:
                 cb.on_train_start(self)
         samples_per_step = self.config.data.batch_size * self.env.world_size
         post_step = self.weighting.needs_post_step_losses
-        bar = self._progress_bar()
+        progress = self._progress(cleanup)
         start_time, start_step = time.perf_counter(), self.step
         if resumed and self._finished() and self.env.is_main:
             log.info("training already finished at step %d (epoch %d): nothing to train%s", self.step, self.epoch,
@@ -474,7 +496,7 @@ class Trainer:
                 self.train_data.set_epoch(self.epoch)
                 self.train_data.load_state_dict(self.train_data.position_after(0))  # from the epoch's start
                 self.step_in_epoch = 0
-            steps_in_epoch = len(self.train_data)
+            steps_in_epoch = self._steps_in_epoch = len(self.train_data)
             remaining = steps_in_epoch - self.step_in_epoch
             if tc.max_steps is not None:
                 remaining = min(remaining, tc.max_steps - self.step)
@@ -482,6 +504,8 @@ class Trainer:
                 collections.deque() if post_step or self.train_metrics is not None else None)
             batches = self._batches(remaining, kept)
             while True:
+                if self.schedule is not None:
+                    self.schedule.apply(self.step)
                 try:
                     losses, logits, weights = self.pipeline.progress(batches)
                 except StopIteration:
@@ -498,11 +522,11 @@ class Trainer:
                         self._report_train_metrics()
                 if self.step % tc.log_every == 0:
                     self._flush_records()
-                    if bar is not None:
+                    if progress is not None:
                         rate = (self.step - start_step) * samples_per_step / max(time.perf_counter() - start_time, 1e-9)
-                        bar.set_postfix(step=self.step, samples_s=f"{rate:,.0f}", loss=f"{self.last_loss:.4f}")
-                if bar is not None:
-                    bar.update(1)
+                        progress.stats(rate, self.last_loss)
+                if progress is not None:
+                    progress.advance()
                 if tc.eval_every and self.step % tc.eval_every == 0:
                     self._flush_records()
                     self.evaluate()
@@ -526,8 +550,8 @@ class Trainer:
                 self.step % self.config.tracking.train_metrics_every_n_steps:
             self._report_train_metrics()  # the last steps' window and the whole run's lifetime values
         elapsed = max(time.perf_counter() - start_time, 1e-9)
-        if bar is not None:
-            bar.close()
+        if progress is not None:
+            progress.close()  # before the last log lines
         if self.eval_data is not None and self._evaluated_at != self.step:
             self.evaluate()
         if self.step > 0 and self._saved_step != self.step:
@@ -554,19 +578,24 @@ class Trainer:
         tc = self.config.train
         return self.epoch >= tc.epochs or (tc.max_steps is not None and self.step >= tc.max_steps)
 
-    def _progress_bar(self):
+    def planned_steps(self) -> int:
+        """Steps of the whole training: train.epochs' batches, or train.max_steps if fewer."""
+        tc = self.config.train
+        per_epoch = getattr(self.train_data, "batches_in_epoch", None)  # ParquetStream: each epoch's own count
+        total = sum(map(per_epoch, range(tc.epochs))) if per_epoch else tc.epochs * len(self.train_data)
+        return total if tc.max_steps is None else min(total, tc.max_steps)
+
+    def _build_schedule(self) -> LrSchedule | None:
+        cfg = self.config.optim.schedule
+        if cfg.warmup_steps == 0 and cfg.decay == "none":
+            return None
+        return LrSchedule(self.optimizer, cfg, self.planned_steps())
+
+    def _progress(self, cleanup: contextlib.ExitStack) -> Progress | None:
+        """Rank 0's progress display (train/progress.py), closed by `cleanup` if fit() fails."""
         if not (self.env.is_main and self.config.train.progress_bar):
             return None
-        from tqdm import tqdm
-
-        tc = self.config.train
-        total = tc.max_steps
-        try:
-            if total is None:
-                total = tc.epochs * len(self.train_data)
-        except TypeError:
-            total = None
-        return tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+        return cleanup.enter_context(Progress(self.planned_steps(), initial=self.step))
 
 
 __all__ = ["Trainer", "TrainResult", "TrainerCallback", "BatchSource", "model_signature", "TRAIN_LOG"]

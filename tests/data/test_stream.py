@@ -102,6 +102,23 @@ def test_uneven_files_still_give_every_rank_the_same_steps(tmp_path):
     assert all(lens[i] == lens[i - i % 3] for i in range(len(lens)))
 
 
+def test_batches_in_epoch_counts_each_epochs_own_plan(tmp_path):
+    """Shuffled uneven row groups split differently each epoch: the count (the progress bar's total) follows."""
+    import pyarrow.parquet as pq
+
+    spec, _ = tiny_spec(tmp_path)
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for i, n in enumerate([900, 130, 410, 60, 300]):
+        pq.write_table(tiny_table(i * 1000, n), folder / f"p{i}.parquet", row_group_size=n)
+    stream = ParquetStream(folder, spec, 50, rank=1, world_size=2, seed=2)
+    counts = [stream.batches_in_epoch(e) for e in range(4)]
+    assert len(set(counts)) > 1
+    for epoch, expected in enumerate(counts):
+        stream.set_epoch(epoch)
+        assert len(stream) == expected == len(collect(stream))
+
+
 def test_epoch_shuffle_is_seeded_and_changes_between_epochs(tiny):
     spec, folder = tiny
     def order(seed, epoch):

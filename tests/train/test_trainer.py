@@ -35,6 +35,7 @@ def test_trainer_logs_every_step_and_evaluates_each_epoch(tmp_path, caplog):
     assert records[0]["weights"][5] == 0.0 and records[0]["losses"][5] == 0.0
     eval_lines = [r.message for r in caplog.records if r.message.startswith("eval step")]
     assert len(eval_lines) == 2 and "mean AUC" in eval_lines[0] and "task0=" in eval_lines[0]
+    assert [line.split(":")[0] for line in eval_lines] == ["eval step 4 (epoch 1/2)", "eval step 8 (epoch 2/2)"]
     assert set(result.eval_metrics) == set(spec.task_names)
 
 
@@ -59,7 +60,7 @@ def test_pipeline_losses_equal_a_plain_forward_backward_loop(tmp_path):
     torch.testing.assert_close(torch.tensor(piped), torch.tensor(losses), rtol=1e-6, atol=1e-7)
 
 
-def test_evaluation_mid_epoch_leaves_training_losses_unchanged(tmp_path):
+def test_evaluation_mid_epoch_leaves_training_losses_unchanged(tmp_path, caplog):
     """Eval detaches the pipeline with batches in flight and re-attaches it."""
     spec = tiny_spec()
     batches = rank_batches(spec, 6, 16, 1, 0)
@@ -68,8 +69,11 @@ def test_evaluation_mid_epoch_leaves_training_losses_unchanged(tmp_path):
     a.fit()
     b = Trainer(tiny_config(tmp_path / "b", train={"eval_every": 2}), spec=spec, train_data=ListSource(batches),
                 eval_data=ListSource(evals))
-    b.fit()
+    with caplog.at_level("INFO", logger="recsys_mtl"):
+        b.fit()
     assert [r["losses"] for r in logged(tmp_path / "a")] == [r["losses"] for r in logged(tmp_path / "b")]
+    heads = [r.message.split(":")[0] for r in caplog.records if r.message.startswith("eval step")]
+    assert heads == ["eval step 2 (epoch 0.33/1)", "eval step 4 (epoch 0.67/1)", "eval step 6 (epoch 1/1)"]
 
 
 def test_sharding_types_train_identically(tmp_path):
@@ -85,6 +89,24 @@ def test_sharding_types_train_identically(tmp_path):
         runs[kind] = torch.tensor([r["losses"] for r in logged(tmp_path / kind)])
     torch.testing.assert_close(runs["row_wise"], runs["table_wise"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(runs["column_wise"], runs["table_wise"], rtol=1e-5, atol=1e-6)
+
+
+def test_data_parallel_trains_a_table_exactly_as_table_wise_under_the_same_sgd(tmp_path):
+    """FBGEMM's dense lookup warns that it has no autograd kernel; its gradients are nonetheless right."""
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    sgd = {"embedding": {"type": "sgd", "lr": 0.1}, "dense": {"type": "sgd", "lr": 0.1}}
+    losses, weights = {}, {}
+    for kind in ("table_wise", "data_parallel"):
+        trainer = Trainer(tiny_config(tmp_path / kind, sharding={"tables": {"user": kind}}, optim=sgd), spec=spec,
+                          train_data=ListSource(batches))
+        trainer.fit()
+        losses[kind] = torch.tensor([r["losses"] for r in logged(tmp_path / kind)])
+        weight = trainer.dmp.state_dict()["model.ebc.embedding_bags.user.weight"]
+        weights[kind] = weight.local_shards()[0].tensor if hasattr(weight, "local_shards") else weight
+    assert _plan(trainer)["user"] == "data_parallel/dense"
+    torch.testing.assert_close(losses["data_parallel"], losses["table_wise"], rtol=0, atol=0)
+    torch.testing.assert_close(weights["data_parallel"], weights["table_wise"], rtol=0, atol=0)
 
 
 def test_data_parallel_table_is_trained_by_the_dense_optimizer(tmp_path):
@@ -111,10 +133,36 @@ def test_table_too_large_for_its_sharding_says_what_to_change(tmp_path):
         Trainer(cfg, spec=spec, train_data=ListSource([]))
 
 
+def test_a_data_parallel_table_is_sized_with_the_dense_optimizers_state():
+    """data_parallel tables train under the dense optimizer: Adam keeps two floats a weight, SGD none."""
+    from recsys_mtl.config.train import ShardingConfig
+    from recsys_mtl.train.sharding import check_forced_sharding, table_bytes
+
+    spec = tiny_spec(rows=(1000, 30))  # user: 1000 x 8
+    config = ShardingConfig(tables={"user": "data_parallel"})
+    capacity = table_bytes(1000, 8, "rowwise_adagrad")  # fits with row-wise Adagrad state, not with Adam's
+    check_forced_sharding(spec, config, "rowwise_adagrad", 1, capacity, dense_optimizer="sgd")
+    with pytest.raises(ConfigError, match=r"table 'user' \(1000 x 8, .* with dense adam state\) needs"):
+        check_forced_sharding(spec, config, "rowwise_adagrad", 1, capacity, dense_optimizer="adam")
+
+
 def test_unknown_table_in_sharding_overrides_is_named(tmp_path):
     cfg = tiny_config(tmp_path, sharding={"tables": {"users": "row_wise"}})
     with pytest.raises(ConfigError, match=r"sharding\.tables\.users: no table 'users'.*tables are: user, item"):
         Trainer(cfg, spec=tiny_spec(), train_data=ListSource([]))
+
+
+def test_a_resume_lists_the_settings_changed_since_its_checkpoint(tmp_path, caplog):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    first = tiny_config(tmp_path, train={"max_steps": 2, "checkpoint": {"resume": False}})
+    Trainer(first, spec=spec, train_data=ListSource(batches)).fit()
+    resumed = tiny_config(tmp_path, train={"seed": 1, "checkpoint": {"resume": True}}, optim={"dense": {"lr": 0.02}})
+    with caplog.at_level("INFO", logger="recsys_mtl"):
+        Trainer(resumed, spec=spec, train_data=ListSource(batches)).fit()
+    [line] = [r.message for r in caplog.records if r.levelname == "WARNING" and "changed" in r.message]
+    assert line == ("resumed with 3 setting(s) changed since that checkpoint: optim.dense.lr: 0.01 -> 0.02; "
+                    "train.max_steps: 2 -> None; train.seed: 0 -> 1")
 
 
 def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path):

@@ -1,0 +1,42 @@
+import io
+import logging
+import sys
+
+from recsys_mtl.train.progress import Progress
+
+
+def test_a_log_file_gets_progress_lines_not_a_bar(caplog):
+    with caplog.at_level("INFO", logger="recsys_mtl"):
+        with Progress(total=4, initial=1, interactive=False, interval_s=0.0) as progress:
+            progress.advance()
+            progress.stats(12345.6, 0.25)
+            progress.advance()
+    lines = [r.message for r in caplog.records]
+    assert lines == ["progress: step 2/4 (50%)", "progress: step 3/4 (75%), 12,346 samples/s, loss 0.2500"]
+
+
+def test_a_log_file_gets_at_most_one_line_per_interval(caplog):
+    with caplog.at_level("INFO", logger="recsys_mtl"):
+        with Progress(total=None, initial=0, interactive=False, interval_s=3600.0) as progress:
+            for _ in range(100):
+                progress.advance()
+    assert not caplog.records and progress.line() == "step 100"
+
+
+def test_on_a_terminal_log_lines_are_printed_above_the_bar(monkeypatch):
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    handler = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with Progress(total=3, initial=0, interactive=True) as progress:
+            progress.advance()
+            logging.getLogger("recsys_mtl.test").warning("eval step 1: mean AUC 0.5")
+            progress.advance()
+        assert root.handlers.count(handler) == 1  # the console handler is back after the bar
+    finally:
+        root.removeHandler(handler)
+    # the record is a line of its own: the bar is cleared ("\r" + blanks + "\r") before it is written
+    segments = [seg for line in err.getvalue().split("\n") for seg in line.split("\r")]
+    assert "eval step 1: mean AUC 0.5" in segments
