@@ -37,6 +37,8 @@ def quiet_library_logs() -> None:
     warnings.filterwarnings("ignore", module=r"torchrec\..*")
     warnings.filterwarnings("ignore", message=r".*is_fx_tracing.*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distributed\..*")
+    # TorchRec's collectives call c10d functions PyTorch has deprecated: a FutureWarning per call under --nproc
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed\..*")
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     # A data_parallel table (sharding.tables: data_parallel) makes three false alarms per table and run:
     # TorchRec's "Sharding spec not found" (root logger) and "caching params will be ignored", and
@@ -61,6 +63,8 @@ def launch_torchrun(config: str, overrides: list[str], nproc: int) -> int:
     args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "recsys_mtl.cli", "train", config]
                       + [f"--set={o}" for o in overrides])
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # torchrun gives each worker 1 thread (and warns) unless told; share the machine's cores instead
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     try:
         torchrun(args)
     except ChildFailedError as exc:
