@@ -109,19 +109,15 @@ def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: 
             )
         t = spec.tables[table]
         dim = t.embedding_dim + extra_columns
-        if choice == "data_parallel":
-            optimizer_of_table = f"dense {dense_optimizer}"
-            full = table_bytes(t.num_embeddings, dim, dense_optimizer)
-        else:
-            optimizer_of_table = optimizer
-            full = table_bytes(t.num_embeddings, dim, optimizer)
+        table_optimizer = dense_optimizer if choice == "data_parallel" else optimizer
+        full = table_bytes(t.num_embeddings, dim, table_optimizer)
         if choice in ("table_wise", "data_parallel"):
             per_rank = full
         elif choice == "row_wise":
-            per_rank = table_bytes(-(-t.num_embeddings // world_size), dim, optimizer)
+            per_rank = table_bytes(-(-t.num_embeddings // world_size), dim, table_optimizer)
         else:  # column_wise: shards of >= 4 columns, spread over the ranks
             shards = max(1, min(world_size, dim // 4))
-            per_rank = table_bytes(t.num_embeddings, -(-dim // shards), optimizer)
+            per_rank = table_bytes(t.num_embeddings, -(-dim // shards), table_optimizer)
         if per_rank > capacity:
             fixes = []
             if choice in ("table_wise", "data_parallel"):
@@ -130,7 +126,8 @@ def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: 
             fixes.append(f"fewer rows (feature spec tables.{table}.num_embeddings, e.g. hashed ids)")
             raise ConfigError(
                 f"sharding.tables.{table}: table {table!r} ({t.num_embeddings} x {dim}, "
-                f"{_gib(full)} with {optimizer_of_table} state) needs {_gib(per_rank)} per rank as {choice} over "
+                f"{_gib(full)} with {'dense ' * (choice == 'data_parallel')}{table_optimizer} state) "
+                f"needs {_gib(per_rank)} per rank as {choice} over "
                 f"{world_size} rank(s), but a rank has {_gib(capacity)} "
                 f"(sharding.memory_per_rank_gb). Use " + ", or ".join(fixes) + "."
             )
