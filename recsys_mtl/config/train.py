@@ -2,6 +2,7 @@
 
     data:      {train_path, eval_path, spec, batch_size, eval_batch_size, shuffle, shuffle_buffer_rows, num_workers}
     model:     {architecture: shared_bottom|mmoe|ple, dense_tower, task_tower, dropout, wide, wide_l2, wide_l2_tasks,
+                wide_id_scale: {TASK: s},
                 feature_dropout: {FEATURE: p}, head_bias,
                 shared_bottom: {hidden}, mmoe: {num_experts, expert_hidden},
                 ple: {levels, shared_experts, task_experts, expert_hidden}}
@@ -114,6 +115,11 @@ class ModelConfig:
     # per-task wide_l2 (task -> value; tasks not listed take wide_l2): rare tasks differ in how much
     # memorised-id weight they can afford (on KuaiRand is_follow needs it, is_forward does not)
     wide_l2_tasks: dict[str, float] = dataclasses.field(default_factory=dict)
+    # per-task factor on the wide id output (task -> s >= 0; tasks not listed: 1): the task's logit gets
+    # s * (its summed wide id weights). With the element-wise `adagrad` embedding optimizer, whose step
+    # ignores the gradient's scale, this is exactly s times those weights' learning rate, so one task's
+    # id weights can learn faster or slower than the shared deep embeddings (0 turns them off)
+    wide_id_scale: dict[str, float] = dataclasses.field(default_factory=dict)
     # id dropout while training: feature -> fraction of rows whose pooled embedding (deep and wide columns)
     # is zeroed, as if the id were unknown; never at evaluation. Trains the model for what it meets on new
     # ids (cold-start items) and makes it lean on features that generalise rather than memorised ids
@@ -143,6 +149,10 @@ class ModelConfig:
             _positive(where.child("wide_l2_tasks"), name, value, allow_zero=True)
         if any(self.wide_l2_tasks.values()) and not self.wide:
             raise where.child("wide_l2_tasks").error("is set but model.wide is false; set wide: true or drop wide_l2_tasks")
+        for name, value in self.wide_id_scale.items():
+            _positive(where.child("wide_id_scale"), name, value, allow_zero=True)
+        if self.wide_id_scale and not self.wide:
+            raise where.child("wide_id_scale").error("is set but model.wide is false; set wide: true or drop wide_id_scale")
         for name, p in self.feature_dropout.items():
             if not 0.0 <= p < 1.0:
                 raise where.child("feature_dropout").child(name).error(f"must be in [0, 1), got {p}")

@@ -49,7 +49,8 @@ class MultiTaskModel(nn.Module):
 
     With `config.wide`, each table row is [deep embedding | one weight per task]:
     the deep columns feed the architecture, the per-task columns are summed over
-    features into that task's logit (a logistic regression on the ids).
+    features into that task's logit (a logistic regression on the ids), times
+    `config.wide_id_scale` for the tasks it lists.
 
     `config.feature_dropout` zeroes a feature's pooled row (deep and wide columns)
     for a random fraction of rows in training mode only, as if the id were unknown.
@@ -74,15 +75,19 @@ class MultiTaskModel(nn.Module):
         self.sparse_names = spec.sparse_names
         self.num_tasks = spec.num_tasks
         self.wide = config.wide
-        unknown = sorted(set(config.wide_l2_tasks) - set(spec.task_names))
-        if unknown:
-            from recsys_mtl.config.loader import ConfigError
+        for key in ("wide_l2_tasks", "wide_id_scale"):
+            unknown = sorted(set(getattr(config, key)) - set(spec.task_names))
+            if unknown:
+                from recsys_mtl.config.loader import ConfigError
 
-            raise ConfigError(f"model.wide_l2_tasks: unknown task(s) {unknown}; the spec's tasks are "
-                              f"{', '.join(spec.task_names)}")
+                raise ConfigError(f"model.{key}: unknown task(s) {unknown}; the spec's tasks are "
+                                  f"{', '.join(spec.task_names)}")
         l2 = [float(config.wide_l2_tasks.get(t, config.wide_l2)) for t in spec.task_names]
         self.wide_l2 = any(l2)
         self.register_buffer("wide_l2_per_task", torch.tensor(l2, device=device or "cpu"), persistent=False)
+        scale = [float(config.wide_id_scale.get(t, 1.0)) for t in spec.task_names]
+        self.register_buffer("wide_id_scale", torch.tensor(scale, device=device or "cpu")
+                             if config.wide and config.wide_id_scale else None, persistent=False)
         unknown = sorted(set(config.feature_dropout) - set(self.sparse_names))
         if unknown:
             from recsys_mtl.config.loader import ConfigError
@@ -156,6 +161,8 @@ class MultiTaskModel(nn.Module):
             if self.wide_l2:
                 penalty = self.wide_l2_per_task * wide_ids.square().sum(dim=0).mean(dim=0)
             wide = wide_ids.sum(dim=0)
+            if self.wide_id_scale is not None:
+                wide = wide * self.wide_id_scale
             if self.wide_dense is not None:
                 wide = wide + self.wide_dense(dense)
         else:

@@ -123,7 +123,9 @@ def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
         "tasks": spec.task_names,
         # wide_l2 and feature_dropout act in training only, not on the model's shape or output: a checkpoint
         # trained with other values (or before they existed) loads
-        "model": {k: v for k, v in to_dict(config.model).items() if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout")},
+        # (and an empty wide_id_scale, absent from checkpoints made before it existed, is the same model)
+        "model": {k: v for k, v in to_dict(config.model).items()
+                  if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout") and not (k == "wide_id_scale" and not v)},
         "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
         "weighting": config.weighting.method,
     }

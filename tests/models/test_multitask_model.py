@@ -183,3 +183,38 @@ def test_feature_dropout_of_a_feature_the_spec_lacks_is_a_config_error_listing_t
     with pytest.raises(ConfigError, match=r"model\.feature_dropout: unknown sparse feature\(s\) \['userid'\]; "
                                           r"the spec's sparse features are user_id, item_id, hist_items"):
         MultiTaskModel(tiny_spec(), ModelConfig(architecture="mmoe", feature_dropout={"userid": 0.3}))
+
+
+def test_wide_id_scale_multiplies_one_tasks_wide_id_output():
+    spec = tiny_spec(num_tasks=6)
+    names = spec.task_names
+    batch = random_batch(spec, 64)
+    plain = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True))
+    with torch.no_grad():
+        for table in plain.ebc.embedding_bags.values():
+            table.weight[:, 8:14] = torch.randn_like(table.weight[:, 8:14])  # nonzero wide id weights
+    plain.eval()
+    no_ids = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True))
+    no_ids.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for table in no_ids.ebc.embedding_bags.values():
+            table.weight[:, 8:14] = 0.0
+    scaled = MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True,
+                                              wide_id_scale={names[1]: 3.0, names[4]: 0.0}))
+    scaled.load_state_dict(plain.state_dict())
+    no_ids.eval(), scaled.eval()
+    with torch.no_grad():
+        base, ids = no_ids(batch.dense, batch.sparse), plain(batch.dense, batch.sparse)
+        factor = torch.tensor([1.0, 3.0, 1.0, 1.0, 0.0, 1.0])
+        torch.testing.assert_close(scaled(batch.dense, batch.sparse), base + (ids - base) * factor)
+    with pytest.raises(ConfigError, match=r"model\.wide_id_scale: unknown task\(s\) \['clicks'\]; the spec's tasks are"):
+        MultiTaskModel(spec, ModelConfig(architecture="mmoe", wide=True, wide_id_scale={"clicks": 2.0}))
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"wide_id_scale": {"task0": 2.0}}, r"model\.wide_id_scale: is set but model\.wide is false"),
+    ({"wide": True, "wide_id_scale": {"task0": -1.0}}, r"model\.wide_id_scale\.task0: must be >= 0, got -1\.0"),
+])
+def test_wide_id_scale_needs_the_wide_part_and_a_non_negative_value(model, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(TrainConfig, {"data": {"train_path": "x", "spec": "y"}, "model": model}, "cfg.yaml")

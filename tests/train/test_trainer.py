@@ -146,6 +146,16 @@ def test_a_data_parallel_table_is_sized_with_the_dense_optimizers_state():
         check_forced_sharding(spec, config, "rowwise_adagrad", 1, capacity, dense_optimizer="adam")
 
 
+def test_an_empty_wide_id_scale_keeps_the_signature_of_checkpoints_made_before_it_existed(tmp_path):
+    from recsys_mtl.train.trainer import model_signature
+
+    spec = tiny_spec()
+    plain = model_signature(spec, tiny_config(tmp_path, model={"wide": True}))
+    assert "wide_id_scale" not in plain["model"]
+    scaled = model_signature(spec, tiny_config(tmp_path, model={"wide": True, "wide_id_scale": {"task0": 3.0}}))
+    assert scaled["model"]["wide_id_scale"] == {"task0": 3.0}
+
+
 def test_unknown_table_in_sharding_overrides_is_named(tmp_path):
     cfg = tiny_config(tmp_path, sharding={"tables": {"users": "row_wise"}})
     with pytest.raises(ConfigError, match=r"sharding\.tables\.users: no table 'users'.*tables are: user, item"):
