@@ -117,7 +117,7 @@ class ModelConfig:
     wide_l2_tasks: dict[str, float] = dataclasses.field(default_factory=dict)
     # per-task factor on the wide id output (task -> s >= 0; tasks not listed: 1): the task's logit gets
     # s * (its summed wide id weights). With the element-wise `adagrad` embedding optimizer, whose step
-    # ignores the gradient's scale, this is exactly s times those weights' learning rate, so one task's
+    # ignores the gradient's scale, this is s times those weights' learning rate (up to eps), so one task's
     # id weights can learn faster or slower than the shared deep embeddings (0 turns them off)
     wide_id_scale: dict[str, float] = dataclasses.field(default_factory=dict)
     # id dropout while training: feature -> fraction of rows whose pooled embedding (deep and wide columns)
