@@ -97,9 +97,9 @@ def _params_on_continue(run, params: Mapping[str, Any], step: int) -> tuple[dict
     earlier = run.data.tags.get(RESUMED_AT_TAG)
     tags = {RESUMED_AT_TAG: f"{earlier},{step}" if earlier else str(step)}
     if changed:
-        log.warning("continued MLflow run %s keeps its first values of %d changed param(s): %s (recorded in the "
-                    "tag recsys_mtl.resume.step-%d.changed_params)", run.info.run_id, len(changed),
-                    "; ".join(changed)[:500], step)
+        # the trainer has already warned with each changed setting (from the checkpoint's config)
+        log.info("continued MLflow run %s keeps its first values of %d changed param(s); they are listed in the "
+                 "tag recsys_mtl.resume.step-%d.changed_params", run.info.run_id, len(changed), step)
         tags[f"recsys_mtl.resume.step-{step}.changed_params"] = "\n".join(changed)[:MAX_PARAM_VALUE_CHARS]
     return new, tags
 

@@ -26,6 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+_FALSE_ALARMS = {"": _DropMessage("Sharding spec not found for "),
+                 "torchrec.distributed.utils": _DropMessage("caching params will be ignored")}
+
+
 def quiet_library_logs() -> None:
     """TorchRec and FBGEMM log every pipeline fill, planner and kernel detail; keep our lines readable."""
     logging.getLogger().setLevel(logging.WARNING)  # FBGEMM logs its kernel arguments on the root logger
@@ -44,8 +57,8 @@ def quiet_library_logs() -> None:
     # TorchRec's "Sharding spec not found" (root logger) and "caching params will be ignored", and
     # PyTorch's "an autograd kernel was not registered" for FBGEMM's dense lookup, whose gradients are
     # right (tests/train/test_trainer.py: the same losses and weights as table_wise under the same SGD).
-    for name, text in (("", "Sharding spec not found for "), ("torchrec.distributed.utils", "caching params will be ignored")):
-        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
+    for name, log_filter in _FALSE_ALARMS.items():
+        logging.getLogger(name).addFilter(log_filter)  # the same object: calling this again adds nothing
     warnings.filterwarnings("ignore", message=r"fbgemm::dense_embedding_codegen_lookup_function: an autograd kernel")
 
 

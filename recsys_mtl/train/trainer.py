@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -122,10 +123,10 @@ def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
         "dense_features": spec.dense_names,
         "tasks": spec.task_names,
         # wide_l2 and feature_dropout act in training only, not on the model's shape or output: a checkpoint
-        # trained with other values (or before they existed) loads
-        # (and an empty wide_id_scale, absent from checkpoints made before it existed, is the same model)
+        # trained with other values (or before they existed) loads. An empty per-task map (wide_id_scale: {})
+        # is its feature off, the same model as a checkpoint made before the map existed: it is left out
         "model": {k: v for k, v in to_dict(config.model).items()
-                  if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout") and not (k == "wide_id_scale" and not v)},
+                  if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout") and v != {}},
         "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
         "weighting": config.weighting.method,
     }
@@ -580,8 +581,9 @@ class Trainer:
         tc = self.config.train
         return self.epoch >= tc.epochs or (tc.max_steps is not None and self.step >= tc.max_steps)
 
+    @functools.cached_property
     def planned_steps(self) -> int:
-        """Steps of the whole training: train.epochs' batches, or train.max_steps if fewer."""
+        """Steps of the whole training: train.epochs' batches, or train.max_steps if fewer (planned once)."""
         tc = self.config.train
         per_epoch = getattr(self.train_data, "batches_in_epoch", None)  # ParquetStream: each epoch's own count
         total = sum(map(per_epoch, range(tc.epochs))) if per_epoch else tc.epochs * len(self.train_data)
@@ -591,13 +593,13 @@ class Trainer:
         cfg = self.config.optim.schedule
         if cfg.warmup_steps == 0 and cfg.decay == "none":
             return None
-        return LrSchedule(self.optimizer, cfg, self.planned_steps())
+        return LrSchedule(self.optimizer, cfg, self.planned_steps)
 
     def _progress(self, cleanup: contextlib.ExitStack) -> Progress | None:
         """Rank 0's progress display (train/progress.py), closed by `cleanup` if fit() fails."""
         if not (self.env.is_main and self.config.train.progress_bar):
             return None
-        return cleanup.enter_context(Progress(self.planned_steps(), initial=self.step))
+        return cleanup.enter_context(Progress(self.planned_steps, initial=self.step))
 
 
 __all__ = ["Trainer", "TrainResult", "TrainerCallback", "BatchSource", "model_signature", "TRAIN_LOG"]
