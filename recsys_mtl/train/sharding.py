@@ -9,6 +9,17 @@
   sharder that also allows it on CPU (FBGEMM's CPU kernels handle it).
 - Before planning, each forced table is checked against the memory one rank
   may use, so a table too large for its sharding fails with what to change.
+- Shared tables under mean pooling (TorchRec 1.8, measured): in a collection
+  with a mean-pooled table, a table read by two or more features and sharded
+  table-, column-, table-column-wise or data-parallel mean-pools its features
+  after the first, whatever the spec says (the unsharded model, and row-wise
+  or table-row-wise sharding, pool them as specified). The planner is kept to
+  the row-wise kinds for such tables, and forcing another is a ConfigError.
+- The plan is reproducible: TorchRec's enumerator intersects Python sets of
+  sharding types, so its options came in an order set by PYTHONHASHSEED and the
+  planner broke ties between equally costed options differently in every
+  process (the same config got table_wise in one run and column_wise in the
+  next). `OrderedEnumerator` puts each table's options in a fixed order.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from torch import nn
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
 from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
@@ -44,6 +56,9 @@ _PLANNER_TYPES = [
     ShardingType.TABLE_ROW_WISE.value,
     ShardingType.TABLE_COLUMN_WISE.value,
 ]
+_ROW_WISE_TYPES = [ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
+# the order the planner meets a table's options in: on equal cost, the simpler sharding wins
+_PREFERENCE = {t: i for i, t in enumerate(_PLANNER_TYPES + [ShardingType.DATA_PARALLEL.value])}
 _FUSED_OPTIMIZER = {
     "sgd": EmbOptimType.EXACT_SGD,
     "adagrad": EmbOptimType.EXACT_ADAGRAD,
@@ -60,6 +75,18 @@ class EmbeddingBagCollectionSharderAnyDevice(EmbeddingBagCollectionSharder):
             if extra not in types:
                 types.append(extra)
         return types
+
+
+class OrderedEnumerator(EmbeddingEnumerator):
+    """TorchRec's enumerator with each table's options in a fixed order, not in set (hash) order."""
+
+    def enumerate(self, module: nn.Module, sharders: list) -> list:
+        options = super().enumerate(module, sharders)
+        table_order: dict[str, int] = {}
+        for option in options:
+            table_order.setdefault(option.fqn, len(table_order))
+        return sorted(options, key=lambda o: (table_order[o.fqn], _PREFERENCE.get(o.sharding_type, len(_PREFERENCE)),
+                                              o.sharding_type, o.compute_kernel))
 
 
 def fused_params(optim: EmbeddingOptimConfig) -> dict:
@@ -94,18 +121,36 @@ def _gib(n: float) -> str:
     return f"{n / (1 << 30):.3g} GiB"
 
 
+def tables_needing_row_wise(spec: FeatureSpec) -> dict[str, list[str]]:
+    """Tables TorchRec mis-pools unless they are sharded row-wise: table -> its features (see the module doc)."""
+    if not any(t.pooling == "mean" for t in spec.tables.values()):
+        return {}
+    return {table: features for table in spec.tables if len(features := spec.features_of_table(table)) > 1}
+
+
 def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: str,
                           world_size: int, capacity: int, extra_columns: int = 0,
                           dense_optimizer: str = "adam") -> None:
-    """Raise ConfigError for unknown table names and for forced shardings that cannot fit one rank.
+    """Raise ConfigError for unknown table names, for forced shardings that TorchRec would pool wrongly
+    (`tables_needing_row_wise`) and for those that cannot fit one rank.
 
     A data_parallel table is trained by the dense optimizer (`dense_optimizer`), the others by `optimizer`.
     """
+    shared = tables_needing_row_wise(spec)
     for table, choice in config.tables.items():
         if table not in spec.tables:
             raise ConfigError(
                 f"sharding.tables.{table}: no table {table!r} in feature spec {spec.name!r}; "
                 f"its tables are: {', '.join(spec.tables)}"
+            )
+        if table in shared and choice != "row_wise":
+            mean_tables = ", ".join(name for name, t in spec.tables.items() if t.pooling == "mean")
+            raise ConfigError(
+                f"sharding.tables.{table}: {choice} would pool {', '.join(shared[table][1:])} by mean: table "
+                f"{table!r} is read by {len(shared[table])} features ({', '.join(shared[table])}) and feature spec "
+                f"{spec.name!r} has a mean-pooled table ({mean_tables}), a combination TorchRec pools wrongly "
+                f"unless the shared table is sharded row-wise. Use row_wise for {table!r} (or leave it to the "
+                f"planner), give each of its features its own table, or pool {mean_tables} by sum."
             )
         t = spec.tables[table]
         dim = t.embedding_dim + extra_columns
@@ -135,11 +180,13 @@ def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: 
 
 def parameter_constraints(spec: FeatureSpec, config: ShardingConfig) -> dict[str, ParameterConstraints]:
     constraints = {}
+    shared = tables_needing_row_wise(spec)
     for table in spec.tables:
         choice = config.tables.get(table)
         if choice is None:
             constraints[table] = ParameterConstraints(
-                sharding_types=_PLANNER_TYPES, compute_kernels=[EmbeddingComputeKernel.FUSED.value]
+                sharding_types=_ROW_WISE_TYPES if table in shared else _PLANNER_TYPES,
+                compute_kernels=[EmbeddingComputeKernel.FUSED.value],
             )
         elif choice == "data_parallel":
             constraints[table] = ParameterConstraints(
@@ -152,24 +199,33 @@ def parameter_constraints(spec: FeatureSpec, config: ShardingConfig) -> dict[str
     return constraints
 
 
-def plan_sharding(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, optim: EmbeddingOptimConfig,
-                  sharders: list, world_size: int, device: torch.device, batch_size: int,
-                  extra_columns: int = 0, dense_optimizer: str = "adam") -> ShardingPlan:
-    """Plan on every rank (the planner is deterministic), fail together, then use rank 0's plan."""
-    capacity = memory_per_rank_bytes(config, device)
-    check_forced_sharding(spec, config, optim.type, world_size, capacity, extra_columns, dense_optimizer)
+def propose_plan(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, sharders: list, world_size: int,
+                 device: torch.device, batch_size: int, capacity: int) -> ShardingPlan:
+    """TorchRec's plan for `world_size` ranks of `capacity` bytes each (no collectives; PlannerError if none)."""
     topology = Topology(
         world_size=world_size,
         compute_device=device.type,
         **({"hbm_cap": capacity} if device.type == "cuda" else {"ddr_cap": capacity}),
     )
+    constraints = parameter_constraints(spec, config)
     planner = EmbeddingShardingPlanner(
-        topology=topology, constraints=parameter_constraints(spec, config), batch_size=batch_size
+        topology=topology, constraints=constraints, batch_size=batch_size,
+        enumerator=OrderedEnumerator(topology=topology, batch_size=batch_size, constraints=constraints),
     )
+    return planner.plan(module, sharders)
+
+
+def plan_sharding(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, optim: EmbeddingOptimConfig,
+                  sharders: list, world_size: int, device: torch.device, batch_size: int,
+                  extra_columns: int = 0, dense_optimizer: str = "adam") -> ShardingPlan:
+    """Plan on every rank (the same plan in every process: `OrderedEnumerator`), fail together, then use
+    rank 0's plan."""
+    capacity = memory_per_rank_bytes(config, device)
+    check_forced_sharding(spec, config, optim.type, world_size, capacity, extra_columns, dense_optimizer)
     error: str | None = None
     plan = None
     try:
-        plan = planner.plan(module, sharders)
+        plan = propose_plan(module, spec, config, sharders, world_size, device, batch_size, capacity)
     except PlannerError as exc:
         forced = ", ".join(f"{k}: {v}" for k, v in config.tables.items()) or "none (planner's choice)"
         error = (
