@@ -9,12 +9,16 @@
   sharder that also allows it on CPU (FBGEMM's CPU kernels handle it).
 - Before planning, each forced table is checked against the memory one rank
   may use, so a table too large for its sharding fails with what to change.
-- Shared tables under mean pooling (TorchRec 1.8, measured): in a collection
-  with a mean-pooled table, a table read by two or more features and sharded
-  table-, column-, table-column-wise or data-parallel mean-pools its features
-  after the first, whatever the spec says (the unsharded model, and row-wise
-  or table-row-wise sharding, pool them as specified). The planner is kept to
-  the row-wise kinds for such tables, and forcing another is a ConfigError.
+- Mean pooling (TorchRec 1.8, measured): FBGEMM cannot mean-pool row-wise
+  shards, so once a mean-pooled table is sharded row-wise or table-row-wise,
+  TorchRec sum-pools it and divides the collection's output by each feature's
+  length afterwards. That step resets the length to 1 only for sum-pooled
+  features of row-wise tables, so every multi-valued feature of a table
+  sharded otherwise is divided too (a sum becomes a mean, a mean is divided
+  twice). The planner therefore keeps mean-pooled tables off the row-wise
+  kinds; a config that forces one row_wise must shard every table with a
+  multi-valued feature row-wise too (the planner is kept to the row-wise kinds
+  for them, and forcing another is a ConfigError).
 - The plan is reproducible: TorchRec's enumerator intersects Python sets of
   sharding types, so its options came in an order set by PYTHONHASHSEED and the
   planner broke ties between equally costed options differently in every
@@ -57,6 +61,7 @@ _PLANNER_TYPES = [
     ShardingType.TABLE_COLUMN_WISE.value,
 ]
 _ROW_WISE_TYPES = [ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
+_OFF_ROW_WISE_TYPES = [t for t in _PLANNER_TYPES if t not in _ROW_WISE_TYPES]
 # the order the planner meets a table's options in: on equal cost, the simpler sharding wins
 _PREFERENCE = {t: i for i, t in enumerate(_PLANNER_TYPES + [ShardingType.DATA_PARALLEL.value])}
 _FUSED_OPTIMIZER = {
@@ -71,7 +76,7 @@ class EmbeddingBagCollectionSharderAnyDevice(EmbeddingBagCollectionSharder):
 
     def sharding_types(self, compute_device_type: str) -> list[str]:
         types = list(super().sharding_types(compute_device_type))
-        for extra in (ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value):
+        for extra in _ROW_WISE_TYPES:
             if extra not in types:
                 types.append(extra)
         return types
@@ -121,36 +126,47 @@ def _gib(n: float) -> str:
     return f"{n / (1 << 30):.3g} GiB"
 
 
-def tables_needing_row_wise(spec: FeatureSpec) -> dict[str, list[str]]:
-    """Tables TorchRec mis-pools unless they are sharded row-wise: table -> its features (see the module doc)."""
-    if not any(t.pooling == "mean" for t in spec.tables.values()):
-        return {}
-    return {table: features for table in spec.tables if len(features := spec.features_of_table(table)) > 1}
+def multi_valued_tables(spec: FeatureSpec) -> dict[str, list[str]]:
+    """table -> its multi-valued features, for the tables that have any."""
+    out: dict[str, list[str]] = {}
+    for f in spec.sparse:
+        if f.multi_valued:
+            out.setdefault(f.table, []).append(f.name)
+    return out
+
+
+def row_wise_mean_tables(spec: FeatureSpec, config: ShardingConfig) -> list[str]:
+    """Mean-pooled tables the config forces row_wise: they turn on TorchRec's divide-after step (module doc)."""
+    return [name for name, t in spec.tables.items() if t.pooling == "mean" and config.tables.get(name) == "row_wise"]
 
 
 def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: str,
                           world_size: int, capacity: int, extra_columns: int = 0,
                           dense_optimizer: str = "adam") -> None:
     """Raise ConfigError for unknown table names, for forced shardings that TorchRec would pool wrongly
-    (`tables_needing_row_wise`) and for those that cannot fit one rank.
+    (module doc: mean pooling) and for those that cannot fit one rank.
 
     A data_parallel table is trained by the dense optimizer (`dense_optimizer`), the others by `optimizer`.
     """
-    shared = tables_needing_row_wise(spec)
-    for table, choice in config.tables.items():
+    for table in config.tables:
         if table not in spec.tables:
             raise ConfigError(
                 f"sharding.tables.{table}: no table {table!r} in feature spec {spec.name!r}; "
                 f"its tables are: {', '.join(spec.tables)}"
             )
-        if table in shared and choice != "row_wise":
-            mean_tables = ", ".join(name for name, t in spec.tables.items() if t.pooling == "mean")
+    row_wise_mean = row_wise_mean_tables(spec, config)
+    multi = multi_valued_tables(spec)
+    for table, choice in config.tables.items():
+        if row_wise_mean and table in multi and choice != "row_wise":
+            means = ", ".join(row_wise_mean)
             raise ConfigError(
-                f"sharding.tables.{table}: {choice} would pool {', '.join(shared[table][1:])} by mean: table "
-                f"{table!r} is read by {len(shared[table])} features ({', '.join(shared[table])}) and feature spec "
-                f"{spec.name!r} has a mean-pooled table ({mean_tables}), a combination TorchRec pools wrongly "
-                f"unless the shared table is sharded row-wise. Use row_wise for {table!r} (or leave it to the "
-                f"planner), give each of its features its own table, or pool {mean_tables} by sum."
+                f"sharding.tables.{table}: {choice} would divide the pooled {', '.join(multi[table])} "
+                f"({spec.tables[table].pooling}-pooled in the spec) by their lengths: with the mean-pooled {means} "
+                f"row_wise, TorchRec mean-pools row-wise tables by dividing the lookup's output by each feature's "
+                f"length afterwards, and that step also divides every multi-valued feature of a table sharded "
+                f"otherwise. Shard {table!r} row_wise too (or leave it to the planner), or shard {means} "
+                f"table_wise or column_wise (or leave it to the planner, which keeps mean-pooled tables off "
+                f"row-wise)."
             )
         t = spec.tables[table]
         dim = t.embedding_dim + extra_columns
@@ -180,13 +196,17 @@ def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: 
 
 def parameter_constraints(spec: FeatureSpec, config: ShardingConfig) -> dict[str, ParameterConstraints]:
     constraints = {}
-    shared = tables_needing_row_wise(spec)
+    row_wise_mean = row_wise_mean_tables(spec, config)
+    multi = multi_valued_tables(spec)
     for table in spec.tables:
         choice = config.tables.get(table)
         if choice is None:
+            if row_wise_mean:  # TorchRec's divide-after step is on: multi-valued tables must be row-wise too
+                types = _ROW_WISE_TYPES if table in multi else _PLANNER_TYPES
+            else:  # keep it off
+                types = _OFF_ROW_WISE_TYPES if spec.tables[table].pooling == "mean" else _PLANNER_TYPES
             constraints[table] = ParameterConstraints(
-                sharding_types=_ROW_WISE_TYPES if table in shared else _PLANNER_TYPES,
-                compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+                sharding_types=types, compute_kernels=[EmbeddingComputeKernel.FUSED.value]
             )
         elif choice == "data_parallel":
             constraints[table] = ParameterConstraints(

@@ -13,11 +13,10 @@ from recsys_mtl.train import Trainer
 from tests.models.batches import ListSource, random_batch, rank_batches, tiny_spec
 from tests.train.helpers import tiny_config
 
-TORCHREC_SHARED_TABLE_MEAN_POOLING = (
-    "TorchRec 1.8: in a collection with a mean-pooled table, a table read by two features and sharded other "
-    "than row-wise (table-, column-, table-column-wise, data-parallel) gets its second feature mean-pooled (the "
-    "pooling divisor is indexed by first occurrence of a feature name); the unsharded model pools it as the spec "
-    "says")
+TORCHREC_ROW_WISE_MEAN_POOLING = (
+    "TorchRec 1.8: once a mean-pooled table is sharded row-wise, the collection's output is divided by each "
+    "feature's length after the lookup, and only sum-pooled features of row-wise tables are spared, so a "
+    "multi-valued feature of a table sharded otherwise is divided too; the unsharded model pools it as the spec says")
 
 
 def spec_with_mean_pooled_table() -> FeatureSpec:
@@ -59,37 +58,47 @@ def train_and_compare_with_unsharded_reload(tmp_path, tables: dict) -> None:
 @pytest.mark.parametrize("tables", [
     {},
     {"user": "table_wise", "tag": "column_wise"},
-    {"item": "row_wise", "user": "data_parallel"},
-], ids=["planner", "unshared_tables_off_row_wise", "shared_table_row_wise"])
+    {"item": "table_wise"},
+    {"tag": "row_wise"},
+    {"tag": "row_wise", "item": "row_wise", "user": "data_parallel"},
+], ids=["planner", "unshared_tables_off_row_wise", "shared_table_table_wise", "mean_table_row_wise",
+        "mean_and_multi_valued_tables_row_wise"])
 def test_checkpoint_reloaded_unsharded_scores_like_the_sharded_model(tmp_path, tables):
     train_and_compare_with_unsharded_reload(tmp_path, tables)
 
 
 @pytest.mark.parametrize("kind", ["table_wise", "column_wise", "data_parallel"])
-def test_forcing_a_shared_table_off_row_wise_next_to_a_mean_pooled_table_names_the_fixes(tmp_path, kind):
+def test_a_multi_valued_table_off_row_wise_next_to_a_row_wise_mean_pooled_table_is_an_error(tmp_path, kind):
     with pytest.raises(ConfigError, match=(
-            rf"sharding\.tables\.item: {kind} would pool hist_items by mean: table 'item' is read by 2 features "
-            r"\(item_id, hist_items\) and feature spec 'reload' has a mean-pooled table \(tag\).*"
-            r"Use row_wise for 'item' \(or leave it to the planner\), give each of its features its own table, "
-            r"or pool tag by sum")):
-        train_and_compare_with_unsharded_reload(tmp_path, {"item": kind})
+            rf"sharding\.tables\.item: {kind} would divide the pooled hist_items \(sum-pooled in the spec\) by "
+            r"their lengths: with the mean-pooled tag row_wise, .* Shard 'item' row_wise too \(or leave it to the "
+            r"planner\), or shard tag table_wise or column_wise")):
+        train_and_compare_with_unsharded_reload(tmp_path, {"tag": "row_wise", "item": kind})
 
 
-def test_the_planner_keeps_a_shared_table_next_to_a_mean_pooled_table_row_wise():
+def test_the_planner_keeps_mean_pooling_off_torchrecs_divide_after_step():
     from recsys_mtl.train.sharding import _PLANNER_TYPES, parameter_constraints
 
-    constraints = parameter_constraints(spec_with_mean_pooled_table(), ShardingConfig())
-    assert constraints["item"].sharding_types == ["row_wise", "table_row_wise"]
-    assert constraints["user"].sharding_types == constraints["tag"].sharding_types == _PLANNER_TYPES
-    # without a mean-pooled table, a shared table may be sharded any way
-    assert parameter_constraints(tiny_spec(), ShardingConfig())["item"].sharding_types == _PLANNER_TYPES
+    def open_types(spec, **tables):
+        constraints = parameter_constraints(spec, ShardingConfig(tables=tables))
+        return {table: constraints[table].sharding_types for table in spec.tables if table not in tables}
+
+    spec = spec_with_mean_pooled_table()
+    # the mean-pooled table stays off row-wise, so every other table is free
+    assert open_types(spec) == {"user": _PLANNER_TYPES, "item": _PLANNER_TYPES,
+                                "tag": ["table_wise", "column_wise", "table_column_wise"]}
+    # a mean-pooled table forced row_wise: the multi-valued tables follow it
+    assert open_types(spec, tag="row_wise") == {"user": _PLANNER_TYPES, "item": ["row_wise", "table_row_wise"]}
+    assert open_types(spec, tag="table_wise") == {"user": _PLANNER_TYPES, "item": _PLANNER_TYPES}
+    # without a mean-pooled table, nothing is restricted
+    assert open_types(tiny_spec()) == {"user": _PLANNER_TYPES, "item": _PLANNER_TYPES}
 
 
-@pytest.mark.xfail(strict=True, reason=TORCHREC_SHARED_TABLE_MEAN_POOLING)
-def test_torchrec_still_mispools_a_shared_table_sharded_table_wise(tmp_path, monkeypatch):
+@pytest.mark.xfail(strict=True, reason=TORCHREC_ROW_WISE_MEAN_POOLING)
+def test_torchrec_still_divides_a_multi_valued_table_sharded_table_wise(tmp_path, monkeypatch):
     """The reason for the guard above: lift it when this starts to pass (strict: an XPASS fails the suite)."""
-    monkeypatch.setattr("recsys_mtl.train.sharding.tables_needing_row_wise", lambda spec: {})
-    train_and_compare_with_unsharded_reload(tmp_path, {"item": "table_wise"})
+    monkeypatch.setattr("recsys_mtl.train.sharding.multi_valued_tables", lambda spec: {})
+    train_and_compare_with_unsharded_reload(tmp_path, {"tag": "row_wise", "item": "table_wise"})
 
 
 def test_a_bare_checkpoint_loads_with_another_weighting_or_optimizer_but_not_another_shape(tmp_path):
