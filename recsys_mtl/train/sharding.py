@@ -13,10 +13,11 @@
   shards, so once a mean-pooled table is sharded row-wise or table-row-wise,
   TorchRec sum-pools it and divides the collection's output by each feature's
   length afterwards. That step resets the length to 1 only for sum-pooled
-  features of row-wise tables, so every multi-valued feature of a table
-  sharded otherwise is divided too (a sum becomes a mean, a mean is divided
-  twice). The planner therefore keeps mean-pooled tables off the row-wise
-  kinds; a config that forces one row_wise must shard every table with a
+  features of row-wise and table-row-wise tables, so every multi-valued feature
+  of a table sharded otherwise is divided too (a sum becomes a mean, a mean is
+  divided twice). So unless the config forces a mean-pooled table row_wise,
+  the planner keeps mean-pooled tables off the row-wise kinds and the step
+  never runs; a config that does force one must shard every table with a
   multi-valued feature row-wise too (the planner is kept to the row-wise kinds
   for them, and forcing another is a ConfigError).
 - The plan is reproducible: TorchRec's enumerator intersects Python sets of
@@ -140,6 +141,28 @@ def row_wise_mean_tables(spec: FeatureSpec, config: ShardingConfig) -> list[str]
     return [name for name, t in spec.tables.items() if t.pooling == "mean" and config.tables.get(name) == "row_wise"]
 
 
+def _check_mean_pooling(spec: FeatureSpec, config: ShardingConfig) -> None:
+    """ConfigError for a forced sharding TorchRec's divide-after step would pool wrongly (module doc)."""
+    row_wise_mean = row_wise_mean_tables(spec, config)
+    if not row_wise_mean:
+        return
+    multi = multi_valued_tables(spec)
+    means = ", ".join(repr(t) for t in row_wise_mean)
+    for table, choice in config.tables.items():
+        if table in multi and choice != "row_wise":
+            pooling = spec.tables[table].pooling
+            raise ConfigError(
+                f"sharding.tables.{table}: {choice} would divide the pooled {', '.join(multi[table])} "
+                f"({pooling}-pooled in the spec) by their lengths{' a second time' * (pooling == 'mean')}: with "
+                f"mean-pooled {means} forced row_wise, TorchRec mean-pools row-wise tables by dividing the "
+                f"lookup's output by each feature's length afterwards, and that step also divides every "
+                f"multi-valued feature of a table sharded otherwise. Shard {table!r} row_wise too (or leave it "
+                f"to the planner), or shard {means} table_wise, column_wise or data_parallel (or leave "
+                f"{'them' if len(row_wise_mean) > 1 else 'it'} to the planner, which keeps mean-pooled tables "
+                f"off row-wise)."
+            )
+
+
 def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: str,
                           world_size: int, capacity: int, extra_columns: int = 0,
                           dense_optimizer: str = "adam") -> None:
@@ -154,20 +177,8 @@ def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: 
                 f"sharding.tables.{table}: no table {table!r} in feature spec {spec.name!r}; "
                 f"its tables are: {', '.join(spec.tables)}"
             )
-    row_wise_mean = row_wise_mean_tables(spec, config)
-    multi = multi_valued_tables(spec)
+    _check_mean_pooling(spec, config)
     for table, choice in config.tables.items():
-        if row_wise_mean and table in multi and choice != "row_wise":
-            means = ", ".join(row_wise_mean)
-            raise ConfigError(
-                f"sharding.tables.{table}: {choice} would divide the pooled {', '.join(multi[table])} "
-                f"({spec.tables[table].pooling}-pooled in the spec) by their lengths: with the mean-pooled {means} "
-                f"row_wise, TorchRec mean-pools row-wise tables by dividing the lookup's output by each feature's "
-                f"length afterwards, and that step also divides every multi-valued feature of a table sharded "
-                f"otherwise. Shard {table!r} row_wise too (or leave it to the planner), or shard {means} "
-                f"table_wise or column_wise (or leave it to the planner, which keeps mean-pooled tables off "
-                f"row-wise)."
-            )
         t = spec.tables[table]
         dim = t.embedding_dim + extra_columns
         table_optimizer = dense_optimizer if choice == "data_parallel" else optimizer
@@ -203,7 +214,7 @@ def parameter_constraints(spec: FeatureSpec, config: ShardingConfig) -> dict[str
         if choice is None:
             if row_wise_mean:  # TorchRec's divide-after step is on: multi-valued tables must be row-wise too
                 types = _ROW_WISE_TYPES if table in multi else _PLANNER_TYPES
-            else:  # keep it off
+            else:  # mean-pooled tables off the row-wise kinds keep that step off
                 types = _OFF_ROW_WISE_TYPES if spec.tables[table].pooling == "mean" else _PLANNER_TYPES
             constraints[table] = ParameterConstraints(
                 sharding_types=types, compute_kernels=[EmbeddingComputeKernel.FUSED.value]

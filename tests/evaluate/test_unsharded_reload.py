@@ -71,8 +71,8 @@ def test_checkpoint_reloaded_unsharded_scores_like_the_sharded_model(tmp_path, t
 def test_a_multi_valued_table_off_row_wise_next_to_a_row_wise_mean_pooled_table_is_an_error(tmp_path, kind):
     with pytest.raises(ConfigError, match=(
             rf"sharding\.tables\.item: {kind} would divide the pooled hist_items \(sum-pooled in the spec\) by "
-            r"their lengths: with the mean-pooled tag row_wise, .* Shard 'item' row_wise too \(or leave it to the "
-            r"planner\), or shard tag table_wise or column_wise")):
+            r"their lengths: with mean-pooled 'tag' forced row_wise, .* Shard 'item' row_wise too \(or leave it to "
+            r"the planner\), or shard 'tag' table_wise, column_wise or data_parallel \(or leave it to the planner")):
         train_and_compare_with_unsharded_reload(tmp_path, {"tag": "row_wise", "item": kind})
 
 
