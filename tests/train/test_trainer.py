@@ -91,8 +91,12 @@ def test_sharding_types_train_identically(tmp_path):
     torch.testing.assert_close(runs["column_wise"], runs["table_wise"], rtol=1e-5, atol=1e-6)
 
 
-def test_data_parallel_trains_a_table_exactly_as_table_wise_under_the_same_sgd(tmp_path):
-    """FBGEMM's dense lookup warns that it has no autograd kernel; its gradients are nonetheless right."""
+def test_data_parallel_trains_a_table_as_table_wise_under_the_same_sgd(tmp_path):
+    """FBGEMM's dense lookup warns that it has no autograd kernel; its gradients are nonetheless right.
+
+    Equal to float rounding: on TorchRec 1.8 (torch 2.13) bit for bit, on TorchRec 1.6.1 (torch 2.11) one element
+    of the table is one float32 ulp apart after 4 steps (FBGEMM's fused SGD and torch's SGD round differently).
+    A missed or doubled update moves the weights by lr x grad, orders of magnitude over the tolerance."""
     spec = tiny_spec()
     batches = rank_batches(spec, 4, 16, 1, 0)
     sgd = {"embedding": {"type": "sgd", "lr": 0.1}, "dense": {"type": "sgd", "lr": 0.1}}
@@ -105,8 +109,8 @@ def test_data_parallel_trains_a_table_exactly_as_table_wise_under_the_same_sgd(t
         weight = trainer.dmp.state_dict()["model.ebc.embedding_bags.user.weight"]
         weights[kind] = weight.local_shards()[0].tensor if hasattr(weight, "local_shards") else weight
     assert _plan(trainer)["user"] == "data_parallel/dense"
-    torch.testing.assert_close(losses["data_parallel"], losses["table_wise"], rtol=0, atol=0)
-    torch.testing.assert_close(weights["data_parallel"], weights["table_wise"], rtol=0, atol=0)
+    torch.testing.assert_close(losses["data_parallel"], losses["table_wise"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(weights["data_parallel"], weights["table_wise"], rtol=1e-6, atol=1e-7)
 
 
 def test_data_parallel_table_is_trained_by_the_dense_optimizer(tmp_path):
