@@ -2,10 +2,12 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat requirements/*.txt setup.cfg pyproject.toml | sha1sum | cut -c1-12)
+REQS   := requirements/cpu.txt requirements/common.txt requirements/test.txt requirements/torchrec.txt
+STAMP  := $(VENV)/.installed-$(shell cat $(REQS) setup.cfg pyproject.toml | sha1sum | cut -c1-12)
+VENV16 ?= .venv-torchrec16
 DEMO_DIR ?= demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-torchrec16 bench clean
 
 setup: $(STAMP)
 
@@ -26,8 +28,18 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The suite on the oldest stack the code is kept working on (torch 2.11 + fbgemm 1.6.0 + torchrec 1.6.1, the GPU
+# machine's pair) in its own venv, on the CPU. Not part of CI: PyPI's torch 2.11 is a 4.6 GB CUDA build.
+test-torchrec16:
+	test -x $(VENV16)/bin/python || $(PYTHON) -m venv $(VENV16)
+	$(VENV16)/bin/python -m pip install -q --upgrade pip 'setuptools>=70.1,<82'  # torch 2.11 wants <82; 70.1 builds wheels
+	$(VENV16)/bin/python -m pip install -q -r requirements/torchrec16.txt -r requirements/test.txt
+	$(VENV16)/bin/python -m pip install -q --no-deps torchrec==1.6.1
+	$(VENV16)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(VENV16)/bin/python -m pytest -q
+
 bench: setup
 	$(VENV)/bin/recsys-mtl bench data
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR)
+	rm -rf $(VENV) $(VENV16) $(DEMO_DIR)

@@ -9,7 +9,7 @@
   sharder that also allows it on CPU (FBGEMM's CPU kernels handle it).
 - Before planning, each forced table is checked against the memory one rank
   may use, so a table too large for its sharding fails with what to change.
-- Mean pooling (TorchRec 1.8, measured): FBGEMM cannot mean-pool row-wise
+- Mean pooling (TorchRec 1.6.1 and 1.8, measured): FBGEMM cannot mean-pool row-wise
   shards, so once a mean-pooled table is sharded row-wise or table-row-wise,
   TorchRec sum-pools it and divides the collection's output by each feature's
   length afterwards. That step resets the length to 1 only for sum-pooled

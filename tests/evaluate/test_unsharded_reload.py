@@ -14,7 +14,7 @@ from tests.models.batches import ListSource, random_batch, rank_batches, tiny_sp
 from tests.train.helpers import tiny_config
 
 TORCHREC_ROW_WISE_MEAN_POOLING = (
-    "TorchRec 1.8: once a mean-pooled table is sharded row-wise, the collection's output is divided by each "
+    "TorchRec 1.6.1 and 1.8: once a mean-pooled table is sharded row-wise, the collection's output is divided by each "
     "feature's length after the lookup, and only sum-pooled features of row-wise tables are spared, so a "
     "multi-valued feature of a table sharded otherwise is divided too; the unsharded model pools it as the spec says")
 

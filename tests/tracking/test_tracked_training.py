@@ -176,8 +176,8 @@ def _env() -> dict:
 @pytest.mark.slow
 def test_two_process_run_logs_from_rank_0_only_and_its_sharded_checkpoint_loads_in_one_process(data, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # not item/author (shared by two features) off row-wise: TorchRec 1.8 then mean-pools their second
-    # feature when the collection has a mean-pooled table (tests/train/test_sharded_pooling.py)
+    # one table of each forced kind; the others (the mean-pooled tag among them) are left to the planner, which keeps
+    # mean-pooled tables off row-wise (recsys_mtl/train/sharding.py, "Mean pooling")
     sets = overrides(data, tmp_path / "out", uri, tmp_path / "artifacts", "data.batch_size=64",
                      "sharding.tables={user: row_wise, city: table_wise, music: column_wise}")
     cmd = [sys.executable, "-m", "recsys_mtl.cli", "train", str(CONFIG), "--nproc=2"] + [f"--set={o}" for o in sets]
