@@ -2,7 +2,7 @@
 
     recsys-mtl evaluate --run RUN_ID --data data/eval [--baseline BASELINE_RUN_ID]
     recsys-mtl evaluate --run models:/NAME/VERSION --data data/eval
-    recsys-mtl evaluate --checkpoint runs/x/checkpoints [--config configs/x.yaml] --data data/eval
+    recsys-mtl evaluate --checkpoint runs/x/checkpoints [--config configs/x.yaml [--set k=v ...]] --data data/eval
 
 The model is loaded in this one process on CPU, unsharded, from its DCP checkpoint (however
 many ranks saved it). Metrics (NE, AUC, calibration = sum(p) / sum(y), log loss) are exact,
@@ -36,10 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--checkpoint", metavar="PATH", help="a model directory (config.yaml, feature_spec.yaml, "
                        "checkpoint/) or a checkpoint directory (then --config is needed)")
     p.add_argument("--config", help="training config of a bare --checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override of --config, as given to `train --set` (repeatable)")
     p.add_argument("--data", required=True, metavar="EVAL_DIR", help="Parquet eval data (files or a folder)")
     p.add_argument("--baseline", metavar="RUN_ID|PATH", help="baseline model: run id, models:/NAME/VERSION or a path; "
                    "adds per-task deltas with bootstrap 95%% CIs")
     p.add_argument("--baseline-config", help="training config of a bare --baseline checkpoint")
+    p.add_argument("--baseline-set", dest="baseline_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override of --baseline-config (repeatable)")
     p.add_argument("--tracking-uri", help="default: sqlite:///mlflow.db in the current directory")
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates (default: %(default)s)")
@@ -74,11 +78,17 @@ class _Models:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
-    def load(self, ref: str, config: str | None, is_path: bool):
+    def load(self, ref: str, config: str | None, is_path: bool, overrides: list[str], flag: str):
+        from recsys_mtl.config.loader import ConfigError
         from recsys_mtl.evaluate.loading import load_model, resolve_model_dir
 
+        if overrides and (config is None or not is_path):
+            config_flag = "--config" if flag == "--set" else "--baseline-config"
+            raise ConfigError(f"{flag} {' '.join(overrides)}: overrides apply to the training config of a bare "
+                              f"checkpoint ({config_flag}); a run or a model directory carries the resolved config it "
+                              f"was trained with, so drop {flag} there")
         if is_path:
-            return load_model(ref, config), None
+            return load_model(ref, config, overrides=overrides), None
         from mlflow.exceptions import MlflowException
 
         try:
@@ -118,7 +128,8 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
 
     models = _Models(args.tracking_uri, tmp)
     ref = args.run or args.checkpoint
-    loaded, run_id = models.load(ref, args.config, is_path=args.checkpoint is not None)
+    loaded, run_id = models.load(ref, args.config, is_path=args.checkpoint is not None, overrides=args.overrides,
+                                 flag="--set")
     names = loaded.spec.task_names
     print(f"scoring {args.data} with {loaded.source} (checkpoint {loaded.checkpoint.name}, {len(names)} tasks)",
           flush=True)
@@ -126,7 +137,8 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
 
     baseline_logits, baseline_run = None, None
     if args.baseline:
-        base, baseline_run = models.load(args.baseline, args.baseline_config, is_path=_is_path(args.baseline))
+        base, baseline_run = models.load(args.baseline, args.baseline_config, is_path=_is_path(args.baseline),
+                                         overrides=args.baseline_overrides, flag="--baseline-set")
         if base.spec.task_names != names:
             raise ValueError(f"baseline {args.baseline} has tasks {base.spec.task_names}, the model has {names}")
         print(f"scoring {args.data} with baseline {base.source}", flush=True)

@@ -56,8 +56,12 @@ def _step_of(checkpoint: Path) -> int | None:
     return int(name.split("-", 1)[1]) if name.startswith("step-") and name.split("-", 1)[1].isdigit() else None
 
 
-def load_model(path: str | Path, config_path: str | Path | None = None, source: str | None = None) -> LoadedModel:
-    """Build the model of `path` (a model directory or a checkpoint directory + `config_path`) and load its weights."""
+def load_model(path: str | Path, config_path: str | Path | None = None, source: str | None = None,
+               overrides: list[str] | None = None) -> LoadedModel:
+    """Build the model of `path` (a model directory or a checkpoint directory + `config_path`) and load its weights.
+
+    `overrides` (`section.key=value`, as `train --set` takes them) apply to `config_path`: a run trained with
+    overrides is loaded with the same ones. A model directory holds its resolved config and takes none."""
     import torch
     import torch.distributed.checkpoint as dcp
 
@@ -72,6 +76,9 @@ def load_model(path: str | Path, config_path: str | Path | None = None, source: 
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model or checkpoint directory")
     if (path / CONFIG_FILE).is_file() and (path / CHECKPOINT_DIR).is_dir():
+        if overrides:
+            raise ConfigError(f"{path} is a model directory: its {CONFIG_FILE} is the resolved config it was trained "
+                              f"with, so it takes no overrides (got {' '.join(overrides)})")
         config = from_dict(TrainConfig, read_yaml(path / CONFIG_FILE), str(path / CONFIG_FILE))
         spec = FeatureSpec.load(path / SPEC_FILE)
         checkpoint = _checkpoint_in(path / CHECKPOINT_DIR)
@@ -79,14 +86,15 @@ def load_model(path: str | Path, config_path: str | Path | None = None, source: 
         if config_path is None:
             raise ConfigError(f"{path} is a bare checkpoint: give the training config it was trained with "
                               f"(--config), or point at a model directory ({CONFIG_FILE}, {SPEC_FILE}, {CHECKPOINT_DIR}/)")
-        config = TrainConfig.load(str(config_path))
+        config = TrainConfig.load(str(config_path), overrides)
         spec = FeatureSpec.load(config.data.spec)
         checkpoint = _checkpoint_in(path)
     # scoring needs the model's shape only: the optimizers and the weighting method it trained with do not matter
     CheckpointManager(checkpoint.parent).check_signature(
         checkpoint, model_signature(spec, config), ignore=("optim", "weighting"),
-        advice="Give the training config (and feature spec) this checkpoint was trained with (--config; a tracked "
-               "run keeps it as <output_dir>/tracking/config.yaml), or load the run's model directory instead.")
+        advice="Give the training config (and feature spec) this checkpoint was trained with (--config, plus the "
+               "--set overrides the run was trained with; a tracked run keeps the resolved config as "
+               "<output_dir>/tracking/config.yaml), or load the run's model directory instead.")
 
     model = MultiTaskModel(spec, config.model, seed=config.train.seed, device="cpu", embedding_device="meta")
     model.ebc = model.ebc.to_empty(device="cpu")  # DCP fills the tables: skip their random init

@@ -123,5 +123,8 @@ def test_a_bare_checkpoint_loads_with_another_weighting_or_optimizer_but_not_ano
     other = config_file(weighting={"method": "go4align", "args": {"num_groups": 2}},
                         optim={"dense": {"type": "sgd", "lr": 0.1}, "embedding": {"type": "adagrad", "lr": 0.1}})
     assert load_model(tmp_path / "out" / "checkpoints", other).step == 2
-    with pytest.raises(CheckpointMismatchError, match=r"model\.task_tower: checkpoint has \[8\](.|\n)*--config"):
+    with pytest.raises(CheckpointMismatchError, match=r"model\.task_tower: checkpoint has \[8\](.|\n)*--config(.|\n)*--set"):
         load_model(tmp_path / "out" / "checkpoints", config_file(model={"task_tower": [4]}))
+    # a run trained with `--set` overrides loads with the same ones (`evaluate --config C --set K=V`)
+    assert load_model(tmp_path / "out" / "checkpoints", config_file(model={"task_tower": [4]}),
+                      overrides=["model.task_tower=[8]"]).step == 2

@@ -165,6 +165,12 @@ def test_evaluate_input_errors_are_one_line_with_exit_code_2(store, data, capsys
     bare = store["root"] / "equal" / "checkpoints"
     assert main(["evaluate", "--checkpoint", str(bare), "--data", str(data / "eval")]) == 2
     assert "bare checkpoint: give the training config" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(bare), "--set", "train.seed=1", "--data", str(data / "eval")]) == 2
+    assert "--set train.seed=1: overrides apply to the training config of a bare checkpoint (--config)" in \
+        capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(bare), "--config", str(store["root"] / "equal" / "tracking" / "config.yaml"),
+                 "--set", "model.task_tower=[3]", "--data", str(data / "eval"), "--no-log"]) == 2
+    assert "model.task_tower: checkpoint has" in capsys.readouterr().err
 
 
 def _env() -> dict:
