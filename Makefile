@@ -11,7 +11,7 @@ DEMO_DIR ?= demo
 
 setup: $(STAMP)
 
-# Re-installs only when requirements/, setup.cfg or pyproject.toml change.
+# Re-installs only when $(REQS), setup.cfg or pyproject.toml change.
 $(STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "recsys-mtl: the pinned CPU stack needs Python 3.11, found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.11)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
