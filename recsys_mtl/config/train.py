@@ -13,7 +13,7 @@
                 schedule: {warmup_steps, decay: none|linear|cosine, min_lr_ratio}}
     weighting: {method: equal, args: {}}
     train:     {epochs, task_epochs: {TASK: N}, max_steps, eval_every, log_every, seed, device, output_dir,
-                deterministic, progress_bar, checkpoint: {every, keep, dir, resume}}
+                deterministic, progress_bar, progress_every_s, checkpoint: {every, keep, dir, resume}}
     tracking:  {enabled, tracking_uri, experiment, run_name, train_metrics, train_metrics_every_n_steps,
                 log_model, register_model, ...}   (recsys_mtl/tracking/config.py)
 
@@ -268,6 +268,7 @@ class TrainSection:
     output_dir: str = "runs/default"
     deterministic: bool = False  # torch.use_deterministic_algorithms, bitwise-repeatable runs
     progress_bar: bool = True
+    progress_every_s: float = 30.0  # seconds between progress log lines when stderr is a file or pipe (0: every step)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     # warm start: a model directory (config.yaml, feature_spec.yaml, checkpoint/) or a checkpoint of a
     # model of the same shape; its weights, optimizer and weighting state seed a fresh run (not its
@@ -282,6 +283,7 @@ class TrainSection:
         _positive(where, "max_steps", self.max_steps)
         _positive(where, "eval_every", self.eval_every, allow_zero=True)
         _positive(where, "log_every", self.log_every)
+        _positive(where, "progress_every_s", self.progress_every_s, allow_zero=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -599,7 +599,8 @@ class Trainer:
         """Rank 0's progress display (train/progress.py), closed by `cleanup` if fit() fails."""
         if not (self.env.is_main and self.config.train.progress_bar):
             return None
-        return cleanup.enter_context(Progress(self.planned_steps, initial=self.step))
+        return cleanup.enter_context(Progress(self.planned_steps, initial=self.step,
+                                              interval_s=self.config.train.progress_every_s))
 
 
 __all__ = ["Trainer", "TrainResult", "TrainerCallback", "BatchSource", "model_signature", "TRAIN_LOG"]

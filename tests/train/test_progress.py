@@ -40,3 +40,23 @@ def test_on_a_terminal_log_lines_are_printed_above_the_bar(monkeypatch):
     # the record is a line of its own: the bar is cleared ("\r" + blanks + "\r") before it is written
     segments = [seg for line in err.getvalue().split("\n") for seg in line.split("\r")]
     assert "eval step 1: mean AUC 0.5" in segments
+
+
+def test_the_trainer_logs_progress_every_progress_every_s(tmp_path, caplog, monkeypatch):
+    """A batch job's log (stderr not a terminal): `train.progress_every_s: 0` gives a line per step, 3600 none."""
+    from recsys_mtl.train import Trainer
+    from tests.models.batches import ListSource, rank_batches, tiny_spec
+    from tests.train.helpers import tiny_config
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    spec = tiny_spec()
+    batches = rank_batches(spec, 3, 16, 1, 0)
+    counts = {}
+    for every in (0, 3600):
+        caplog.clear()
+        cfg = tiny_config(tmp_path / str(every), train={"progress_bar": True, "progress_every_s": every})
+        with caplog.at_level("INFO", logger="recsys_mtl.train.progress"):
+            Trainer(cfg, spec=spec, train_data=ListSource(batches)).fit()
+        counts[every] = [r.message.split(",")[0] for r in caplog.records if r.message.startswith("progress:")]
+    assert counts == {0: ["progress: step 1/3 (33%)", "progress: step 2/3 (67%)", "progress: step 3/3 (100%)"],
+                      3600: []}
