@@ -2,7 +2,7 @@
 
     recsys-mtl evaluate --run RUN_ID --data data/eval [--baseline BASELINE_RUN_ID]
     recsys-mtl evaluate --run models:/NAME/VERSION --data data/eval
-    recsys-mtl evaluate --checkpoint runs/x/checkpoints [--config configs/x.yaml [--set k=v ...]] --data data/eval
+    recsys-mtl evaluate --checkpoint runs/x/checkpoints --data data/eval [--set k=v ...]
 
 The model is loaded in this one process on CPU, unsharded, from its DCP checkpoint (however
 many ranks saved it). Metrics (NE, AUC, calibration = sum(p) / sum(y), log loss) are exact,
@@ -34,16 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--run", metavar="RUN_ID", help="an MLflow run id whose `model/` artifact to load, "
                        "or models:/NAME/VERSION from the model registry")
     which.add_argument("--checkpoint", metavar="PATH", help="a model directory (config.yaml, feature_spec.yaml, "
-                       "checkpoint/) or a checkpoint directory (then --config is needed)")
-    p.add_argument("--config", help="training config of a bare --checkpoint")
+                       "checkpoint/) or a checkpoint directory (its saved config is used)")
+    p.add_argument("--config", help="training config to build the model from instead of the saved one (needed for a "
+                   "checkpoint older than the config saved in checkpoints)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="an override of --config, as given to `train --set` (repeatable)")
+                   help="override a value of the model's training config, as `train --set` does (repeatable)")
     p.add_argument("--data", required=True, metavar="EVAL_DIR", help="Parquet eval data (files or a folder)")
     p.add_argument("--baseline", metavar="RUN_ID|PATH", help="baseline model: run id, models:/NAME/VERSION or a path; "
                    "adds per-task deltas with bootstrap 95%% CIs")
-    p.add_argument("--baseline-config", help="training config of a bare --baseline checkpoint")
+    p.add_argument("--baseline-config", help="as --config, for --baseline")
     p.add_argument("--baseline-set", dest="baseline_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="an override of --baseline-config (repeatable)")
+                   help="as --set, for --baseline (repeatable)")
     p.add_argument("--tracking-uri", help="default: sqlite:///mlflow.db in the current directory")
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates (default: %(default)s)")
@@ -78,24 +79,18 @@ class _Models:
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
-    def load(self, ref: str, config: str | None, is_path: bool, overrides: list[str], flag: str):
-        from recsys_mtl.config.loader import ConfigError
+    def load(self, ref: str, config: str | None, is_path: bool, overrides: list[str], flags: tuple[str, str]):
         from recsys_mtl.evaluate.loading import load_model, resolve_model_dir
 
-        if overrides and (config is None or not is_path):
-            config_flag = "--config" if flag == "--set" else "--baseline-config"
-            raise ConfigError(f"{flag} {' '.join(overrides)}: overrides apply to the training config of a bare "
-                              f"checkpoint ({config_flag}); a run or a model directory carries the resolved config it "
-                              f"was trained with, so drop {flag} there")
         if is_path:
-            return load_model(ref, config, overrides=overrides), None
+            return load_model(ref, config, overrides=overrides, flags=flags), None
         from mlflow.exceptions import MlflowException
 
         try:
             local, run_id = resolve_model_dir(self.client, self.tracking_uri, ref, self.tmp / ref.replace("/", "_"))
         except MlflowException as exc:
             raise FileNotFoundError(f"{ref}: not found in the tracking store {self.tracking_uri} ({exc.message})") from None
-        return load_model(local, source=ref), run_id
+        return load_model(local, config, source=ref, overrides=overrides, flags=flags), run_id
 
 
 @dataclasses.dataclass
@@ -118,6 +113,11 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
     quiet_library_logs()
     if not Path(args.data).exists():
         raise FileNotFoundError(f"--data {args.data}: no such file or folder")
+    if not args.baseline and (args.baseline_config or args.baseline_overrides):
+        from recsys_mtl.config.loader import ConfigError
+
+        raise ConfigError("--baseline-config and --baseline-set describe a --baseline model: give --baseline too, "
+                          "or use --config / --set for the evaluated model")
     with tempfile.TemporaryDirectory(prefix="recsys-mtl-eval-") as tmp:
         return _evaluate(args, Path(tmp))
 
@@ -129,7 +129,7 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
     models = _Models(args.tracking_uri, tmp)
     ref = args.run or args.checkpoint
     loaded, run_id = models.load(ref, args.config, is_path=args.checkpoint is not None, overrides=args.overrides,
-                                 flag="--set")
+                                 flags=("--config", "--set"))
     names = loaded.spec.task_names
     print(f"scoring {args.data} with {loaded.source} (checkpoint {loaded.checkpoint.name}, {len(names)} tasks)",
           flush=True)
@@ -138,7 +138,7 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
     baseline_logits, baseline_run = None, None
     if args.baseline:
         base, baseline_run = models.load(args.baseline, args.baseline_config, is_path=_is_path(args.baseline),
-                                         overrides=args.baseline_overrides, flag="--baseline-set")
+                                         overrides=args.baseline_overrides, flags=("--baseline-config", "--baseline-set"))
         if base.spec.task_names != names:
             raise ValueError(f"baseline {args.baseline} has tasks {base.spec.task_names}, the model has {names}")
         print(f"scoring {args.data} with baseline {base.source}", flush=True)

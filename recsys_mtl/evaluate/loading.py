@@ -7,8 +7,9 @@ A *model directory* (what a tracked run logs as its `model/` artifact) holds:
     checkpoint/step-N/   the final DCP checkpoint, as saved by every training rank (model.json inside)
 
 `load_model(path)` accepts a model directory, or a bare checkpoint directory
-(`<output_dir>/checkpoints/step-N`, or `<output_dir>/checkpoints` for its latest) with
-the training config given separately. Tables sharded over any number of ranks
+(`<output_dir>/checkpoints/step-N`, or `<output_dir>/checkpoints` for its latest), which holds
+the resolved config and feature spec the trainer saved with it (a checkpoint older than that
+needs the training config given separately). Tables sharded over any number of ranks
 (table-, row-, column-wise) are read back into plain tensors by DCP's resharding load.
 `resolve_model_dir` finds the model directory of an MLflow run id or a `models:/NAME/VERSION` URI.
 """
@@ -57,44 +58,52 @@ def _step_of(checkpoint: Path) -> int | None:
 
 
 def load_model(path: str | Path, config_path: str | Path | None = None, source: str | None = None,
-               overrides: list[str] | None = None) -> LoadedModel:
-    """Build the model of `path` (a model directory or a checkpoint directory + `config_path`) and load its weights.
+               overrides: list[str] | None = None, flags: tuple[str, str] = ("--config", "--set")) -> LoadedModel:
+    """Build the model of `path` (a model directory or a checkpoint directory) and load its weights.
 
-    `overrides` (`section.key=value`, as `train --set` takes them) apply to `config_path`: a run trained with
-    overrides is loaded with the same ones. A model directory holds its resolved config and takes none."""
+    The config it is built from: `config_path` if given (its `data.spec` names the feature spec), else the
+    one beside the weights (a model directory's, or the `config.yaml` and `feature_spec.yaml` the trainer saves in
+    every checkpoint). `overrides` (`section.key=value`, as `train --set` takes them) apply to that config.
+    `flags` name the options that give `config_path` and `overrides` in error messages."""
     import torch
     import torch.distributed.checkpoint as dcp
 
     from recsys_mtl.config.features import FeatureSpec
-    from recsys_mtl.config.loader import ConfigError, from_dict, read_yaml
+    from recsys_mtl.config.loader import ConfigError
     from recsys_mtl.config.train import TrainConfig
     from recsys_mtl.models import MultiTaskModel
     from recsys_mtl.train.checkpoint import DCP_ERRORS, CheckpointManager, describe_dcp_error
     from recsys_mtl.train.trainer import model_signature
 
+    config_flag, set_flag = flags
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model or checkpoint directory")
-    if (path / CONFIG_FILE).is_file() and (path / CHECKPOINT_DIR).is_dir():
-        if overrides:
-            raise ConfigError(f"{path} is a model directory: its {CONFIG_FILE} is the resolved config it was trained "
-                              f"with, so it takes no overrides (got {' '.join(overrides)})")
-        config = from_dict(TrainConfig, read_yaml(path / CONFIG_FILE), str(path / CONFIG_FILE))
-        spec = FeatureSpec.load(path / SPEC_FILE)
-        checkpoint = _checkpoint_in(path / CHECKPOINT_DIR)
-    else:
-        if config_path is None:
-            raise ConfigError(f"{path} is a bare checkpoint: give the training config it was trained with "
-                              f"(--config), or point at a model directory ({CONFIG_FILE}, {SPEC_FILE}, {CHECKPOINT_DIR}/)")
+    is_model_dir = (path / CONFIG_FILE).is_file() and (path / CHECKPOINT_DIR).is_dir()
+    checkpoint = _checkpoint_in(path / CHECKPOINT_DIR if is_model_dir else path)
+    beside = path if is_model_dir else checkpoint  # where a saved config.yaml and feature_spec.yaml would be
+    saved = (beside / CONFIG_FILE).is_file()
+    if config_path is not None:
         config = TrainConfig.load(str(config_path), overrides)
         spec = FeatureSpec.load(config.data.spec)
-        checkpoint = _checkpoint_in(path)
+    elif saved:
+        config = TrainConfig.load(str(beside / CONFIG_FILE), overrides)
+        spec = FeatureSpec.load(beside / SPEC_FILE)
+    else:
+        raise ConfigError(f"{checkpoint} holds no {CONFIG_FILE} (it predates checkpoints that carry their config): "
+                          f"give the training config it was trained with ({config_flag}, with any {set_flag} "
+                          f"overrides it was trained with), or point at a model directory "
+                          f"({CONFIG_FILE}, {SPEC_FILE}, {CHECKPOINT_DIR}/)")
+    if saved:
+        advice = (f"{beside / CONFIG_FILE} is the config it was trained with: drop {config_flag} and the {set_flag} "
+                  f"overrides that change the model to load it with that one.")
+    else:
+        advice = (f"Give the training config (and feature spec) this checkpoint was trained with ({config_flag}, "
+                  f"plus the {set_flag} overrides the run was trained with; a tracked run keeps the resolved config as "
+                  f"<output_dir>/tracking/config.yaml), or load the run's model directory instead.")
     # scoring needs the model's shape only: the optimizers and the weighting method it trained with do not matter
     CheckpointManager(checkpoint.parent).check_signature(
-        checkpoint, model_signature(spec, config), ignore=("optim", "weighting"),
-        advice="Give the training config (and feature spec) this checkpoint was trained with (--config, plus the "
-               "--set overrides the run was trained with; a tracked run keeps the resolved config as "
-               "<output_dir>/tracking/config.yaml), or load the run's model directory instead.")
+        checkpoint, model_signature(spec, config), ignore=("optim", "weighting"), advice=advice)
 
     model = MultiTaskModel(spec, config.model, seed=config.train.seed, device="cpu", embedding_device="meta")
     model.ebc = model.ebc.to_empty(device="cpu")  # DCP fills the tables: skip their random init

@@ -2,7 +2,8 @@
 
 Layout under the checkpoint directory:
 
-    step-00000120/        complete checkpoints (DCP files + .metadata + model.json)
+    step-00000120/        complete checkpoints (DCP files + .metadata + model.json, and the files the
+                          trainer adds: its resolved config.yaml and feature_spec.yaml)
     latest                name of the newest complete one (written by atomic rename)
     .tmp-step-00000140/   a save in progress; never read, removed on the next save
 
@@ -143,8 +144,10 @@ class CheckpointManager:
         return found[-1] if found else None
 
     # -- saving --------------------------------------------------------------------------
-    def save(self, step: int, state: dict[str, Any], signature: dict[str, Any]) -> Path:
-        """Write `state` (model/optimizer state dicts, bytes objects) as checkpoint `step`."""
+    def save(self, step: int, state: dict[str, Any], signature: dict[str, Any],
+             files: dict[str, str] | None = None) -> Path:
+        """Write `state` (model/optimizer state dicts, bytes objects) as checkpoint `step`, with `files`
+        (name -> text, written by rank 0) inside it, so they appear together with the checkpoint or not at all."""
         name = f"{_PREFIX}{step:08d}"
         final = self.directory / name
         tmp = self.directory / f"{_TMP_PREFIX}{name}"
@@ -156,10 +159,11 @@ class CheckpointManager:
         dcp.save(state, checkpoint_id=str(tmp))
         self._barrier()
         if self.rank == 0:
-            with open(tmp / SIGNATURE, "w") as f:
-                json.dump(signature, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
+            for file_name, text in {SIGNATURE: json.dumps(signature, indent=1, sort_keys=True), **(files or {})}.items():
+                with open(tmp / file_name, "w") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
             _fsync_dir(tmp)
             if final.exists():  # same step saved again (e.g. the end of a resumed run)
                 shutil.rmtree(final)

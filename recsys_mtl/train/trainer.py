@@ -292,11 +292,21 @@ class Trainer:
             "config": flatten(self.config),  # a resume lists what changed since (tracked or not)
         })
         state[f"rng_rank{self.env.rank}"] = pack(rng_state())
-        path = self.checkpoints.save(self.step, state, self.signature)
+        path = self.checkpoints.save(self.step, state, self.signature, files=self._self_description())
         self._saved_step = self.step
         if self.env.is_main:
             log.info("checkpoint step %d saved to %s", self.step, path)
         return path
+
+    def _self_description(self) -> dict[str, str]:
+        """The resolved config and the feature spec, saved in every checkpoint: `recsys-mtl evaluate` loads a
+        checkpoint without being told which config (and `--set` overrides) it was trained with."""
+        import yaml
+
+        from recsys_mtl.evaluate.loading import CONFIG_FILE, SPEC_FILE
+
+        return {CONFIG_FILE: yaml.safe_dump(to_dict(self.config), sort_keys=False),
+                SPEC_FILE: yaml.safe_dump(to_dict(self.spec), sort_keys=False)}
 
     def maybe_resume(self) -> bool:
         path = self.checkpoints.latest() if self.config.train.checkpoint.resume else None

@@ -7,7 +7,7 @@ import yaml
 from recsys_mtl.config.features import FeatureSpec
 from recsys_mtl.config.loader import ConfigError, from_dict, to_dict
 from recsys_mtl.config.train import ShardingConfig
-from recsys_mtl.evaluate.loading import load_model
+from recsys_mtl.evaluate.loading import CONFIG_FILE, SPEC_FILE, load_model
 from recsys_mtl.train import Trainer
 
 from tests.models.batches import ListSource, random_batch, rank_batches, tiny_spec
@@ -128,3 +128,20 @@ def test_a_bare_checkpoint_loads_with_another_weighting_or_optimizer_but_not_ano
     # a run trained with `--set` overrides loads with the same ones (`evaluate --config C --set K=V`)
     assert load_model(tmp_path / "out" / "checkpoints", config_file(model={"task_tower": [4]}),
                       overrides=["model.task_tower=[8]"]).step == 2
+
+
+def test_a_checkpoint_carries_its_resolved_config_and_feature_spec(tmp_path):
+    """`evaluate --checkpoint DIR` needs no --config: the trainer saves both inside each checkpoint."""
+    spec = spec_with_mean_pooled_table()
+    cfg = tiny_config(tmp_path / "out", model={"task_tower": [4]}, tracking={"enabled": False})
+    Trainer(cfg, spec=spec, train_data=ListSource(rank_batches(spec, 2, 16, 1, 0))).fit()
+    checkpoint = tmp_path / "out" / "checkpoints" / "step-00000002"
+    loaded = load_model(tmp_path / "out" / "checkpoints")
+    assert loaded.checkpoint == checkpoint and loaded.config == cfg and to_dict(loaded.spec) == to_dict(spec)
+    with pytest.raises(ConfigError, match=r"task_tower: checkpoint has \[4\], this config has \[8\](.|\n)*drop --config"):
+        load_model(checkpoint, overrides=["model.task_tower=[8]"])
+    # a checkpoint saved before checkpoints carried their config needs it given
+    (checkpoint / CONFIG_FILE).unlink()
+    (checkpoint / SPEC_FILE).unlink()
+    with pytest.raises(ConfigError, match=r"holds no config\.yaml(.|\n)*\(--config, with any --set overrides"):
+        load_model(checkpoint)

@@ -163,14 +163,13 @@ def test_evaluate_input_errors_are_one_line_with_exit_code_2(store, data, capsys
     assert main(["evaluate", "--run", "0" * 32, "--data", str(data / "eval"), "--tracking-uri", store["uri"]]) == 2
     assert "not found in the tracking store" in capsys.readouterr().err
     bare = store["root"] / "equal" / "checkpoints"
-    assert main(["evaluate", "--checkpoint", str(bare), "--data", str(data / "eval")]) == 2
-    assert "bare checkpoint: give the training config" in capsys.readouterr().err
-    assert main(["evaluate", "--checkpoint", str(bare), "--set", "train.seed=1", "--data", str(data / "eval")]) == 2
-    assert "--set train.seed=1: overrides apply to the training config of a bare checkpoint (--config)" in \
-        capsys.readouterr().err
-    assert main(["evaluate", "--checkpoint", str(bare), "--config", str(store["root"] / "equal" / "tracking" / "config.yaml"),
-                 "--set", "model.task_tower=[3]", "--data", str(data / "eval"), "--no-log"]) == 2
-    assert "model.task_tower: checkpoint has" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(bare), "--set", "model.task_tower=[3]", "--data", str(data / "eval"),
+                 "--no-log"]) == 2
+    err = capsys.readouterr().err
+    assert "model.task_tower: checkpoint has [8], this config has [3]" in err and "drop --config and the --set" in err
+    assert main(["evaluate", "--checkpoint", str(bare), "--baseline-set", "model.task_tower=[3]",
+                 "--data", str(data / "eval")]) == 2
+    assert "describe a --baseline model: give --baseline too" in capsys.readouterr().err
 
 
 def _env() -> dict:
