@@ -6,7 +6,8 @@ Train the committed config for some seeds, then compare each seed's model with t
         --set tracking.enabled=false --set train.output_dir=/tmp/kr/r$S; done
     python results/kuairand/paired_lr.py --data data/kuairand /tmp/kr/r0 /tmp/kr/r1 /tmp/kr/r2
 
-Per task and seed it prints AUC(model) - AUC(LR) with two intervals for it: the paired row bootstrap of
+First it prints the LR's AUC per task for each C in `--sweep` (with no runs given, only that: e.g. on a
+validation fold, `--data data/kuairand_valid`). Then, per task and seed, it prints AUC(model) - AUC(LR) with two intervals for it: the paired row bootstrap of
 `recsys_mtl.metrics.compare_models` (the one `recsys-mtl evaluate --baseline` reports) and DeLong's
 standard error for two correlated AUCs (DeLong, DeLong and Clarke-Pearson, Biometrics 1988), with its
 two-sided p. The LR is the one of results/kuairand/README.md: sklearn LogisticRegression on the one-hot
@@ -54,15 +55,18 @@ def delong(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float, f
     s10, s01 = np.cov(np.stack([a10, b10])), np.cov(np.stack([a01, b01]))
     var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / pos.sum() + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / neg.sum()
     diff, se = auc_b - auc_a, float(np.sqrt(var))
-    return float(diff), se, float(2 * norm.sf(abs(diff) / se))
+    p = 2 * norm.sf(abs(diff) / se) if se > 0 else float(diff == 0)  # se = 0: identical rankings
+    return float(diff), se, float(p)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path, help="train.output_dir of each seed's run (its checkpoints/)")
+    ap.add_argument("runs", nargs="*", type=Path, help="train.output_dir of each seed's run (its checkpoints/)")
     ap.add_argument("--data", type=Path, default=Path("data/kuairand"), help="prepared data (train/, test/)")
     ap.add_argument("--config", default="configs/kuairand.yaml", help="the config the runs trained")
-    ap.add_argument("--C", type=float, nargs="+", default=[0.1, 1.0], help="LR inverse regularisation strengths")
+    ap.add_argument("--C", type=float, nargs="+", default=[0.1, 1.0], help="the LRs the runs are compared with")
+    ap.add_argument("--sweep", type=float, nargs="+", default=[0.03, 0.1, 0.2, 0.3, 0.5, 1.0, 3.0],
+                    help="the Cs of the LR sweep")
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args()
 
@@ -72,7 +76,7 @@ def main() -> None:
     labelled = test[TASKS].notna().to_numpy()
     y = np.nan_to_num(test[TASKS].to_numpy(dtype=float))
     lr = {}
-    for c in args.C:
+    for c in sorted(set(args.C) | set(args.sweep)):
         lr[c] = np.zeros(y.shape)
         for j, task in enumerate(TASKS):
             has = train[task].notna().to_numpy()
@@ -82,7 +86,15 @@ def main() -> None:
     def auc(p: np.ndarray, j: int) -> float:
         return roc_auc_score(y[labelled[:, j], j], p[labelled[:, j], j])
 
-    print("positives: " + ", ".join(f"{t} {int(y[labelled[:, j], j].sum())}" for j, t in enumerate(TASKS)))
+    print(f"LR AUC on {args.data / 'test'} (positives: "
+          + ", ".join(f"{t} {int(y[labelled[:, j], j].sum())}" for j, t in enumerate(TASKS)) + ")")
+    print("| C | " + " | ".join(TASKS) + " |")
+    print("| --- |" + " --- |" * len(TASKS))
+    for c in args.sweep:
+        print(f"| {c:g} | " + " | ".join(f"{auc(lr[c], j):.4f}" for j in range(len(TASKS))) + " |")
+    if not args.runs:
+        return
+    print()
     print("| model | C | task | AUC model | AUC LR | model - LR | bootstrap 95% | DeLong se | p |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for run in args.runs:
@@ -92,7 +104,8 @@ def main() -> None:
                 and np.array_equal(np.where(labelled, labels.numpy(), 0), y)):
             raise SystemExit(f"{run}: the scored rows are not the test files' rows in path order")
         p = torch.sigmoid(logits).double().numpy()
-        for c, q in lr.items():
+        for c in args.C:
+            q = lr[c]
             cmp = compare_models(torch.from_numpy(q), torch.from_numpy(p), torch.from_numpy(y),
                                  torch.from_numpy(labelled), n_boot=args.n_boot, seed=0)
             for j, task in enumerate(TASKS):
