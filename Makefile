@@ -5,7 +5,11 @@ PY     := $(VENV)/bin/python
 REQS   := requirements/cpu.txt requirements/common.txt requirements/test.txt requirements/torchrec.txt
 STAMP  := $(VENV)/.installed-$(shell cat $(REQS) setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 VENV16 ?= .venv-torchrec16
+PY16   := $(VENV16)/bin/python
+REQS16 := requirements/cpu-torchrec16.txt requirements/common.txt requirements/test.txt requirements/torchrec16.txt
+STAMP16 := $(VENV16)/.installed-$(shell cat $(REQS16) setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 DEMO_DIR ?= demo
+CHECK_PYTHON = @$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "recsys-mtl: the pinned CPU stack needs Python 3.11, found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.11)")'
 
 .PHONY: setup demo test test-torchrec16 bench clean
 
@@ -13,7 +17,7 @@ setup: $(STAMP)
 
 # Re-installs only when $(REQS), setup.cfg or pyproject.toml change.
 $(STAMP):
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "recsys-mtl: the pinned CPU stack needs Python 3.11, found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.11)")'
+	$(CHECK_PYTHON)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/cpu.txt -r requirements/test.txt
@@ -30,13 +34,17 @@ test: setup
 
 # The suite on the oldest stack the code is kept working on (torch 2.11 + fbgemm 1.6.0 + torchrec 1.6.1, the GPU
 # machine's pair) in its own venv, on the CPU. Not part of CI: PyPI's torch 2.11 is a 4.6 GB CUDA build.
-test-torchrec16:
-	test -x $(VENV16)/bin/python || $(PYTHON) -m venv $(VENV16)
-	$(VENV16)/bin/python -m pip install -q --upgrade pip 'setuptools>=70.1,<82'  # torch 2.11 wants <82; 70.1 builds wheels
-	$(VENV16)/bin/python -m pip install -q -r requirements/torchrec16.txt -r requirements/test.txt
-	$(VENV16)/bin/python -m pip install -q --no-deps torchrec==1.6.1
-	$(VENV16)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
-	$(VENV16)/bin/python -m pytest -q
+test-torchrec16: $(STAMP16)
+	$(PY16) -m pytest -q
+
+$(STAMP16):
+	$(CHECK_PYTHON)
+	test -x $(PY16) || $(PYTHON) -m venv $(VENV16)
+	$(PY16) -m pip install -q --upgrade pip 'setuptools>=70.1,<82'  # torch 2.11 wants <82; 70.1 builds wheels
+	$(PY16) -m pip install -q -r requirements/cpu-torchrec16.txt -r requirements/test.txt
+	$(PY16) -m pip install -q --no-deps -r requirements/torchrec16.txt
+	$(PY16) -m pip install -q --no-deps --no-build-isolation -e .
+	rm -f $(VENV16)/.installed-* && touch $@
 
 bench: setup
 	$(VENV)/bin/recsys-mtl bench data
