@@ -204,6 +204,11 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def to_yaml(obj: Any) -> str:
+    """YAML of `to_dict(obj)` in field order: what `read_yaml` + `from_dict` read back."""
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists of mappings are keyed by index."""
     data = to_dict(obj)
@@ -219,4 +224,4 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-__all__ = ["ConfigError", "Where", "from_dict", "load_yaml", "read_yaml", "yaml_problem", "to_dict", "flatten"]
+__all__ = ["ConfigError", "Where", "from_dict", "load_yaml", "read_yaml", "yaml_problem", "to_dict", "to_yaml", "flatten"]

@@ -131,16 +131,18 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
     loaded, run_id = models.load(ref, args.config, is_path=args.checkpoint is not None, overrides=args.overrides,
                                  flags=("--config", "--set"))
     names = loaded.spec.task_names
-    print(f"scoring {args.data} with {loaded.source} (checkpoint {loaded.checkpoint.name}, {len(names)} tasks)",
-          flush=True)
-    logits, labels, mask = score_eval_set(loaded.model, loaded.spec, args.data, args.batch_size)
-
-    baseline_logits, baseline_run = None, None
-    if args.baseline:
+    base, baseline_run = None, None
+    if args.baseline:  # loaded (and checked) before anything is scored
         base, baseline_run = models.load(args.baseline, args.baseline_config, is_path=_is_path(args.baseline),
                                          overrides=args.baseline_overrides, flags=("--baseline-config", "--baseline-set"))
         if base.spec.task_names != names:
             raise ValueError(f"baseline {args.baseline} has tasks {base.spec.task_names}, the model has {names}")
+    print(f"scoring {args.data} with {loaded.source} (checkpoint {loaded.checkpoint.name}, {len(names)} tasks)",
+          flush=True)
+    logits, labels, mask = score_eval_set(loaded.model, loaded.spec, args.data, args.batch_size)
+
+    baseline_logits = None
+    if base is not None:
         print(f"scoring {args.data} with baseline {base.source}", flush=True)
         baseline_logits, base_labels, base_mask = score_eval_set(base.model, base.spec, args.data, args.batch_size)
         if not (base_labels.equal(labels) and base_mask.equal(mask)):
@@ -155,7 +157,7 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_report.txt").write_text(table + "\n")
     plot = report.save_ne_change_plot(out / "ne_change_vs_baseline.png") if report.comparison is not None else None
-    if plot is not None:
+    if plot is not None and args.out:
         print(f"plot: {plot}")
 
     experiment = None
@@ -164,6 +166,8 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
     elif args.experiment:
         experiment = args.experiment
     if args.no_log or experiment is None:
+        if plot is not None and not args.out:
+            print("plot: not kept (nothing is logged): pass --out DIR to keep the report and the plot")
         return EvalOutcome(report, run_id, None)
     eval_run = _log_eval_run(models, experiment, run_id, loaded, args, baseline_run, report, out, plot)
     print(f"logged to eval run {eval_run} (experiment {experiment!r}"

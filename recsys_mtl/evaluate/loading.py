@@ -21,11 +21,11 @@ import logging
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from recsys_mtl.train.checkpoint import CONFIG_FILE, SPEC_FILE  # the files a checkpoint carries
+
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
-CONFIG_FILE = "config.yaml"
-SPEC_FILE = "feature_spec.yaml"
 CHECKPOINT_DIR = "checkpoint"
 
 
@@ -47,8 +47,10 @@ def _checkpoint_in(path: Path) -> Path:
         return path
     latest = CheckpointManager(path).latest()
     if latest is None:
+        hint = f" (a training run's output_dir? its checkpoints are in {path / 'checkpoints'})" \
+            if (path / "checkpoints").is_dir() else ""
         raise FileNotFoundError(f"{path}: not a checkpoint directory (no .metadata and model.json) "
-                                "and holds no complete checkpoint")
+                                f"and holds no complete checkpoint{hint}")
     return latest
 
 
@@ -87,16 +89,22 @@ def load_model(path: str | Path, config_path: str | Path | None = None, source: 
         config = TrainConfig.load(str(config_path), overrides)
         spec = FeatureSpec.load(config.data.spec)
     elif saved:
-        config = TrainConfig.load(str(beside / CONFIG_FILE), overrides)
-        spec = FeatureSpec.load(beside / SPEC_FILE)
+        try:
+            config = TrainConfig.load(str(beside / CONFIG_FILE), overrides)
+        except ConfigError as exc:  # e.g. a key a later version renamed
+            raise ConfigError(f"{exc}\n(that is the config saved with the checkpoint; give {config_flag} to build the "
+                              f"model from another)") from None
+        overrides_spec = any(o.split("=", 1)[0].strip() == "data.spec" for o in overrides or [])
+        spec = FeatureSpec.load(config.data.spec if overrides_spec else beside / SPEC_FILE)
     else:
         raise ConfigError(f"{checkpoint} holds no {CONFIG_FILE} (it predates checkpoints that carry their config): "
                           f"give the training config it was trained with ({config_flag}, with any {set_flag} "
                           f"overrides it was trained with), or point at a model directory "
                           f"({CONFIG_FILE}, {SPEC_FILE}, {CHECKPOINT_DIR}/)")
     if saved:
-        advice = (f"{beside / CONFIG_FILE} is the config it was trained with: drop {config_flag} and the {set_flag} "
-                  f"overrides that change the model to load it with that one.")
+        drop = [f for f, given in ((config_flag, config_path is not None),
+                                   (f"the {set_flag} overrides that change the model", bool(overrides))) if given]
+        advice = f"{beside / CONFIG_FILE} is the config it was trained with: drop {' and '.join(drop)} to use it."
     else:
         advice = (f"Give the training config (and feature spec) this checkpoint was trained with ({config_flag}, "
                   f"plus the {set_flag} overrides the run was trained with; a tracked run keeps the resolved config as "

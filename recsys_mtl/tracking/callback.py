@@ -51,15 +51,13 @@ class TrackingCallback(TrainerCallback):
 
     # -- start -------------------------------------------------------------------------------
     def on_train_start(self, trainer: "Trainer") -> None:
-        import yaml
-
-        from recsys_mtl.config.loader import to_dict
+        from recsys_mtl.config.loader import to_yaml
 
         cfg, tcfg = trainer.config, trainer.config.tracking
         work = trainer.output_dir / "tracking"
         work.mkdir(parents=True, exist_ok=True)
         spec_file = work / "feature_spec.yaml"  # the spec the model was built from, even if given in memory
-        spec_file.write_text(yaml.safe_dump(to_dict(trainer.spec), sort_keys=False))
+        spec_file.write_text(to_yaml(trainer.spec))
         data_paths = [p for p in (cfg.data.train_path, cfg.data.eval_path) if p and Path(p).exists()]
         continue_run_id = None
         if trainer.resumed_from_step is not None and tcfg.continue_run and (work / "run_id").exists():
@@ -129,11 +127,12 @@ class TrackingCallback(TrainerCallback):
         if checkpoint is None:
             log.warning("no checkpoint to log as the model")
             return
+        # the checkpoint's own config and spec (those of the process that saved it: a re-run under other settings
+        # that trains nothing logs the model as it was trained); a checkpoint older than them: this run's
         work = trainer.output_dir / "tracking"
         t = self.tracker
-        for name, src in ((CONFIG_FILE, work / "config.yaml"), (SPEC_FILE, work / "feature_spec.yaml")):
-            if src.name != name:
-                raise AssertionError(f"{src} must be named {name}")
+        for name in (CONFIG_FILE, SPEC_FILE):
+            src = checkpoint / name if (checkpoint / CONFIG_FILE).is_file() else work / name
             t.log_artifact(src, MODEL_ARTIFACT)
         t.log_artifact(checkpoint, f"{MODEL_ARTIFACT}/{CHECKPOINT_DIR}/{checkpoint.name}")  # the name keeps the step
         t.set_tags({"recsys_mtl.model": MODEL_ARTIFACT, "recsys_mtl.checkpoint": checkpoint.name})

@@ -257,14 +257,12 @@ class RunTracker(NullTracker):
         tracker = cls(client, run.info.run_id, config, uri, work_dir, resumed_at_step=step if continued else None)
         all_params: dict[str, Any] = {}
         if config_obj is not None:
-            from recsys_mtl.config.loader import flatten, to_dict
+            from recsys_mtl.config.loader import flatten, to_yaml
 
             all_params.update(flatten(config_obj))
             cfg_path = work_dir / "tracking" / "config.yaml"
             cfg_path.parent.mkdir(parents=True, exist_ok=True)
-            import yaml
-
-            cfg_path.write_text(yaml.safe_dump(to_dict(config_obj), sort_keys=False))
+            cfg_path.write_text(to_yaml(config_obj))
             tracker.log_artifact(cfg_path, artifact_dir)
         all_params.update(params or {})
         resume_tags: dict[str, str] = {}

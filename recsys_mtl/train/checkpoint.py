@@ -3,7 +3,8 @@
 Layout under the checkpoint directory:
 
     step-00000120/        complete checkpoints (DCP files + .metadata + model.json, and the files the
-                          trainer adds: its resolved config.yaml and feature_spec.yaml)
+                          trainer adds: config.yaml and feature_spec.yaml, as resolved by the process
+                          that saved that step; a resume under other settings saves its own)
     latest                name of the newest complete one (written by atomic rename)
     .tmp-step-00000140/   a save in progress; never read, removed on the next save
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 LATEST = "latest"
 SIGNATURE = "model.json"
+CONFIG_FILE = "config.yaml"  # the resolved training config, in every checkpoint the trainer saves
+SPEC_FILE = "feature_spec.yaml"  # the feature spec the model was built from, beside it
 _PREFIX = "step-"
 _TMP_PREFIX = ".tmp-"
 
@@ -148,6 +151,8 @@ class CheckpointManager:
              files: dict[str, str] | None = None) -> Path:
         """Write `state` (model/optimizer state dicts, bytes objects) as checkpoint `step`, with `files`
         (name -> text, written by rank 0) inside it, so they appear together with the checkpoint or not at all."""
+        if files and SIGNATURE in files:
+            raise ValueError(f"{SIGNATURE} is the checkpoint's own signature file; name the extra file otherwise")
         name = f"{_PREFIX}{step:08d}"
         final = self.directory / name
         tmp = self.directory / f"{_TMP_PREFIX}{name}"

@@ -33,12 +33,12 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys_mtl.config.features import FeatureSpec
-from recsys_mtl.config.loader import ConfigError, flatten, to_dict
+from recsys_mtl.config.loader import ConfigError, flatten, to_dict, to_yaml
 from recsys_mtl.config.train import DenseOptimConfig, TrainConfig
 from recsys_mtl.data.batch import Batch
 from recsys_mtl.models import MultiTaskModel
 from recsys_mtl.models.multitask import wide_columns
-from recsys_mtl.train.checkpoint import CheckpointManager, pack, rng_state, set_rng_state, unpack
+from recsys_mtl.train.checkpoint import CONFIG_FILE, SPEC_FILE, CheckpointManager, pack, rng_state, set_rng_state, unpack
 from recsys_mtl.train.distributed import DistEnv, init_distributed
 from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
 from recsys_mtl.train.lock import OutputDirLock
@@ -301,12 +301,7 @@ class Trainer:
     def _self_description(self) -> dict[str, str]:
         """The resolved config and the feature spec, saved in every checkpoint: `recsys-mtl evaluate` loads a
         checkpoint without being told which config (and `--set` overrides) it was trained with."""
-        import yaml
-
-        from recsys_mtl.evaluate.loading import CONFIG_FILE, SPEC_FILE
-
-        return {CONFIG_FILE: yaml.safe_dump(to_dict(self.config), sort_keys=False),
-                SPEC_FILE: yaml.safe_dump(to_dict(self.spec), sort_keys=False)}
+        return {CONFIG_FILE: to_yaml(self.config), SPEC_FILE: to_yaml(self.spec)}
 
     def maybe_resume(self) -> bool:
         path = self.checkpoints.latest() if self.config.train.checkpoint.resume else None
@@ -358,7 +353,8 @@ class Trainer:
         del state["train_state"], state[f"rng_rank{self.env.rank}"]
         self.checkpoints.load(path, state, self.signature, advice=(
             "train.init_from warm-starts a model of the same shape, optimizers and weighting method: make those "
-            "settings match the source run's (its config.yaml), or set train.init_from: null to start from scratch."))
+            f"settings match the source run's ({path / CONFIG_FILE}, or the run's config.yaml), or set "
+            "train.init_from: null to start from scratch."))
         self.dmp.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
         self.weighting.load_state_dict(state["weighting"])

@@ -123,7 +123,7 @@ def test_a_bare_checkpoint_loads_with_another_weighting_or_optimizer_but_not_ano
     other = config_file(weighting={"method": "go4align", "args": {"num_groups": 2}},
                         optim={"dense": {"type": "sgd", "lr": 0.1}, "embedding": {"type": "adagrad", "lr": 0.1}})
     assert load_model(tmp_path / "out" / "checkpoints", other).step == 2
-    with pytest.raises(CheckpointMismatchError, match=r"model\.task_tower: checkpoint has \[8\](.|\n)*--config(.|\n)*--set"):
+    with pytest.raises(CheckpointMismatchError, match=r"model\.task_tower: checkpoint has \[8\](.|\n)*config it was trained with: drop --config to use it"):
         load_model(tmp_path / "out" / "checkpoints", config_file(model={"task_tower": [4]}))
     # a run trained with `--set` overrides loads with the same ones (`evaluate --config C --set K=V`)
     assert load_model(tmp_path / "out" / "checkpoints", config_file(model={"task_tower": [4]}),
@@ -138,8 +138,13 @@ def test_a_checkpoint_carries_its_resolved_config_and_feature_spec(tmp_path):
     checkpoint = tmp_path / "out" / "checkpoints" / "step-00000002"
     loaded = load_model(tmp_path / "out" / "checkpoints")
     assert loaded.checkpoint == checkpoint and loaded.config == cfg and to_dict(loaded.spec) == to_dict(spec)
-    with pytest.raises(ConfigError, match=r"task_tower: checkpoint has \[4\], this config has \[8\](.|\n)*drop --config"):
+    with pytest.raises(ConfigError, match=r"task_tower: checkpoint has \[4\], this config has \[8\](.|\n)*drop the --set overrides"):
         load_model(checkpoint, overrides=["model.task_tower=[8]"])
+    # a saved config a later version cannot read: the error says where it came from and how to get past it
+    saved = (checkpoint / CONFIG_FILE).read_text()
+    (checkpoint / CONFIG_FILE).write_text(saved.replace("train:\n", "train:\n  renamed_knob: 1\n", 1))
+    with pytest.raises(ConfigError, match=r"renamed_knob(.|\n)*saved with the checkpoint; give --config"):
+        load_model(checkpoint)
     # a checkpoint saved before checkpoints carried their config needs it given
     (checkpoint / CONFIG_FILE).unlink()
     (checkpoint / SPEC_FILE).unlink()

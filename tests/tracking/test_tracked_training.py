@@ -166,10 +166,14 @@ def test_evaluate_input_errors_are_one_line_with_exit_code_2(store, data, capsys
     assert main(["evaluate", "--checkpoint", str(bare), "--set", "model.task_tower=[3]", "--data", str(data / "eval"),
                  "--no-log"]) == 2
     err = capsys.readouterr().err
-    assert "model.task_tower: checkpoint has [8], this config has [3]" in err and "drop --config and the --set" in err
+    assert "model.task_tower: checkpoint has [8], this config has [3]" in err and "drop the --set overrides that change the model" in err
     assert main(["evaluate", "--checkpoint", str(bare), "--baseline-set", "model.task_tower=[3]",
                  "--data", str(data / "eval")]) == 2
     assert "describe a --baseline model: give --baseline too" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(bare), "--baseline", str(bare), "--baseline-set", "model.task_tower=[3]",
+                 "--data", str(data / "eval"), "--no-log"]) == 2
+    printed, err = capsys.readouterr()
+    assert "drop the --baseline-set overrides that change the model" in err and "scoring" not in printed
 
 
 def _env() -> dict:

@@ -99,6 +99,11 @@ def test_two_processes_with_table_and_row_wise_sharding_match_one_process(parque
                                rtol=1e-5, atol=1e-6)
     assert "row_wise/fused" in log and "table_wise/fused" in log
     assert log.count("eval step") == 2  # rank 0 only, once per epoch
+    # rank 0 alone wrote the config and spec into the checkpoint, and they build the model it was trained as
+    from recsys_mtl.evaluate.loading import load_model
+
+    loaded = load_model(tmp_path / "two" / "checkpoints")
+    assert loaded.step == 12 and loaded.config.sharding.tables["user"] == "row_wise"
 
 
 @pytest.mark.slow
