@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -240,3 +241,14 @@ def test_a_resumed_training_continues_its_mlflow_run(data, tmp_path):
     assert len(client.search_model_versions("name = 'resumed-mtl'")) == 1  # no second version of the same model
     assert [m.step for m in client.get_metric_history(first, "eval/ne/click")] == evals  # nothing re-logged
     assert sorted(m.step for m in client.get_metric_history(first, "train/samples_per_second")) == [12, total]
+
+
+def test_a_rerun_that_trains_nothing_logs_the_model_with_the_config_it_was_trained_with(data, tmp_path):
+    """A finished run re-run under another learning rate trains nothing; its logged model keeps the old config."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = train_in_process(data, tmp_path / "run", uri, tmp_path / "artifacts")
+    again = train_in_process(data, tmp_path / "run", uri, tmp_path / "artifacts", "optim.dense.lr=0.0123")
+    client = MlflowClient(uri)
+    for run_id, dense_lr in ((first, 0.01), (again, 0.01)):
+        local = client.download_artifacts(run_id, "model/config.yaml", str(tmp_path / run_id))
+        assert yaml.safe_load(Path(local).read_text())["optim"]["dense"]["lr"] == dense_lr
