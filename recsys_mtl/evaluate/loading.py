@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from recsys_mtl.train.checkpoint import CONFIG_FILE, SPEC_FILE  # the files a checkpoint carries
+from recsys_mtl.train.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, SPEC_FILE  # the files a checkpoint carries
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ def _checkpoint_in(path: Path) -> Path:
         return path
     latest = CheckpointManager(path).latest()
     if latest is None:
-        hint = f" (a training run's output_dir? its checkpoints are in {path / 'checkpoints'})" \
-            if (path / "checkpoints").is_dir() else ""
+        hint = f" (a training run's output_dir? its checkpoints are in {path / CHECKPOINTS_DIR})" \
+            if (path / CHECKPOINTS_DIR).is_dir() else ""
         raise FileNotFoundError(f"{path}: not a checkpoint directory (no .metadata and model.json) "
                                 f"and holds no complete checkpoint{hint}")
     return latest
@@ -90,12 +90,13 @@ def load_model(path: str | Path, config_path: str | Path | None = None, source: 
         spec = FeatureSpec.load(config.data.spec)
     elif saved:
         try:
-            config = TrainConfig.load(str(beside / CONFIG_FILE), overrides)
+            trained = TrainConfig.load(str(beside / CONFIG_FILE))
+            config = TrainConfig.load(str(beside / CONFIG_FILE), overrides) if overrides else trained
         except ConfigError as exc:  # e.g. a key a later version renamed
             raise ConfigError(f"{exc}\n(that is the config saved with the checkpoint; give {config_flag} to build the "
                               f"model from another)") from None
-        overrides_spec = any(o.split("=", 1)[0].strip() == "data.spec" for o in overrides or [])
-        spec = FeatureSpec.load(config.data.spec if overrides_spec else beside / SPEC_FILE)
+        # the saved spec, unless an override names another (--set data.spec=...)
+        spec = FeatureSpec.load(config.data.spec if config.data.spec != trained.data.spec else beside / SPEC_FILE)
     else:
         raise ConfigError(f"{checkpoint} holds no {CONFIG_FILE} (it predates checkpoints that carry their config): "
                           f"give the training config it was trained with ({config_flag}, with any {set_flag} "

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 LATEST = "latest"
 SIGNATURE = "model.json"
+CHECKPOINTS_DIR = "checkpoints"  # under train.output_dir, unless train.checkpoint.dir says otherwise
 CONFIG_FILE = "config.yaml"  # the resolved training config, in every checkpoint the trainer saves
 SPEC_FILE = "feature_spec.yaml"  # the feature spec the model was built from, beside it
 _PREFIX = "step-"

@@ -38,7 +38,8 @@ from recsys_mtl.config.train import DenseOptimConfig, TrainConfig
 from recsys_mtl.data.batch import Batch
 from recsys_mtl.models import MultiTaskModel
 from recsys_mtl.models.multitask import wide_columns
-from recsys_mtl.train.checkpoint import CONFIG_FILE, SPEC_FILE, CheckpointManager, pack, rng_state, set_rng_state, unpack
+from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, SPEC_FILE, CheckpointManager, pack, rng_state,
+                                        set_rng_state, unpack)
 from recsys_mtl.train.distributed import DistEnv, init_distributed
 from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
 from recsys_mtl.train.lock import OutputDirLock
@@ -197,7 +198,7 @@ class Trainer:
             self.eval_data = self._default_source(config.data.eval_path, train=False)
         self.schedule = self._build_schedule()  # after train_data: its length plans the decay
 
-        ckpt_dir = Path(tc.checkpoint.dir) if tc.checkpoint.dir else self.output_dir / "checkpoints"
+        ckpt_dir = Path(tc.checkpoint.dir) if tc.checkpoint.dir else self.output_dir / CHECKPOINTS_DIR
         self.checkpoints = CheckpointManager(ckpt_dir, keep=tc.checkpoint.keep, rank=self.env.rank,
                                              world_size=self.env.world_size)
         self.signature = model_signature(self.spec, config)
@@ -292,15 +293,17 @@ class Trainer:
             "config": flatten(self.config),  # a resume lists what changed since (tracked or not)
         })
         state[f"rng_rank{self.env.rank}"] = pack(rng_state())
-        path = self.checkpoints.save(self.step, state, self.signature, files=self._self_description())
+        path = self.checkpoints.save(self.step, state, self.signature, files=self._self_description)
         self._saved_step = self.step
         if self.env.is_main:
             log.info("checkpoint step %d saved to %s", self.step, path)
         return path
 
+    @functools.cached_property
     def _self_description(self) -> dict[str, str]:
-        """The resolved config and the feature spec, saved in every checkpoint: `recsys-mtl evaluate` loads a
-        checkpoint without being told which config (and `--set` overrides) it was trained with."""
+        """The resolved config and the feature spec, saved in every checkpoint (rendered once per run):
+        `recsys-mtl evaluate` loads a checkpoint without being told which config (and `--set` overrides) it
+        was trained with."""
         return {CONFIG_FILE: to_yaml(self.config), SPEC_FILE: to_yaml(self.spec)}
 
     def maybe_resume(self) -> bool:
