@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -193,10 +194,12 @@ class ParquetStream:
             n_slots = self.world_size * self.slots_per_rank
             slots: list[list[RowGroup]] = [[] for _ in range(n_slots)]
             rows = [0] * n_slots
+            least = [(0, s) for s in range(n_slots)]  # (rows, slot): the emptiest slot, lowest index on ties
             for unit in order:
-                s = min(range(n_slots), key=rows.__getitem__)
+                _, s = heapq.heappop(least)
                 slots[s].append(unit)
                 rows[s] += unit.num_rows
+                heapq.heappush(least, (rows[s], s))
             if self.drop_remainder:
                 steps = min(rows) // self.batch_size
                 counts = [steps] * n_slots
