@@ -44,6 +44,25 @@ class WeightedTaskLoss(nn.Module):
                 penalty: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`penalty` [T]: per-task regularisation added unweighted for the tasks labelled in the global batch, so a
         task with no labels (past its train.task_epochs) is left exactly as it is."""
+        sums, losses, present, denom = self._global_losses(logits, labels, mask, sample_weights)
+        weights = self._weigh(losses, present)
+        local = sums * (float(self.world_size) / denom)
+        loss = (weights * local).sum()
+        if penalty is not None:
+            loss = loss + (penalty * present).sum()
+        return loss, losses, weights
+
+    @torch.no_grad()
+    def global_losses(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                      sample_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global batch's L[T] and which tasks it labels, without calling the weighting (whose state
+        `forward` advances: FAMO keeps the losses it weighted for its post-step update)."""
+        _, losses, present, _ = self._global_losses(logits, labels, mask, sample_weights)
+        return losses, present
+
+    def _global_losses(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                       sample_weights: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """(this rank's sums[T] with grad, global L[T], present[T], global label counts clamped to >= 1)."""
         sums, counts = masked_bce_sums(logits, labels, mask, sample_weights)
         num_tasks = sums.shape[0]
         if self.world_size > 1:
@@ -53,14 +72,7 @@ class WeightedTaskLoss(nn.Module):
         else:
             global_sums, global_counts = sums.detach(), counts
         denom = global_counts.clamp(min=1.0)
-        losses = global_sums / denom
-        present = global_counts > 0
-        weights = self._weigh(losses, present)
-        local = sums * (float(self.world_size) / denom)
-        loss = (weights * local).sum()
-        if penalty is not None:
-            loss = loss + (penalty * present).sum()
-        return loss, losses, weights
+        return sums, global_sums / denom, global_counts > 0, denom
 
 
 class MultiTaskTrainModule(nn.Module):

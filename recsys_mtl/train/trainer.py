@@ -451,14 +451,10 @@ class Trainer:
         try:
             batch = batch.to(self.device)
             logits = self.module.model(batch.dense, batch.sparse)
-            _, losses, _ = self.module.task_loss(logits, batch.labels, batch.label_mask, batch.sample_weights)
+            losses, present = self.module.task_loss.global_losses(logits, batch.labels, batch.label_mask,
+                                                                  batch.sample_weights)
         finally:
             self._reattach()
-        present = batch.label_mask.any(dim=0)
-        if self.env.world_size > 1:
-            present = present.to(torch.int32)
-            dist.all_reduce(present)
-            present = present > 0
         self.weighting.post_step(losses, present)
 
     # -- training ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from recsys_mtl.train import Trainer
 from recsys_mtl.train.checkpoint import CheckpointMismatchError
 from recsys_mtl.train.trainer import TRAIN_LOG
 from recsys_mtl.weighting import WeightingMethod
+from recsys_mtl.weighting.famo import FAMO
 
 from tests.models.batches import ListSource, random_batch, rank_batches, tiny_spec
 from tests.train.helpers import tiny_config
@@ -315,6 +316,41 @@ def test_post_step_weighting_gets_the_same_batch_losses_after_the_update(tmp_pat
     after = trainer.weighting.after[0]
     # the update lowered the first batch's losses on the tasks it had labels for
     assert (after.sum() < before.sum()) and after.shape == before.shape
+
+
+class RecordingFAMO(FAMO):
+    """FAMO that records what the trainer hands it (registered per test)."""
+
+    def __init__(self, num_tasks: int, lr: float = 0.025) -> None:
+        super().__init__(num_tasks, lr=lr)
+        self.seen: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+
+    def compute(self, losses, present):
+        self.seen.append(("compute", losses.clone(), present.clone()))
+        return super().compute(losses, present)
+
+    def post_step(self, losses_after, present=None):
+        self.seen.append(("post_step", losses_after.clone(), present.clone()))
+        super().post_step(losses_after, present)
+
+
+def test_famo_in_the_trainer_updates_its_logits_like_famo_driven_by_hand(tmp_path, monkeypatch):
+    """The after-step losses are computed without calling the weighting: a second compute() used to overwrite
+    FAMO's before-step losses, so delta was 0 and its logits never moved (inverse-loss weights)."""
+    from recsys_mtl.weighting import base
+
+    monkeypatch.setitem(base._REGISTRY, "_test_famo", RecordingFAMO)
+    spec = tiny_spec()
+    trainer = Trainer(tiny_config(tmp_path, weighting={"method": "_test_famo", "args": {"lr": 0.5}}), spec=spec,
+                      train_data=ListSource(rank_batches(spec, 4, 16, 1, 0)))
+    trainer.fit()
+    seen = trainer.weighting.seen
+    assert [kind for kind, _, _ in seen] == ["compute", "post_step"] * 4
+    by_hand = FAMO(spec.num_tasks, lr=0.5)
+    for kind, losses, present in seen:
+        by_hand.compute(losses, present) if kind == "compute" else by_hand.post_step(losses, present)
+    assert by_hand.logits.abs().min() > 0
+    torch.testing.assert_close(trainer.weighting.logits, by_hand.logits, rtol=0, atol=0)
 
 
 def test_heads_start_at_each_tasks_label_rate(tmp_path):
