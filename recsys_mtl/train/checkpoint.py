@@ -41,6 +41,7 @@ SIGNATURE = "model.json"
 CHECKPOINTS_DIR = "checkpoints"  # under train.output_dir, unless train.checkpoint.dir says otherwise
 CONFIG_FILE = "config.yaml"  # the resolved training config, in every checkpoint the trainer saves
 SPEC_FILE = "feature_spec.yaml"  # the feature spec the model was built from, beside it
+RNG_KEY = "rng"  # the trainer's key for every rank's RNG states (a pickled list by rank)
 _PREFIX = "step-"
 _TMP_PREFIX = ".tmp-"
 
@@ -199,15 +200,32 @@ class CheckpointManager:
         try:
             dcp.load(state, checkpoint_id=str(path))
         except DCP_ERRORS as exc:
-            raise CheckpointMismatchError(
-                f"checkpoint {path} could not be loaded into this model ({describe_dcp_error(exc)}). "
-                "If the files are damaged (a disk error, a copy cut short), delete that step's folder to use the "
-                "previous checkpoint. " + advice
-            ) from exc
+            raise _unloadable(path, exc, advice) from exc
+
+    @staticmethod
+    def has_key(path: Path, key: str) -> bool:
+        """Whether checkpoint `path` holds top-level `key` (read from its DCP metadata alone)."""
+        metadata = dcp.FileSystemReader(str(path)).read_metadata()
+        return any(k == key or k.startswith(key + ".") for k in metadata.state_dict_metadata)
+
+    def read_object(self, path: Path, key: str) -> Any:
+        """One bytes object of checkpoint `path`, unpacked; read by this rank alone (no collective)."""
+        state = {key: b""}
+        try:
+            dcp.load(state, checkpoint_id=str(path), no_dist=True)
+        except DCP_ERRORS as exc:
+            raise _unloadable(path, exc, RESUME_ADVICE) from exc
+        return unpack(state[key])
 
     def _barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+
+def _unloadable(path: Path, exc: BaseException, advice: str) -> CheckpointMismatchError:
+    return CheckpointMismatchError(
+        f"checkpoint {path} could not be loaded into this model ({describe_dcp_error(exc)}). If the files are "
+        "damaged (a disk error, a copy cut short), delete that step's folder to use the previous checkpoint. " + advice)
 
 
 def pack(obj: Any) -> bytes:
@@ -223,4 +241,4 @@ def unpack(data: Any) -> Any:
     raise TypeError(f"unexpected checkpoint object {type(data).__name__}")
 
 
-__all__ = ["CheckpointManager", "CheckpointMismatchError", "RESUME_ADVICE", "pack", "unpack", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointManager", "CheckpointMismatchError", "RESUME_ADVICE", "RNG_KEY", "pack", "unpack", "rng_state", "set_rng_state"]

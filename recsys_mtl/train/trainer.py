@@ -38,7 +38,8 @@ from recsys_mtl.config.train import DenseOptimConfig, TrainConfig
 from recsys_mtl.data.batch import Batch
 from recsys_mtl.models import MultiTaskModel
 from recsys_mtl.models.multitask import wide_columns
-from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, SPEC_FILE, CheckpointManager, pack, rng_state,
+from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, RNG_KEY, SPEC_FILE, CheckpointManager, pack,
+                                        rng_state,
                                         set_rng_state, unpack)
 from recsys_mtl.train.distributed import DistEnv, init_distributed
 from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
@@ -274,13 +275,18 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def _checkpoint_state(self) -> dict[str, Any]:
-        return {
+        """What a checkpoint holds. Every rank names the same keys: on a key that some rank lacks, DCP's load
+        falls back to its pre-2.4 key format, which fails on an empty dict (equal weighting's state)."""
+        state = {
             "model": self.dmp.state_dict(),
             "optim": self.optimizer.state_dict(),
             "weighting": self.weighting.state_dict(),
             "train_state": b"",
-            f"rng_rank{self.env.rank}": b"",
+            RNG_KEY: b"",  # every rank's RNG states, a list by rank
         }
+        if not state["weighting"]:
+            del state["weighting"]
+        return state
 
     def save_checkpoint(self) -> Path:
         state = self._checkpoint_state()
@@ -292,7 +298,11 @@ class Trainer:
             "eval": (self.step, self.last_eval) if self._evaluated_at == self.step else None,
             "config": flatten(self.config),  # a resume lists what changed since (tracked or not)
         })
-        state[f"rng_rank{self.env.rank}"] = pack(rng_state())
+        rng = [rng_state()]
+        if self.env.world_size > 1:  # equal on every rank: DCP writes one rank's copy of a bytes object
+            rng = [None] * self.env.world_size
+            dist.all_gather_object(rng, rng_state())
+        state[RNG_KEY] = pack(rng)
         path = self.checkpoints.save(self.step, state, self.signature, files=self._self_description)
         self._saved_step = self.step
         if self.env.is_main:
@@ -310,20 +320,24 @@ class Trainer:
         path = self.checkpoints.latest() if self.config.train.checkpoint.resume else None
         if path is None:
             return False
-        self.dense_optimizer.init_state()  # Adam's state is lazy; DCP loads in place
-        state = self._checkpoint_state()
-        self.checkpoints.load(path, state, self.signature)
-        self.dmp.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optim"])
-        self.weighting.load_state_dict(state["weighting"])
-        train_state = unpack(state["train_state"])
+        self.checkpoints.check_signature(path, self.signature)
+        train_state = self.checkpoints.read_object(path, "train_state")  # checked before the tensors load
         if train_state["world_size"] != self.env.world_size:
             raise ConfigError(
                 f"checkpoint {path} was written by {train_state['world_size']} process(es) and this run has "
                 f"{self.env.world_size}: the data position is per rank. Resume with --nproc "
                 f"{train_state['world_size']}, or set train.checkpoint.resume: false."
             )
-        set_rng_state(unpack(state[f"rng_rank{self.env.rank}"]))
+        self.dense_optimizer.init_state()  # Adam's state is lazy; DCP loads in place
+        state = self._checkpoint_state()
+        legacy_rng = f"rng_rank{self.env.rank}"  # checkpoints from before RNG_KEY: one key per rank
+        if not self.checkpoints.has_key(path, RNG_KEY):
+            state[legacy_rng] = state.pop(RNG_KEY)
+        self.checkpoints.load(path, state, self.signature)
+        self.dmp.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optim"])
+        self.weighting.load_state_dict(state.get("weighting", {}))
+        set_rng_state(unpack(state[legacy_rng]) if legacy_rng in state else unpack(state[RNG_KEY])[self.env.rank])
         self.step, self.epoch, self.step_in_epoch = train_state["step"], train_state["epoch"], train_state["step_in_epoch"]
         self._resume_position = train_state["data"]
         self._saved_step = self.step
@@ -353,14 +367,14 @@ class Trainer:
             path = latest
         self.dense_optimizer.init_state()
         state = self._checkpoint_state()
-        del state["train_state"], state[f"rng_rank{self.env.rank}"]
+        del state["train_state"], state[RNG_KEY]
         self.checkpoints.load(path, state, self.signature, advice=(
             "train.init_from warm-starts a model of the same shape, optimizers and weighting method: make those "
             f"settings match the source run's ({path / CONFIG_FILE}, or the run's config.yaml), or set "
             "train.init_from: null to start from scratch."))
         self.dmp.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
-        self.weighting.load_state_dict(state["weighting"])
+        self.weighting.load_state_dict(state.get("weighting", {}))
         if self.env.is_main:
             (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
             log.info("warm start from %s", path)

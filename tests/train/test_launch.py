@@ -105,6 +105,23 @@ def test_two_processes_with_table_and_row_wise_sharding_match_one_process(parque
     loaded = load_model(tmp_path / "two" / "checkpoints")
     assert loaded.step == 12 and loaded.config.sharding.tables["user"] == "row_wise"
 
+    # 2 processes stopped mid-epoch and resumed by 2 end like the straight 2-process run (equal weighting has an
+    # empty state: it once made every multi-process resume fail in DCP's load)
+    resumed = tmp_path / "two_resumed"
+    run_ok(train_cmd(parquet, resumed, f"data.batch_size={ROW_GROUP}", *common, "train.max_steps=5", nproc=2))
+    log = run_ok(train_cmd(parquet, resumed, f"data.batch_size={ROW_GROUP}", *common, nproc=2))
+    assert "resumed from" in log and "step-00000005" in log
+    assert steps(resumed) == two
+    a, b = final_state(tmp_path / "two"), final_state(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # 1 process cannot take over 2 processes' data positions: refused before any tensor loads, saying what to do
+    proc = subprocess.run(train_cmd(parquet, resumed, f"data.batch_size={ROW_GROUP}", *common, "train.epochs=3"),
+                          env=env(), capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "written by 2 process(es) and this run has 1" in proc.stderr and "--nproc 2" in proc.stderr
+
 
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_like_an_uninterrupted_run(parquet, tmp_path):
