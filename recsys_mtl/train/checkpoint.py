@@ -125,6 +125,14 @@ class CheckpointManager:
         self.keep = keep
         self.rank = rank
         self.world_size = world_size
+        self._earlier_run: list[Path] = []  # removed once this run's first checkpoint is in place
+
+    def start_fresh(self) -> list[Path]:
+        """This run does not continue the checkpoints in the directory: its first save replaces them (step
+        numbers of two runs do not compare, so rotation alone could keep the old run's and drop the new one's).
+        Returns them; until that save they stay, so a run that fails early loses nothing."""
+        self._earlier_run = self.complete_checkpoints()
+        return list(self._earlier_run)
 
     # -- finding -------------------------------------------------------------------------
     @staticmethod
@@ -177,8 +185,12 @@ class CheckpointManager:
             os.replace(tmp, final)
             _fsync_dir(self.directory)
             _write_atomic(self.directory / LATEST, name + "\n")
+            for old in self._earlier_run:
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
             for old in self.complete_checkpoints()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
+        self._earlier_run = []
         self._barrier()
         return final
 

@@ -492,6 +492,12 @@ class Trainer:
         tc = self.config.train
         resumed = self.maybe_resume()
         self.resumed_from_step = self.step if resumed else None
+        if not resumed:
+            earlier = self.checkpoints.start_fresh()
+            if earlier and self.env.is_main:
+                log.warning("%s holds %d checkpoint(s) of an earlier run (newest %s); this run starts fresh "
+                            "(train.checkpoint.resume: false) and replaces them when it saves its first checkpoint",
+                            self.checkpoints.directory, len(earlier), earlier[-1].name)
         if not resumed and tc.init_from:
             self.warm_start(tc.init_from)
         elif not resumed:

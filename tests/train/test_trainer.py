@@ -218,6 +218,37 @@ def test_a_checkpoint_with_one_rng_key_per_rank_from_before_rng_key_still_resume
     assert logged(tmp_path / "full") == logged(tmp_path / "part")
 
 
+def test_a_fresh_run_in_a_used_output_dir_replaces_the_earlier_runs_checkpoints_at_its_first_save(tmp_path, caplog):
+    """Rotation keeps the highest step numbers: with the earlier run's step-8 and step-6 still there, a fresh
+    4-step run used to delete its own checkpoints and leave `latest` naming a deleted folder."""
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    ckpts = tmp_path / "checkpoints"
+    every2 = {"every": 2, "keep": 2}
+    Trainer(tiny_config(tmp_path, train={"epochs": 2, "checkpoint": every2}), spec=spec,
+            train_data=ListSource(batches)).fit()
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000006", "step-00000008"]
+
+    fresh = Trainer(tiny_config(tmp_path, train={"epochs": 1, "checkpoint": {**every2, "resume": False}}), spec=spec,
+                    train_data=ListSource(batches))
+    saved = fresh.save_checkpoint
+
+    def save_then_check():
+        path = saved()
+        # the earlier run's checkpoints go only once this run's first one is in place
+        assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000002"]
+        fresh.save_checkpoint = saved
+        return path
+
+    fresh.save_checkpoint = save_then_check
+    with caplog.at_level("WARNING", logger="recsys_mtl.train.trainer"):
+        fresh.fit()
+    assert "holds 2 checkpoint(s) of an earlier run (newest step-00000008)" in caplog.text
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000002", "step-00000004"]
+    assert (ckpts / "latest").read_text().strip() == "step-00000004"
+    assert fresh.checkpoints.latest() == ckpts / "step-00000004"
+
+
 class EvalSteps:
     """Records the steps of each evaluation a trainer reports."""
 
