@@ -34,10 +34,14 @@ def masked_bce_sums(
             f"masked_bce: logits {tuple(logits.shape)}, labels {tuple(labels.shape)} and "
             f"mask {tuple(mask.shape)} must all be [B, T]"
         )
-    per_row = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none")
+    # an unlabelled row's label and weight may be anything (NaN where an upstream job computed no value): zero
+    # them before use, since the backward of x * w is w * grad, and 0 * NaN would put NaN in the logits' gradient
+    zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
+    per_row = F.binary_cross_entropy_with_logits(logits, torch.where(mask, labels.to(logits.dtype), zero),
+                                                 reduction="none")
     if weights is not None:
-        per_row = per_row * weights
-    # where, not multiply: an inf/NaN on an unlabelled row must not leak into the task's loss
+        per_row = per_row * torch.where(mask, weights.to(logits.dtype), zero)
+    # where, not multiply: an inf/NaN logit on an unlabelled row must not leak into the task's loss
     sums = torch.where(mask, per_row, torch.zeros_like(per_row)).sum(dim=0)
     counts = mask.sum(dim=0).to(logits.dtype)
     return sums, counts

@@ -58,6 +58,26 @@ def test_non_finite_logits_on_unlabelled_rows_do_not_leak():
     torch.testing.assert_close(result.losses, torch.full((2,), math.log(2.0)))
 
 
+@pytest.mark.parametrize("bad", ["label", "weight"])
+def test_a_nan_label_or_weight_on_an_unlabelled_row_leaks_into_neither_loss_nor_gradient(bad):
+    """A weight column computed upstream (watch time / duration) is NaN where there was nothing to measure; the
+    forward's mask hid it, but the backward of loss * weight is weight * grad: 0 * NaN = NaN in the logits."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 3, generator=g, requires_grad=True)
+    labels = (torch.rand(8, 3, generator=g) < 0.5).float()
+    weights = torch.rand(8, 3, generator=g) + 0.5
+    mask = torch.ones(8, 3, dtype=torch.bool)
+    mask[3, 0] = mask[5, 2] = False
+    clean = masked_bce(logits, labels, mask, weights).losses
+    (labels if bad == "label" else weights)[3, 0] = math.nan
+    (labels if bad == "label" else weights)[5, 2] = math.inf
+    result = masked_bce(logits, labels, mask, weights)
+    torch.testing.assert_close(result.losses, clean)
+    result.losses.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad[3, 0] == 0 and logits.grad[5, 2] == 0
+
+
 def test_all_tasks_absent_gives_zeros():
     result = masked_bce(torch.randn(5, 4), torch.zeros(5, 4), torch.zeros(5, 4, dtype=torch.bool))
     assert result.losses.tolist() == [0.0] * 4
