@@ -1,7 +1,7 @@
 """Evaluation during training: exact per-task AUC, NE and log loss over the whole eval set.
 
-Each rank scores its share of the eval data; predictions are gathered to every
-rank and the metrics computed on the full set.
+Each rank scores its share of the eval data; predictions are gathered to rank 0,
+which computes the metrics on the full set and sends them to the other ranks.
 """
 
 from __future__ import annotations
@@ -62,12 +62,13 @@ def empty_batch(spec: FeatureSpec, size: int) -> Batch:
                  labels=torch.zeros(size, spec.num_tasks), label_mask=torch.zeros(size, spec.num_tasks, dtype=torch.bool))
 
 
-def _equal_count(batches: Sized, spec: FeatureSpec, batch_size: int, world_size: int) -> Iterator[Batch]:
+def _equal_count(batches: Sized, spec: FeatureSpec, batch_size: int, world_size: int,
+                 device: torch.device) -> Iterator[Batch]:
     """The rank's batches, then empty ones up to the largest rank's count (sharded lookups are collective)."""
     n_local = len(batches)
     n_max = n_local
     if world_size > 1:
-        t = torch.tensor([n_local])
+        t = torch.tensor([n_local], device=device)  # nccl reduces only device tensors
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         n_max = int(t.item())
     yield from itertools.islice(iter(batches), n_local)
@@ -77,15 +78,16 @@ def _equal_count(batches: Sized, spec: FeatureSpec, batch_size: int, world_size:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches: Sized, spec: FeatureSpec, batch_size: int, device: torch.device,
-            world_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits, labels and mask of the whole eval set (all ranks), on CPU.
+            world_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Logits, labels and mask of the whole eval set (all ranks), on CPU, on rank 0; None on the other ranks
+    (only one process holds the whole set).
 
     `model(dense, sparse) -> logits`; `batches` is a sized iterable (a stream).
     Ranks may hold different numbers of eval rows: short batches are padded and
     missing batches filled with empty ones, all masked out.
     """
     logits, labels, masks = [], [], []
-    for batch in _equal_count(batches, spec, batch_size, world_size):
+    for batch in _equal_count(batches, spec, batch_size, world_size, device):
         batch = pad_batch(batch, batch_size).to(device)
         logits.append(model(batch.dense, batch.sparse).float().cpu())
         labels.append(batch.labels.cpu())
@@ -95,8 +97,10 @@ def predict(model: torch.nn.Module, batches: Sized, spec: FeatureSpec, batch_siz
     local = (torch.cat(logits), torch.cat(labels), torch.cat(masks))
     if world_size == 1:
         return local
-    gathered: list = [None] * world_size
-    dist.all_gather_object(gathered, local)
+    gathered: list | None = [None] * world_size if dist.get_rank() == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    if gathered is None:
+        return None
     return tuple(torch.cat([g[i] for g in gathered]) for i in range(3))  # type: ignore[return-value]
 
 

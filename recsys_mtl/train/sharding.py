@@ -38,6 +38,7 @@ from torch import nn
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.constants import MIN_CW_DIM
 from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
 from torchrec.distributed.types import ShardingEnv, ShardingPlan, ShardingType
@@ -163,6 +164,13 @@ def _check_mean_pooling(spec: FeatureSpec, config: ShardingConfig) -> None:
             )
 
 
+def column_wise_blocks(dim: int) -> tuple[int, int]:
+    """(shards, columns each) of a column-wise table of `dim` columns, as TorchRec's planner cuts it: blocks of the
+    smallest multiple of 4 from MIN_CW_DIM (128) up that divides `dim`, else one block of all columns."""
+    block = next((b for b in range(MIN_CW_DIM, dim) if dim % b == 0 and b % 4 == 0), dim)
+    return dim // block, block
+
+
 def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: str,
                           world_size: int, capacity: int, extra_columns: int = 0,
                           dense_optimizer: str = "adam") -> None:
@@ -187,13 +195,16 @@ def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: 
             per_rank = full
         elif choice == "row_wise":
             per_rank = table_bytes(-(-t.num_embeddings // world_size), dim, table_optimizer)
-        else:  # column_wise: shards of >= 4 columns, spread over the ranks
-            shards = max(1, min(world_size, dim // 4))
-            per_rank = table_bytes(t.num_embeddings, -(-dim // shards), table_optimizer)
+        else:  # column_wise: TorchRec's blocks, at best spread evenly over the ranks
+            shards, block = column_wise_blocks(dim)
+            per_rank = table_bytes(t.num_embeddings, block * -(-shards // min(world_size, shards)), table_optimizer)
         if per_rank > capacity:
             fixes = []
             if choice in ("table_wise", "data_parallel"):
                 fixes.append("row_wise or column_wise (split over ranks)")
+            elif choice == "column_wise" and shards < world_size:
+                fixes.append(f"row_wise (TorchRec splits columns into blocks of at least {MIN_CW_DIM} that divide "
+                             f"the {dim} columns: {shards} block(s) of {block} for {world_size} rank(s))")
             fixes.append("more ranks")
             fixes.append(f"fewer rows (feature spec tables.{table}.num_embeddings, e.g. hashed ids)")
             raise ConfigError(
@@ -265,7 +276,7 @@ def plan_sharding(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, 
             f"raise sharding.memory_per_rank_gb, or use more ranks. Planner said: {str(exc).splitlines()[0]}"
         )
     if world_size > 1:
-        failed = torch.tensor([1 if error else 0])
+        failed = torch.tensor([1 if error else 0], device=device)  # nccl reduces only device tensors
         dist.all_reduce(failed)
         if failed.item() and error is None:
             error = "sharding: another rank failed to plan (see its error)"

@@ -437,12 +437,16 @@ class Trainer:
             batch_size = self.config.data.eval_batch_size or self.config.data.batch_size
             self.eval_data.set_epoch(0)
             self.eval_data.load_state_dict(self.eval_data.position_after(0))
-            logits, labels, mask = predict(self.module.model, self.eval_data, self.spec, batch_size, self.device,
-                                           self.env.world_size)
+            predictions = predict(self.module.model, self.eval_data, self.spec, batch_size, self.device,
+                                  self.env.world_size)
         finally:
             self.dmp.train()
             self._reattach()
-        metrics = task_metrics(logits, labels, mask, self.spec.task_names)
+        metrics = task_metrics(*predictions, self.spec.task_names) if predictions is not None else None
+        if self.env.world_size > 1:  # every rank keeps the same last_eval (it goes into the checkpoint)
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
         self.last_eval, self._evaluated_at = metrics, self.step
         if self.env.is_main:
             epochs_done = self.epoch + (self.step_in_epoch / self._steps_in_epoch if self._steps_in_epoch else 0)

@@ -151,6 +151,36 @@ def test_a_data_parallel_table_is_sized_with_the_dense_optimizers_state():
         check_forced_sharding(spec, config, "rowwise_adagrad", 1, capacity, dense_optimizer="adam")
 
 
+def test_column_wise_blocks_are_torchrecs():
+    sharding_plan = pytest.importorskip("torchrec.distributed.sharding_plan")
+    from recsys_mtl.train.sharding import column_wise_blocks
+
+    for dim in range(4, 1025, 4):
+        sizes, _ = sharding_plan._calculate_cw_shard_sizes_and_offsets(dim, 10)
+        assert column_wise_blocks(dim) == (len(sizes), sizes[0][1]), dim
+
+
+def test_a_forced_column_wise_table_is_sized_by_torchrecs_blocks_of_at_least_128_columns():
+    """A 148-column table stays one block whatever the ranks: column_wise cannot split it (the check used to
+    assume 4 shards and let TorchRec's planner fail, advising column_wise)."""
+    import dataclasses
+
+    from recsys_mtl.config.train import ShardingConfig
+    from recsys_mtl.train.sharding import check_forced_sharding, table_bytes
+
+    def spec_with_user_dim(dim):
+        spec = tiny_spec(rows=(100_000, 30))
+        user = dataclasses.replace(spec.tables["user"], embedding_dim=dim)
+        return dataclasses.replace(spec, tables={**spec.tables, "user": user})
+
+    config = ShardingConfig(tables={"user": "column_wise"})
+    quarter = table_bytes(100_000, 128, "adagrad") + 1  # one 128-column block per rank fits, no more
+    check_forced_sharding(spec_with_user_dim(512), config, "adagrad", 4, quarter)  # 4 blocks of 128: one a rank
+    with pytest.raises(ConfigError, match=r"table 'user' \(100000 x 148.*Use row_wise \(TorchRec splits columns "
+                                          r"into blocks of at least 128 .* 1 block\(s\) of 148 for 4 rank\(s\)\)"):
+        check_forced_sharding(spec_with_user_dim(148), config, "adagrad", 4, quarter)
+
+
 def test_an_empty_wide_id_scale_keeps_the_signature_of_checkpoints_made_before_it_existed(tmp_path):
     from recsys_mtl.train.trainer import model_signature
 
