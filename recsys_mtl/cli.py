@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"recsys-mtl: error{where}: {exc}\n")  # one write: ranks' lines do not interleave
         sys.stderr.flush()
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was written is complete (checkpoints and outputs are atomic)
+        sys.stderr.write("\nrecsys-mtl: interrupted\n")
+        sys.stderr.flush()
+        return 130
 
 
 if __name__ == "__main__":

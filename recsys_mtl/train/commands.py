@@ -19,11 +19,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="training config YAML (see recsys_mtl/config/train.py)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.seed=1 (repeatable; value parsed as YAML)")
-    p.add_argument("--nproc", type=int, default=None,
+    p.add_argument("--nproc", type=_positive_int, default=None,
                    help="run N processes on this machine through torchrun (default: 1, no torchrun)")
     p.add_argument("--register-model", metavar="NAME",
                    help="register the trained model in the MLflow model registry as NAME (= --set tracking.register_model=NAME)")
     p.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (an integer >= 1)")
+    return value
 
 
 class _DropMessage(logging.Filter):
@@ -116,9 +126,9 @@ def run(args: argparse.Namespace) -> int:
         callbacks.append(TrackingCallback())
     try:
         Trainer(config, env=env, callbacks=callbacks).fit()
-    except BaseException:
+    except BaseException as exc:
         for cb in callbacks:
-            cb.close("FAILED")
+            cb.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         shutdown_distributed()

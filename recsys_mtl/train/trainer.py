@@ -552,13 +552,13 @@ class Trainer:
                     self.train_metrics.update(logits, done.labels, done.label_mask)
                     if self.step % self.config.tracking.train_metrics_every_n_steps == 0:
                         self._report_train_metrics()
+                if progress is not None:
+                    progress.advance()  # before stats: the bar then shows this step with its figures
                 if self.step % tc.log_every == 0:
                     self._flush_records()
                     if progress is not None:
                         rate = (self.step - start_step) * samples_per_step / max(time.perf_counter() - start_time, 1e-9)
                         progress.stats(rate, self.last_loss)
-                if progress is not None:
-                    progress.advance()
                 if tc.eval_every and self.step % tc.eval_every == 0:
                     self._flush_records()
                     self.evaluate()

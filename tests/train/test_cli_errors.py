@@ -22,3 +22,11 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "test_tiny.yaml"
 def test_bad_config_values_exit_2_with_what_to_change(override, message, capsys):
     assert main(["train", str(CONFIG), "--set", override]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("nproc", ["0", "-1", "two"])
+def test_a_bad_process_count_is_refused(nproc, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(CONFIG), "--nproc", nproc])
+    assert exit_.value.code == 2
+    assert f"argument --nproc: '{nproc}' is not a number of processes (an integer >= 1)" in capsys.readouterr().err

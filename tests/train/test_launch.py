@@ -216,3 +216,21 @@ def test_an_error_found_inside_the_nproc_workers_exits_2_with_the_message_and_no
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "recsys-mtl: error: sharding.tables.user: table 'user'" in proc.stderr
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_run_with_one_line_and_exit_130_and_it_resumes(parquet, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(train_cmd(parquet, out, "train.epochs=1000", "train.checkpoint.every=5"), env=env(),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (out / "checkpoints" / "latest").exists():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.rstrip().endswith("recsys-mtl: interrupted") and "Traceback" not in stderr
+    log = run_ok(train_cmd(parquet, out, "train.epochs=1000", "train.checkpoint.every=5", "train.max_steps=12"))
+    assert "resumed from" in log

@@ -60,3 +60,25 @@ def test_the_trainer_logs_progress_every_progress_every_s(tmp_path, caplog, monk
         counts[every] = [r.message.split(",")[0] for r in caplog.records if r.message.startswith("progress:")]
     assert counts == {0: ["progress: step 1/3 (33%)", "progress: step 2/3 (67%)", "progress: step 3/3 (100%)"],
                       3600: []}
+
+
+def test_the_bar_shows_each_step_with_that_steps_figures(tmp_path, monkeypatch):
+    """The trainer advanced the bar after setting its figures, so `step=` lagged the bar's count by one."""
+    from recsys_mtl.train import Trainer
+    from tests.models.batches import ListSource, rank_batches, tiny_spec
+    from tests.train.helpers import tiny_config
+
+    shown = []
+    stats = Progress.stats
+
+    def record(self, samples_per_second, loss):
+        stats(self, samples_per_second, loss)
+        shown.append((self.step, self._bar.n, self._bar.postfix))
+
+    monkeypatch.setattr(Progress, "stats", record)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    spec = tiny_spec()
+    Trainer(tiny_config(tmp_path, train={"progress_bar": True}), spec=spec,
+            train_data=ListSource(rank_batches(spec, 3, 16, 1, 0))).fit()
+    assert [(step, n) for step, n, _ in shown] == [(1, 1), (2, 2), (3, 3)]
+    assert [dict(kv.strip().split("=") for kv in postfix.split(","))["step"] for _, _, postfix in shown] == ["1", "2", "3"]
