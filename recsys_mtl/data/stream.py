@@ -173,10 +173,13 @@ class ParquetStream:
         self._converter = ArrowConverter(spec)
         if drop_remainder and len(self) == 0:
             slots = world_size * max(num_workers, 1)
+            fix = ("row groups are what ranks and workers split, so some slot gets none: write the data in more, "
+                   "smaller row groups, or use fewer ranks/workers" if len(self.units) < slots else
+                   "use a smaller batch_size or fewer ranks/workers")
             raise DataError(
                 f"{path}: {self.num_rows} rows in {len(self.units)} row groups give no full batch of "
                 f"{batch_size} rows for each of {slots} reader slots ({world_size} ranks x "
-                f"{max(num_workers, 1)} workers); use a smaller batch_size or fewer ranks/workers"
+                f"{max(num_workers, 1)} workers); {fix}"
             )
 
     # -- planning ------------------------------------------------------------------------

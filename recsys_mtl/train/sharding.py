@@ -270,10 +270,20 @@ def plan_sharding(module: nn.Module, spec: FeatureSpec, config: ShardingConfig, 
         plan = propose_plan(module, spec, config, sharders, world_size, device, batch_size, capacity)
     except PlannerError as exc:
         forced = ", ".join(f"{k}: {v}" for k, v in config.tables.items()) or "none (planner's choice)"
+        sizes = {name: table_bytes(t.num_embeddings, t.embedding_dim + extra_columns, optim.type)
+                 for name, t in spec.tables.items()}
+        largest = sorted(sizes, key=sizes.__getitem__, reverse=True)[:3]
+        total = sum(sizes.values())
+        fix = (f"one rank holds every table ({_gib(total)} in all with {optim.type} state): raise "
+               f"sharding.memory_per_rank_gb, make the largest tables smaller (hashed ids), or use more ranks"
+               if world_size == 1 else
+               f"force row_wise for the largest tables in sharding.tables, raise sharding.memory_per_rank_gb, or "
+               f"use more ranks")
         error = (
             f"sharding: TorchRec's planner found no plan for {world_size} rank(s) with {_gib(capacity)} each "
-            f"(forced: {forced}). Force row_wise or column_wise for the largest tables in sharding.tables, "
-            f"raise sharding.memory_per_rank_gb, or use more ranks. Planner said: {str(exc).splitlines()[0]}"
+            f"(forced: {forced}; largest tables: "
+            + ", ".join(f"{name} {_gib(sizes[name])}" for name in largest)
+            + f"). To fix it, {fix}. Planner said: {str(exc).splitlines()[0]}"
         )
     if world_size > 1:
         failed = torch.tensor([1 if error else 0], device=device)  # nccl reduces only device tensors

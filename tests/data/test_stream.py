@@ -169,6 +169,10 @@ def test_too_little_data_for_the_slots_is_a_clear_error(tiny):
     spec, folder = tiny
     with pytest.raises(DataError, match=r"no full batch of 2000 rows for each of 4 reader slots \(2 ranks x 2 workers\)"):
         ParquetStream(folder, spec, 2000, world_size=2, num_workers=2)
+    units = len(ParquetStream(folder, spec, 10).units)
+    with pytest.raises(DataError, match=rf"in {units} row groups .*some slot gets none: write the data in more, "
+                                        r"smaller row groups, or use fewer ranks/workers"):
+        ParquetStream(folder, spec, 10, world_size=units + 1)
 
 
 def test_hive_date_partitions_are_read(synth_small):

@@ -138,6 +138,15 @@ def test_table_too_large_for_its_sharding_says_what_to_change(tmp_path):
         Trainer(cfg, spec=spec, train_data=ListSource([]))
 
 
+def test_no_plan_on_one_rank_names_the_largest_tables_and_does_not_advise_splitting_them(tmp_path):
+    spec = tiny_spec(rows=(4_000_000, 30))  # user: 4M x 8
+    cfg = tiny_config(tmp_path, sharding={"memory_per_rank_gb": 0.05})
+    with pytest.raises(ConfigError, match=r"found no plan for 1 rank\(s\).*largest tables: user 0\.\d+ GiB, item .*"
+                                          r"one rank holds every table .* raise sharding\.memory_per_rank_gb") as err:
+        Trainer(cfg, spec=spec, train_data=ListSource([]))
+    assert "row_wise" not in str(err.value).split("Planner said")[0]
+
+
 def test_a_data_parallel_table_is_sized_with_the_dense_optimizers_state():
     """data_parallel tables train under the dense optimizer: Adam keeps two floats a weight, SGD none."""
     from recsys_mtl.config.train import ShardingConfig
