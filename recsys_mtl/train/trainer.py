@@ -39,8 +39,7 @@ from recsys_mtl.data.batch import Batch
 from recsys_mtl.models import MultiTaskModel
 from recsys_mtl.models.multitask import wide_columns
 from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, RNG_KEY, SPEC_FILE, CheckpointManager, pack,
-                                        rng_state,
-                                        set_rng_state, unpack)
+                                        rng_state, set_rng_state, unpack)
 from recsys_mtl.train.distributed import DistEnv, init_distributed
 from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
 from recsys_mtl.train.lock import OutputDirLock
