@@ -171,7 +171,11 @@ class CheckpointManager:
             for stale in self.directory.glob(f"{_TMP_PREFIX}*"):
                 shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         self._barrier()
-        dcp.save(state, checkpoint_id=str(tmp))
+        try:
+            dcp.save(_without_empty_dicts(state), checkpoint_id=str(tmp))
+        except CheckpointException as exc:
+            _raise_interrupt(exc)
+            raise
         self._barrier()
         if self.rank == 0:
             for file_name, text in {SIGNATURE: json.dumps(signature, indent=1, sort_keys=True), **(files or {})}.items():
@@ -185,8 +189,10 @@ class CheckpointManager:
             os.replace(tmp, final)
             _fsync_dir(self.directory)
             _write_atomic(self.directory / LATEST, name + "\n")
-            for old in self._earlier_run:
-                if old != final:
+            # not this run's: an earlier run's (start_fresh), and any of a higher step, which this run (its steps
+            # only grow) did not write; left by a fresh run that died before removing the earlier run's
+            for old in self.complete_checkpoints():
+                if old != final and (old in self._earlier_run or int(old.name[len(_PREFIX):]) > step):
                     shutil.rmtree(old, ignore_errors=True)
             for old in self.complete_checkpoints()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -209,10 +215,13 @@ class CheckpointManager:
     def load(self, path: Path, state: dict[str, Any], signature: dict[str, Any], advice: str = RESUME_ADVICE) -> None:
         """Fill `state` in place from checkpoint `path` (after checking the model's shape)."""
         self.check_signature(path, signature, advice)
+        loaded = _without_empty_dicts(state)
         try:
-            dcp.load(state, checkpoint_id=str(path))
+            dcp.load(loaded, checkpoint_id=str(path))
         except DCP_ERRORS as exc:
+            _raise_interrupt(exc)
             raise _unloadable(path, exc, advice) from exc
+        _update_from(state, loaded)
 
     @staticmethod
     def has_key(path: Path, key: str) -> bool:
@@ -226,12 +235,49 @@ class CheckpointManager:
         try:
             dcp.load(state, checkpoint_id=str(path), no_dist=True)
         except DCP_ERRORS as exc:
+            _raise_interrupt(exc)
             raise _unloadable(path, exc, RESUME_ADVICE) from exc
         return unpack(state[key])
 
     def _barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+
+def _without_empty_dicts(state: dict) -> dict:
+    """`state` without its empty dicts (same leaves, new dicts), for DCP.
+
+    A rank's state may lack keys another rank saved (TorchRec keeps a table-wise table's optimizer state on its
+    owner only), which sends DCP's load into its fallback for checkpoints from before torch 2.4; that fallback
+    wants every empty dict as a saved key, but a save writes none. State without tensors or values is an empty
+    dict: equal weighting's, and SGD's per-table state.
+    """
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            value = _without_empty_dicts(value)
+            if not value:
+                continue
+        out[key] = value
+    return out
+
+
+def _update_from(state: dict, loaded: dict) -> None:
+    """Put what DCP loaded into `loaded` (a `_without_empty_dicts` copy) back into `state`: tensors are loaded in
+    place, shared by both; other values (bytes objects, counters) are replaced in the copy only."""
+    for key, value in loaded.items():
+        if isinstance(value, dict) and isinstance(state.get(key), dict):
+            _update_from(state[key], value)
+        else:
+            state[key] = value
+
+
+def _raise_interrupt(exc: BaseException) -> None:
+    """DCP wraps whatever a rank raised, Ctrl-C included, in a CheckpointException: give a KeyboardInterrupt
+    back as itself (a save in progress leaves only its temp folder, removed by the next save)."""
+    if isinstance(exc, CheckpointException) and any(
+            isinstance(e, KeyboardInterrupt) for e, _ in exc.failures.values()):
+        raise KeyboardInterrupt from None
 
 
 def _unloadable(path: Path, exc: BaseException, advice: str) -> CheckpointMismatchError:

@@ -41,6 +41,7 @@ from recsys_mtl.models.multitask import wide_columns
 from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, RNG_KEY, SPEC_FILE, CheckpointManager, pack,
                                         rng_state, set_rng_state, unpack)
 from recsys_mtl.train.distributed import DistEnv, init_distributed
+from recsys_mtl.train.interrupt import CtrlCStop
 from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
 from recsys_mtl.train.lock import OutputDirLock
 from recsys_mtl.train.progress import Progress
@@ -274,18 +275,15 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def _checkpoint_state(self) -> dict[str, Any]:
-        """What a checkpoint holds. Every rank names the same keys: on a key that some rank lacks, DCP's load
-        falls back to its pre-2.4 key format, which fails on an empty dict (equal weighting's state)."""
-        state = {
+        """What a checkpoint holds. The objects are the same on every rank (DCP writes one rank's copy of each):
+        the RNG states are one key, a list by rank, gathered at save."""
+        return {
             "model": self.dmp.state_dict(),
             "optim": self.optimizer.state_dict(),
             "weighting": self.weighting.state_dict(),
             "train_state": b"",
-            RNG_KEY: b"",  # every rank's RNG states, a list by rank
+            RNG_KEY: b"",
         }
-        if not state["weighting"]:
-            del state["weighting"]
-        return state
 
     def save_checkpoint(self) -> Path:
         state = self._checkpoint_state()
@@ -335,7 +333,7 @@ class Trainer:
         self.checkpoints.load(path, state, self.signature)
         self.dmp.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
-        self.weighting.load_state_dict(state.get("weighting", {}))
+        self.weighting.load_state_dict(state["weighting"])
         set_rng_state(unpack(state[legacy_rng]) if legacy_rng in state else unpack(state[RNG_KEY])[self.env.rank])
         self.step, self.epoch, self.step_in_epoch = train_state["step"], train_state["epoch"], train_state["step_in_epoch"]
         self._resume_position = train_state["data"]
@@ -373,7 +371,7 @@ class Trainer:
             "train.init_from: null to start from scratch."))
         self.dmp.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
-        self.weighting.load_state_dict(state.get("weighting", {}))
+        self.weighting.load_state_dict(state["weighting"])
         if self.env.is_main:
             (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
             log.info("warm start from %s", path)
@@ -519,6 +517,7 @@ class Trainer:
             log.info("training already finished at step %d (epoch %d): nothing to train%s", self.step, self.epoch,
                      "; its last evaluation is in the checkpoint" if self._evaluated_at == self.step else "")
 
+        ctrl_c = cleanup.enter_context(CtrlCStop(enabled=self.env.world_size == 1))
         while not self._finished():
             if self._resume_position is not None:
                 self.train_data.load_state_dict(self._resume_position)
@@ -565,6 +564,8 @@ class Trainer:
                 if tc.checkpoint.every and self.step % tc.checkpoint.every == 0 and not epoch_end:
                     self._flush_records()
                     self.save_checkpoint()
+                if ctrl_c.requested and not epoch_end:
+                    self._stop_for_ctrl_c()
             if self.step_in_epoch < steps_in_epoch:
                 break  # max_steps reached inside the epoch
             self.epoch += 1
@@ -575,6 +576,8 @@ class Trainer:
             if tc.checkpoint.every and self.step % tc.checkpoint.every == 0 and self._saved_step != self.step:
                 self._flush_records()
                 self.save_checkpoint()
+            if ctrl_c.requested and not self._finished():
+                self._stop_for_ctrl_c()
 
         self._flush_records()
         if self.train_metrics is not None and self.train_metrics.updates and \
@@ -604,6 +607,14 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_end(self, result)
         return result
+
+    def _stop_for_ctrl_c(self) -> None:
+        self._flush_records()
+        if self._saved_step != self.step:
+            self.save_checkpoint()
+        log.warning("stopped by Ctrl-C after step %d, which is checkpointed: the same command resumes from it",
+                    self.step)
+        raise KeyboardInterrupt
 
     def _finished(self) -> bool:
         tc = self.config.train

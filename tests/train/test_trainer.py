@@ -287,6 +287,17 @@ def test_a_fresh_run_in_a_used_output_dir_replaces_the_earlier_runs_checkpoints_
     assert (ckpts / "latest").read_text().strip() == "step-00000004"
     assert fresh.checkpoints.latest() == ckpts / "step-00000004"
 
+    # a fresh run that died after its first save but before removing the earlier run's checkpoints: its resume
+    # continues from `latest`, and its next save removes the higher steps it did not write
+    import shutil
+    shutil.copytree(ckpts / "step-00000004", ckpts / "step-00000009")
+    (ckpts / "latest").write_text("step-00000004\n")
+    resumed = Trainer(tiny_config(tmp_path, train={"epochs": 2, "checkpoint": every2}), spec=spec,
+                      train_data=ListSource(batches))
+    resumed.fit()
+    assert resumed.resumed_from_step == 4
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000006", "step-00000008"]
+
 
 class EvalSteps:
     """Records the steps of each evaluation a trainer reports."""
@@ -580,6 +591,63 @@ def test_compiled_weighting_trains_like_eager_and_keeps_its_state_in_the_checkpo
     torch.testing.assert_close(runs[True], runs[False], rtol=1e-5, atol=1e-6)
     for key, value in states[False].items():
         torch.testing.assert_close(states[True][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_ctrl_c_during_a_save_is_a_keyboard_interrupt_and_the_previous_checkpoint_stays(tmp_path, monkeypatch):
+    """DCP wraps a rank's exception, Ctrl-C included, in a CheckpointException (a traceback and exit 1 from the
+    CLI instead of 'interrupted'); the save gives back the KeyboardInterrupt."""
+    import torch.distributed.checkpoint.filesystem as dcp_fs
+
+    spec = tiny_spec()
+    trainer = Trainer(tiny_config(tmp_path, train={"max_steps": 2}), spec=spec,
+                      train_data=ListSource(rank_batches(spec, 4, 16, 1, 0)))
+    trainer.fit()
+    saved = trainer.checkpoints.latest()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dcp_fs, "_write_item", interrupted)  # the signal arrives while DCP writes an item
+    trainer.step += 1
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    monkeypatch.undo()
+    assert trainer.checkpoints.latest() == saved
+    resumed = Trainer(tiny_config(tmp_path, train={"max_steps": 3}), spec=spec,
+                      train_data=ListSource(rank_batches(spec, 4, 16, 1, 0)))
+    assert resumed.maybe_resume() and resumed.step == 2
+
+
+class CtrlCAtStep(EvalSteps):
+    """Sends this process SIGINT when step `at` is logged, as a terminal's Ctrl-C would."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def on_log(self, trainer, records) -> None:
+        import os
+        import signal
+
+        if any(r["step"] == self.at for r in records):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exactly(tmp_path, caplog):
+    import signal
+
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    Trainer(tiny_config(tmp_path / "straight", train={"epochs": 2}), spec=spec, train_data=ListSource(batches)).fit()
+    cut = Trainer(tiny_config(tmp_path / "cut", train={"epochs": 2}), spec=spec, train_data=ListSource(batches),
+                  callbacks=[CtrlCAtStep(3)])
+    with caplog.at_level("WARNING", logger="recsys_mtl.train.trainer"), pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    assert "stopped by Ctrl-C after step 3, which is checkpointed" in caplog.text
+    assert cut.checkpoints.latest().name == "step-00000003"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    Trainer(tiny_config(tmp_path / "cut", train={"epochs": 2}), spec=spec, train_data=ListSource(batches)).fit()
+    assert logged(tmp_path / "cut") == logged(tmp_path / "straight")
 
 
 def test_a_damaged_checkpoint_is_a_clear_error_naming_it(tmp_path):
