@@ -205,7 +205,8 @@ def check_forced_sharding(spec: FeatureSpec, config: ShardingConfig, optimizer: 
             elif choice == "column_wise" and shards < world_size:
                 fixes.append(f"row_wise (TorchRec splits columns into blocks of at least {MIN_CW_DIM} that divide "
                              f"the {dim} columns: {shards} block(s) of {block} for {world_size} rank(s))")
-            fixes.append("more ranks")
+            if not (choice == "column_wise" and shards <= world_size):  # else every block has a rank already
+                fixes.append("more ranks")
             fixes.append(f"fewer rows (feature spec tables.{table}.num_embeddings, e.g. hashed ids)")
             raise ConfigError(
                 f"sharding.tables.{table}: table {table!r} ({t.num_embeddings} x {dim}, "

@@ -188,6 +188,9 @@ def test_a_forced_column_wise_table_is_sized_by_torchrecs_blocks_of_at_least_128
     with pytest.raises(ConfigError, match=r"table 'user' \(100000 x 148.*Use row_wise \(TorchRec splits columns "
                                           r"into blocks of at least 128 .* 1 block\(s\) of 148 for 4 rank\(s\)\)"):
         check_forced_sharding(spec_with_user_dim(148), config, "adagrad", 4, quarter)
+    with pytest.raises(ConfigError) as err:  # more ranks cannot help a table that is one block
+        check_forced_sharding(spec_with_user_dim(148), config, "adagrad", 4, quarter)
+    assert "more ranks" not in str(err.value)
 
 
 def test_an_empty_wide_id_scale_keeps_the_signature_of_checkpoints_made_before_it_existed(tmp_path):
