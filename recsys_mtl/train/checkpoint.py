@@ -143,7 +143,7 @@ class CheckpointManager:
         if not self.directory.is_dir():
             return []
         found = [p for p in self.directory.iterdir() if p.name.startswith(_PREFIX) and self.is_complete(p)]
-        return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+        return sorted(found, key=_step_number)
 
     def latest(self) -> Path | None:
         """The checkpoint `latest` names, else the newest complete one, else None."""
@@ -189,12 +189,16 @@ class CheckpointManager:
             os.replace(tmp, final)
             _fsync_dir(self.directory)
             _write_atomic(self.directory / LATEST, name + "\n")
-            # not this run's: an earlier run's (start_fresh), and any of a higher step, which this run (its steps
-            # only grow) did not write; left by a fresh run that died before removing the earlier run's
+            # removed: checkpoints not of this run (an earlier run's, see start_fresh, and any of a higher step, which
+            # this run, whose steps only grow, did not write: a fresh run that died before removing the earlier
+            # run's leaves them), then this run's beyond the newest `keep`
+            ours = []
             for old in self.complete_checkpoints():
-                if old != final and (old in self._earlier_run or int(old.name[len(_PREFIX):]) > step):
+                if old != final and (old in self._earlier_run or _step_number(old) > step):
                     shutil.rmtree(old, ignore_errors=True)
-            for old in self.complete_checkpoints()[: -self.keep]:
+                else:
+                    ours.append(old)
+            for old in ours[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         self._earlier_run = []
         self._barrier()
@@ -242,6 +246,10 @@ class CheckpointManager:
     def _barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+
+def _step_number(checkpoint: Path) -> int:
+    return int(checkpoint.name[len(_PREFIX):])
 
 
 def _without_empty_dicts(state: dict) -> dict:
