@@ -9,9 +9,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +76,30 @@ def die_with_launcher() -> None:
         return  # best effort: the output_dir lock still stops a second run from writing alongside
     if os.getppid() == 1:  # the launcher died before the prctl took effect
         os._exit(1)
+
+
+def computed_on_rank0(compute: Callable[[], T], world_size: int) -> T:
+    """`compute()` on rank 0, its result sent to every rank (picklable); rank 0's exception is raised on all ranks.
+
+    The other ranks would otherwise wait in the broadcast for a result that never comes, until the
+    launcher's timeout. On rank 0 the original exception is raised; elsewhere a RuntimeError naming it.
+    """
+    if world_size == 1:
+        return compute()
+    result, error, failure = None, None, None
+    if dist.get_rank() == 0:
+        try:
+            result = compute()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            error, failure = exc, f"{type(exc).__name__}: {exc}"
+    box = [(result, failure)]
+    dist.broadcast_object_list(box, src=0)
+    result, failure = box[0]
+    if error is not None:
+        raise error
+    if failure is not None:
+        raise RuntimeError(f"rank 0 failed, so this rank stops too: {failure}")
+    return result  # type: ignore[return-value]
 
 
 def shutdown_distributed() -> None:

@@ -40,7 +40,7 @@ from recsys_mtl.models import MultiTaskModel
 from recsys_mtl.models.multitask import wide_columns
 from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, RNG_KEY, SPEC_FILE, CheckpointManager, pack,
                                         rng_state, set_rng_state, unpack)
-from recsys_mtl.train.distributed import DistEnv, init_distributed
+from recsys_mtl.train.distributed import DistEnv, computed_on_rank0, init_distributed
 from recsys_mtl.train.interrupt import CtrlCStop
 from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
 from recsys_mtl.train.lock import OutputDirLock
@@ -439,11 +439,8 @@ class Trainer:
         finally:
             self.dmp.train()
             self._reattach()
-        metrics = task_metrics(*predictions, self.spec.task_names) if predictions is not None else None
-        if self.env.world_size > 1:  # every rank keeps the same last_eval (it goes into the checkpoint)
-            box = [metrics]
-            dist.broadcast_object_list(box, src=0)
-            metrics = box[0]
+        # rank 0 holds the whole set; every rank keeps the same last_eval (it goes into the checkpoint)
+        metrics = computed_on_rank0(lambda: task_metrics(*predictions, self.spec.task_names), self.env.world_size)
         self.last_eval, self._evaluated_at = metrics, self.step
         if self.env.is_main:
             epochs_done = self.epoch + (self.step_in_epoch / self._steps_in_epoch if self._steps_in_epoch else 0)
