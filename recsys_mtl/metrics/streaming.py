@@ -11,8 +11,9 @@ no loop over tasks. Predictions are sigmoid(logits), weights are the label mask,
 unlabelled rows count 0. NE, log loss and calibration have a window value (the last
 `window_rows` rows, counting every row of a batch) and a lifetime value; AUC is
 windowed only (TorchRec keeps the window's raw predictions and sorts them at compute,
-so its window, `auc_window_rows`, is kept smaller). Lifetime values start with the
-process: a resumed run starts them again.
+so its window, `auc_window_rows`, is kept smaller). Lifetime values cover the whole
+training: their states (each rank's own) go into checkpoints through `state_dict`, as
+TorchRec checkpoints them; the windows start empty again on resume, as in TorchRec.
 
 TorchRec's log loss is in bits (log2); it is reported here in nats, like
 `recsys_mtl.metrics.offline`. NE does not depend on the base.
@@ -64,6 +65,8 @@ class StreamingTaskMetrics:
         if auc:
             by_kind["auc"] = AUCMetric(**dict(common, window_size=auc_window_rows))
         self._metrics = [m.to(device) for m in by_kind.values()]
+        self._lifetime = {kind: m for kind, m in zip(by_kind, self._metrics) if kind != "auc"}  # AUC: windowed only
+        self._device = torch.device(device)
         self._keys = self._report_keys(by_kind)
         self.updates = 0
 
@@ -114,6 +117,17 @@ class StreamingTaskMetrics:
             values = torch.stack([raw[k].reshape(()).double() for k in keys])
             out[ours] = values * math.log(2) if ours.startswith("logloss") else values
         return out
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """This rank's lifetime states (TorchRec's persistent ones), on CPU: {metric kind: its state_dict}."""
+        return {kind: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+                for kind, m in self._lifetime.items()}
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Continue the lifetime values from `state_dict()` of the same rank; the windows start empty."""
+        for kind, m in self._lifetime.items():
+            # torchmetrics sets the states to the tensors given, on their device: move them to this one
+            m.load_state_dict({k: v.to(self._device) for k, v in state[kind].items()})
 
     def reset(self) -> None:
         for m in self._metrics:

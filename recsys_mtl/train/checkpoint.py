@@ -42,6 +42,7 @@ CHECKPOINTS_DIR = "checkpoints"  # under train.output_dir, unless train.checkpoi
 CONFIG_FILE = "config.yaml"  # the resolved training config, in every checkpoint the trainer saves
 SPEC_FILE = "feature_spec.yaml"  # the feature spec the model was built from, beside it
 RNG_KEY = "rng"  # the trainer's key for every rank's RNG states (a pickled list by rank)
+METRICS_KEY = "train_metrics"  # every rank's streaming-metric lifetime states (a pickled list by rank, or None)
 _PREFIX = "step-"
 _TMP_PREFIX = ".tmp-"
 
@@ -307,4 +308,4 @@ def unpack(data: Any) -> Any:
     raise TypeError(f"unexpected checkpoint object {type(data).__name__}")
 
 
-__all__ = ["CheckpointManager", "CheckpointMismatchError", "RESUME_ADVICE", "RNG_KEY", "pack", "unpack", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointManager", "CheckpointMismatchError", "RESUME_ADVICE", "METRICS_KEY", "RNG_KEY", "pack", "unpack", "rng_state", "set_rng_state"]

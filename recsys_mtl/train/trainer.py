@@ -38,8 +38,8 @@ from recsys_mtl.config.train import DenseOptimConfig, TrainConfig
 from recsys_mtl.data.batch import Batch
 from recsys_mtl.models import MultiTaskModel
 from recsys_mtl.models.multitask import wide_columns
-from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, RNG_KEY, SPEC_FILE, CheckpointManager, pack,
-                                        rng_state, set_rng_state, unpack)
+from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, METRICS_KEY, RNG_KEY, SPEC_FILE,
+                                        CheckpointManager, pack, rng_state, set_rng_state, unpack)
 from recsys_mtl.train.distributed import DistEnv, computed_on_rank0, init_distributed
 from recsys_mtl.train.interrupt import CtrlCStop
 from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
@@ -276,13 +276,14 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
     def _checkpoint_state(self) -> dict[str, Any]:
         """What a checkpoint holds. The objects are the same on every rank (DCP writes one rank's copy of each):
-        the RNG states are one key, a list by rank, gathered at save."""
+        the RNG states and the streaming metrics' states are one key each, a list by rank, gathered at save."""
         return {
             "model": self.dmp.state_dict(),
             "optim": self.optimizer.state_dict(),
             "weighting": self.weighting.state_dict(),
             "train_state": b"",
             RNG_KEY: b"",
+            METRICS_KEY: b"",
         }
 
     def save_checkpoint(self) -> Path:
@@ -295,11 +296,13 @@ class Trainer:
             "eval": (self.step, self.last_eval) if self._evaluated_at == self.step else None,
             "config": flatten(self.config),  # a resume lists what changed since (tracked or not)
         })
-        rng = [rng_state()]
+        local = (rng_state(), self.train_metrics.state_dict() if self.train_metrics is not None else None)
+        per_rank = [local]
         if self.env.world_size > 1:  # equal on every rank: DCP writes one rank's copy of a bytes object
-            rng = [None] * self.env.world_size
-            dist.all_gather_object(rng, rng_state())
-        state[RNG_KEY] = pack(rng)
+            per_rank = [None] * self.env.world_size
+            dist.all_gather_object(per_rank, local)
+        state[RNG_KEY] = pack([rng for rng, _ in per_rank])
+        state[METRICS_KEY] = pack([metrics for _, metrics in per_rank])
         path = self.checkpoints.save(self.step, state, self.signature, files=self._self_description)
         self._saved_step = self.step
         if self.env.is_main:
@@ -330,11 +333,16 @@ class Trainer:
         legacy_rng = f"rng_rank{self.env.rank}"  # checkpoints from before RNG_KEY: one key per rank
         if not self.checkpoints.has_key(path, RNG_KEY):
             state[legacy_rng] = state.pop(RNG_KEY)
+        if not self.checkpoints.has_key(path, METRICS_KEY):  # checkpoints from before METRICS_KEY
+            del state[METRICS_KEY]
         self.checkpoints.load(path, state, self.signature)
         self.dmp.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
         self.weighting.load_state_dict(state["weighting"])
         set_rng_state(unpack(state[legacy_rng]) if legacy_rng in state else unpack(state[RNG_KEY])[self.env.rank])
+        metrics = unpack(state[METRICS_KEY])[self.env.rank] if METRICS_KEY in state else None
+        if self.train_metrics is not None and metrics is not None:  # else its lifetime values start here
+            self.train_metrics.load_state_dict(metrics)
         self.step, self.epoch, self.step_in_epoch = train_state["step"], train_state["epoch"], train_state["step_in_epoch"]
         self._resume_position = train_state["data"]
         self._saved_step = self.step
@@ -364,7 +372,7 @@ class Trainer:
             path = latest
         self.dense_optimizer.init_state()
         state = self._checkpoint_state()
-        del state["train_state"], state[RNG_KEY]
+        del state["train_state"], state[RNG_KEY], state[METRICS_KEY]
         self.checkpoints.load(path, state, self.signature, advice=(
             "train.init_from warm-starts a model of the same shape, optimizers and weighting method: make those "
             f"settings match the source run's ({path / CONFIG_FILE}, or the run's config.yaml), or set "

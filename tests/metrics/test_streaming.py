@@ -67,3 +67,20 @@ def test_unlabelled_rows_do_not_count(streamed):
 def test_window_smaller_than_a_global_batch_is_refused():
     with pytest.raises(ValueError, match="auc_window_rows .* must be at least one global batch"):
         StreamingTaskMetrics(["a"], 512, window_rows=10_000, auc_window_rows=600, world_size=2)
+
+
+def test_lifetime_values_continue_from_a_state_dict_and_windows_start_empty():
+    """What a checkpoint keeps: a fresh instance loaded from the state after 8 steps, fed the last 4, ends with the
+    lifetime values of one that saw all 12; its window holds only the 4 it saw."""
+    steps, names = _steps(), [f"t{i}" for i in range(T)]
+    first = StreamingTaskMetrics(names, B, window_rows=2 * WINDOW_STEPS * B)
+    for s in steps[:8]:
+        first.update(*s)
+    resumed = StreamingTaskMetrics(names, B, window_rows=2 * WINDOW_STEPS * B)
+    resumed.load_state_dict(first.state_dict())
+    for s in steps[8:]:
+        resumed.update(*s)
+    values, exact = resumed.compute(), _exact(steps)
+    np.testing.assert_allclose(values["ne_lifetime"].numpy(), exact.ne, rtol=1e-6)
+    np.testing.assert_allclose(values["calibration_lifetime"].numpy(), exact.calibration, rtol=1e-5)
+    np.testing.assert_allclose(values["ne"].numpy(), _exact(steps[8:]).ne, rtol=1e-6)

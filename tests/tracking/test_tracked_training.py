@@ -234,6 +234,13 @@ def test_a_resumed_training_continues_its_mlflow_run(data, tmp_path):
         steps = [m.step for m in client.get_metric_history(first, f"train/loss/{task}")]
         assert sorted(steps) == list(range(EVERY, total + 1, EVERY)), steps
     assert "resumes/step-12/config.yaml" in artifact_files(client, first)
+    # lifetime train metrics carry on across the resume: they end where an uninterrupted run's end
+    straight = train_in_process(data, tmp_path / "straight", uri, artifacts, "train.checkpoint.every=4")
+    for name in ("ne_lifetime", "logloss_lifetime", "calibration_lifetime"):
+        resumed, whole = (client.get_metric_history(r, f"train/{name}/{TASKS[0]}") for r in (first, straight))
+        assert max(m.step for m in resumed) == max(m.step for m in whole) == total
+        last = {m.step: m.value for m in resumed}[total], {m.step: m.value for m in whole}[total]
+        assert last[0] == pytest.approx(last[1], rel=1e-6), name
     evals = [m.step for m in client.get_metric_history(first, "eval/ne/click")]
     again = train_in_process(data, out, uri, artifacts, "train.checkpoint.every=4", register="resumed-mtl")
     assert again == first  # the finished training again (e.g. a retry after a failure past its end)
