@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from recsys_mtl.config.loader import Where, load_yaml
+from recsys_mtl.config.loader import Where, load_yaml, parse_yaml
 from recsys_mtl.tracking.config import TrackingConfig
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
@@ -270,8 +270,8 @@ class TrainSection:
     progress_bar: bool = True
     progress_every_s: float = 30.0  # seconds between progress log lines when stderr is a file or pipe (0: every step)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    # warm start: a model directory (config.yaml, feature_spec.yaml, checkpoint/) or a checkpoint of a
-    # model of the same shape; its weights, optimizer and weighting state seed a fresh run (not its
+    # warm start: a model directory (config.yaml, feature_spec.yaml, checkpoint/), a run's output_dir, its
+    # checkpoints folder or one checkpoint, of a model of the same shape; its weights, optimizer and weighting state seed a fresh run (not its
     # step, data position or RNG). Ignored when the run resumes from its own checkpoint.
     init_from: str | None = None
 
@@ -328,7 +328,7 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "<config>") 
                 raise ConfigError(f"{source}: override {item!r}: {p!r} is not a section")
             node = child
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            node[parts[-1]] = parse_yaml(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: override {item!r}: the value {raw!r} is not valid YAML ({yaml_problem(exc)}); "
                               f"quote it for a string, e.g. {key}='\"...\"'") from None

@@ -363,12 +363,15 @@ class Trainer:
         from recsys_mtl.evaluate.loading import CHECKPOINT_DIR
 
         path = Path(source)
-        if (path / CHECKPOINT_DIR).is_dir():
-            path = path / CHECKPOINT_DIR
+        for sub in (CHECKPOINT_DIR, CHECKPOINTS_DIR):  # a model directory, or a run's output_dir
+            if (path / sub).is_dir():
+                path = path / sub
+                break
         if not CheckpointManager.is_complete(path):
             latest = CheckpointManager(path).latest() if path.is_dir() else None
             if latest is None:
-                raise ConfigError(f"train.init_from: {source} is neither a model directory nor a checkpoint")
+                raise ConfigError(f"train.init_from: {source} is not a model directory, a run's output_dir, a "
+                                  "checkpoints folder or a checkpoint (none with a complete checkpoint)")
             path = latest
         self.dense_optimizer.init_state()
         state = self._checkpoint_state()

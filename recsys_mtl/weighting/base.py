@@ -123,6 +123,9 @@ def build_weighting(name: str, num_tasks: int, **kwargs: Any) -> WeightingMethod
     if name not in _REGISTRY:
         raise ValueError(f"unknown weighting method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     cls = _REGISTRY[name]
+    if "num_tasks" in kwargs:
+        raise ValueError(f"weighting method {name!r}: num_tasks is not an argument (it is the number of tasks in "
+                         "the feature spec); remove it")
     params = {p.name: p for p in list(inspect.signature(cls.__init__).parameters.values())[1:] if p.name != "num_tasks"}
     unknown = sorted(set(kwargs) - set(params))
     if unknown:

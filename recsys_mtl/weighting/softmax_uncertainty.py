@@ -27,7 +27,8 @@ class SoftmaxUncertaintyWeighting(WeightingMethod):
         self.temperature = check_number("SoftmaxUncertaintyWeighting", "temperature", temperature, low=0.0, low_inclusive=False)
 
     def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        logits = (1 / (losses + EPS)) / self.temperature
+        # at least float32: in fp16, EPS rounds to 0 and 1/L overflows for L < 1.5e-5, and softmax(inf) is nan
+        logits = (1 / (losses.to(torch.promote_types(losses.dtype, torch.float32)) + EPS)) / self.temperature
         logits = torch.where(present, logits, torch.full_like(logits, float("-inf")))
         w = torch.softmax(logits, dim=0)
-        return torch.where(present, w, torch.zeros_like(w))  # no present task: softmax is nan, weights 0
+        return torch.where(present, w, torch.zeros_like(w)).to(losses.dtype)  # no present task: softmax nan, weights 0

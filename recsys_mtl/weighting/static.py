@@ -17,7 +17,7 @@ from recsys_mtl.weighting.base import WeightingMethod, register_weighting
 
 @register_weighting("static")
 class StaticWeights(WeightingMethod):
-    """Args: num_tasks; weights: T finite non-negative numbers (buffer `static_weights`)."""
+    """Args: num_tasks; weights: T finite non-negative numbers (buffer `static_weights`, not in the state dict)."""
 
     def __init__(self, num_tasks: int, weights: Sequence[float]) -> None:
         super().__init__(num_tasks)
@@ -27,7 +27,9 @@ class StaticWeights(WeightingMethod):
         for i, v in enumerate(values):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"StaticWeights: weights[{i}] must be a finite number >= 0, got {v!r}")
-        self.register_buffer("static_weights", torch.tensor([float(v) for v in values]))
+        # config, not learned state: not persistent, so a resume or a warm start uses the config's weights
+        # (checkpoints written before this still hold the key; DCP leaves it unread)
+        self.register_buffer("static_weights", torch.tensor([float(v) for v in values]), persistent=False)
 
     def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         w = self.static_weights.to(losses.dtype)

@@ -132,3 +132,19 @@ def test_from_dict_accepts_nested_dataclasses_and_rejects_non_mapping():
     assert from_dict(TableSpec, {"num_embeddings": 3, "embedding_dim": 2}).pooling == "sum"
     with pytest.raises(ConfigError, match="expected a mapping"):
         from_dict(TableSpec, [1, 2], "cfg.yaml")
+
+
+def test_exponent_without_a_dot_is_a_number_in_files_and_overrides(tmp_path):
+    """YAML 1.1 (PyYAML) reads `1e-4` as a string; the loader reads it as YAML 1.2 does."""
+    from pathlib import Path
+
+    from recsys_mtl.config.train import TrainConfig
+
+    base = Path(__file__).resolve().parents[2] / "configs" / "test_tiny.yaml"
+    config = TrainConfig.load(str(base), ["optim.dense.lr=1e-3", "weighting.method=go4align",
+                                          "weighting.args={num_groups: 2, beta: 1e-4}", "tracking.experiment='1e3'"])
+    assert config.optim.dense.lr == 1e-3 and config.weighting.args["beta"] == 1e-4
+    assert config.tracking.experiment == "1e3"  # quoted: still a string
+    path = tmp_path / "c.yaml"
+    path.write_text(base.read_text().replace("dense: {type: adam, lr: 0.01}", "dense: {type: adam, lr: 2E-3}"))
+    assert TrainConfig.load(str(path)).optim.dense.lr == 2e-3

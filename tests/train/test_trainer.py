@@ -222,6 +222,25 @@ def test_a_resume_lists_the_settings_changed_since_its_checkpoint(tmp_path, capl
                     "train.max_steps: 2 -> None; train.seed: 0 -> 1")
 
 
+def test_static_weights_come_from_the_config_on_resume_and_on_warm_start(tmp_path):
+    """They are a setting, not learned state: a resume or warm start with new weights trains with them."""
+    spec = tiny_spec()
+    T = spec.num_tasks
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    static = lambda weights: {"method": "static", "args": {"weights": weights}}  # noqa: E731
+    Trainer(tiny_config(tmp_path / "a", train={"max_steps": 2}, weighting=static([1.0] * T)), spec=spec,
+            train_data=ListSource(batches)).fit()
+    new = [float(i + 1) for i in range(T)]
+    resumed = Trainer(tiny_config(tmp_path / "a", weighting=static(new)), spec=spec, train_data=ListSource(batches))
+    warm = Trainer(tiny_config(tmp_path / "b", weighting=static(new), train={"init_from": str(tmp_path / "a")}),
+                   spec=spec, train_data=ListSource(batches))
+    for trainer, out in ((resumed, tmp_path / "a"), (warm, tmp_path / "b")):
+        trainer.fit()
+        assert trainer.weighting.static_weights.tolist() == new
+        weights = logged(out)[-1]["weights"]  # 0 for a task with no label in the batch
+        assert any(weights) and all(w in (0.0, c) for w, c in zip(weights, new)), weights
+
+
 def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path):
     spec = tiny_spec()
     batches = rank_batches(spec, 4, 16, 1, 0)

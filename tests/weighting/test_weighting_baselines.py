@@ -82,6 +82,23 @@ def test_softmax_uncertainty_is_softmax_of_inverse_losses_over_temperature():
     torch.testing.assert_close(w, torch.softmax(1 / (l + 1e-8) / 0.7, 0))
 
 
+def test_softmax_uncertainty_of_half_precision_losses_is_finite():
+    l = torch.tensor([0.5, 1e-5, 0.3, 1.0])
+    for dtype in (torch.float16, torch.bfloat16):
+        w = SoftmaxUncertaintyWeighting(T)(l.to(dtype))
+        assert w.dtype == dtype and torch.isfinite(w).all(), (dtype, w)
+        torch.testing.assert_close(w.float(), SoftmaxUncertaintyWeighting(T)(l.to(dtype).float()), atol=2e-3, rtol=0)
+
+
+def test_dwa_leaves_out_a_task_whose_loss_is_zero_instead_of_giving_it_all_the_weight():
+    m = DynamicWeightAverage(T)
+    normal = torch.tensor([0.3, 0.3, 0.3, 0.02])
+    for losses in (normal, normal, torch.tensor([0.3, 0.3, 0.3, 0.0]), normal, normal):
+        w = m(losses)
+    assert torch.allclose(w, torch.ones(T), atol=1e-6), w  # every ratio is 1: the zero never entered the history
+    assert m(torch.tensor([0.3, 0.3, 0.3, 1e-7]))[3] == 0  # at most min_loss: left out like an absent task
+
+
 def test_dwa_uses_ratio_of_the_last_two_losses_times_task_count():
     m = DynamicWeightAverage(T, temperature=2.0).double()
     l1 = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64)

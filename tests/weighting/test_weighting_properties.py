@@ -172,6 +172,8 @@ def test_build_rejects_unknown_and_missing_config_arguments_by_name():
         build_weighting("go4align", 3, groups=2)
     with pytest.raises(ValueError, match=r"weighting method 'go4align': missing required argument\(s\) num_groups"):
         build_weighting("go4align", 3)
+    with pytest.raises(ValueError, match=r"'dwa': num_tasks is not an argument \(it is the number of tasks in the feature spec\); remove it"):
+        build_weighting("dwa", 3, num_tasks=3)
 
 
 def test_wrong_loss_shape_is_rejected():
@@ -188,7 +190,7 @@ def test_state_dict_names_are_pinned_so_old_checkpoints_keep_loading():
         "group_dro": ["log_q"],
         "random": ["step"],
         "softmax_uncertainty": [],
-        "static": ["static_weights"],
+        "static": [],  # static_weights is config, not state: a resume uses the config's
         "uncertainty": ["log_var", "adam_exp_avg", "adam_exp_avg_sq", "adam_steps"],
     }
     assert {name: list(make(name).state_dict()) for name in ALL} == expected
