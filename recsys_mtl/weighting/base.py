@@ -118,7 +118,7 @@ def weighting_methods() -> dict[str, type[WeightingMethod]]:
     return dict(_REGISTRY)
 
 
-def build_weighting(name: str, num_tasks: int, **kwargs: Any) -> WeightingMethod:
+def build_weighting(name: str, num_tasks: int, /, **kwargs: Any) -> WeightingMethod:
     """Construct a registered method from its config name and keyword arguments."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown weighting method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
