@@ -161,6 +161,14 @@ def _int64(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=True)
 
 
+def _hashed(arr: pa.Array, size: int) -> np.ndarray:
+    """Ids modulo `size` as int64, non-negative; unsigned ids are reduced before the cast (uint64 >= 2**63 does
+    not fit an int64)."""
+    if pa.types.is_unsigned_integer(arr.type):
+        return np.remainder(arr.to_numpy(zero_copy_only=True), np.uint64(size)).astype(np.int64)
+    return np.remainder(_int64(arr), size)
+
+
 class ArrowConverter:
     """Converts projected Arrow tables of one feature spec into validated `Columns`."""
 
@@ -194,27 +202,33 @@ class ArrowConverter:
                         "expected an id on every row (use a multi_valued list column for optional ids)"
                     )
                 offsets.append(None)
-            arr = _int64(col) if len(col) else np.zeros(0, dtype=np.int64)
-            if len(col):
-                lo, hi = _min_max(col)
-                if f.hashed:
-                    arr = np.remainder(arr, size)
-                else:
-                    if lo < 0:
-                        raise DataError(f"{where}: column {f.source!r} (sparse feature {f.name!r}) has negative id {lo}; expected ids in [0, {size}) or hashed: true")
-                    if hi >= size:
-                        raise DataError(
-                            f"{where}: column {f.source!r} (sparse feature {f.name!r}) has id {hi} beyond table "
-                            f"{f.table!r} of size {size}; expected ids in [0, {size}), a larger num_embeddings, or hashed: true"
-                        )
+            arr = np.zeros(0, dtype=np.int64)
+            if len(col) and f.hashed:
+                arr = _hashed(col, size)
+            elif len(col):
+                lo, hi = _min_max(col)  # checked before the cast to int64, which an unsigned id past 2**63 fails
+                if lo < 0:
+                    raise DataError(f"{where}: column {f.source!r} (sparse feature {f.name!r}) has negative id {lo}; expected ids in [0, {size}) or hashed: true")
+                if hi >= size:
+                    raise DataError(
+                        f"{where}: column {f.source!r} (sparse feature {f.name!r}) has id {hi} beyond table "
+                        f"{f.table!r} of size {size}; expected ids in [0, {size}), a larger num_embeddings, or hashed: true"
+                    )
+                arr = _int64(col)
             ids.append(arr)
 
         dense = np.empty((n, len(self.spec.dense)), dtype=np.float32)
         for j, f in enumerate(self.spec.dense):
             col = _array(table.column(f.source))
-            if col.null_count:
-                col = pc.fill_null(col, f.fill)
-            x = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+            if not pa.types.is_floating(col.type):  # fill in float: an int column would truncate it, bool reject it
+                col = col.cast(pa.float64())
+            x = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # nulls come out as NaN
+            missing = np.isnan(x)
+            if missing.any():  # null or NaN (pandas writes a missing float as NaN)
+                x = np.where(missing, np.float32(f.fill), x)
+            if np.isinf(x).any():
+                raise DataError(f"{where}: column {f.source!r} (dense feature {f.name!r}) has an infinite value at "
+                                f"row {int(np.flatnonzero(np.isinf(x))[0])}; expected finite numbers (null or NaN = fill)")
             if f.transform in ("log1p", "log1p_standard"):
                 x = np.sign(x) * np.log1p(np.abs(x))
             if f.transform in ("standard", "log1p_standard"):
@@ -235,10 +249,17 @@ class ArrowConverter:
                         f"{where}: column {t.source!r} (label of task {t.name!r}) has value {bad}; "
                         "expected binary labels 0/1 (null = unlabelled)"
                     )
-            labels[:, j] = pc.fill_null(col, -1).cast(pa.int8()).to_numpy(zero_copy_only=False)
+            # to int8 before the fill: an unsigned column cannot hold -1 (values are 0/1 here)
+            labels[:, j] = pc.fill_null(col.cast(pa.int8()), -1).to_numpy(zero_copy_only=False)
             if t.weight_column:
-                w = _array(table.column(t.weight_column))
-                weights[:, j] = pc.fill_null(w, 0).to_numpy(zero_copy_only=False)
+                w = _array(table.column(t.weight_column)).cast(pa.float32())
+                w = pc.fill_null(w, 0).to_numpy(zero_copy_only=False)
+                bad = ~np.isfinite(w) | (w < 0)
+                if bad.any():
+                    row = int(np.flatnonzero(bad)[0])
+                    raise DataError(f"{where}: column {t.weight_column!r} (sample weight of task {t.name!r}) has "
+                                    f"{w[row]} at row {row}; expected finite weights >= 0 (null = 0)")
+                weights[:, j] = w
         return Columns(n=n, ids=ids, offsets=offsets, dense=dense, labels=labels, weights=weights)
 
 

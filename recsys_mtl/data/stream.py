@@ -90,7 +90,7 @@ def _discover(path: str | Path | list, spec: FeatureSpec) -> tuple[ds.Dataset, l
             raise DataError(f"{frag.path}: not a readable Parquet file ({exc})") from None
         spec.check_schema(schema, frag.path)
         for col in columns:
-            t = schema.field(col).type
+            t = _comparable(schema.field(col).type)
             if col not in first_types:
                 first_types[col] = (t, frag.path)
             elif first_types[col][0] != t:
@@ -103,6 +103,16 @@ def _discover(path: str | Path | list, spec: FeatureSpec) -> tuple[ds.Dataset, l
             if rows:
                 units.append(RowGroup(frag.path, i, rows))
     return dataset, units, fragments
+
+
+def _comparable(t: pa.DataType) -> pa.DataType:
+    """A column's type as the reader sees it: whether a list's items may be null is left out (writers differ,
+    and a null item is refused when read)."""
+    if pa.types.is_list(t):
+        return pa.list_(t.value_type)
+    if pa.types.is_large_list(t):
+        return pa.large_list(t.value_type)
+    return t
 
 
 def _rng(*keys: int) -> np.random.Generator:

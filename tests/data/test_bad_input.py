@@ -69,6 +69,19 @@ def test_schemas_that_differ_between_files_name_both(tmp_path):
         ParquetStream(folder, spec, 10)
 
 
+def test_files_whose_list_items_differ_only_in_nullability_read_as_one_dataset(tmp_path):
+    spec, _ = tiny_spec(tmp_path)
+    folder = write_tiny(tmp_path / "d", files=1, rows_per_file=100, row_group=100)
+    table = tiny_table(100, 100)
+    strict = pa.list_(pa.field("element", pa.int64(), nullable=False))
+    table = table.set_column(table.schema.get_field_index("hist_items"), "hist_items",
+                             table.column("hist_items").cast(strict))
+    pq.write_table(table, folder / "part-5.parquet")
+    assert pq.read_schema(folder / "part-5.parquet").field("hist_items").type != \
+        pq.read_schema(folder / "part-0.parquet").field("hist_items").type
+    assert sum(b.batch_size for b in ParquetStream(folder, spec, 50, shuffle=False)) == 200
+
+
 def write_one(tmp_path, **override):
     folder = tmp_path / "d"
     folder.mkdir(parents=True)
@@ -109,6 +122,44 @@ def test_id_beyond_table_size_names_table_and_size_unless_hashed(tmp_path):
     lists = pa.array([[7, 51]] * 100, pa.list_(pa.int64()))
     with pytest.raises(DataError, match=r"column 'hist_items' .*has id 51 beyond table 'item'"):
         list(ParquetStream(write_one(tmp_path / "l", hist_items=lists), spec, 10))
+
+
+def test_unsigned_columns_read_like_signed_ones(tmp_path):
+    """uint64 hashed ids past 2**63 are reduced before the int64 cast; unsigned labels and dense columns load."""
+    spec, _ = tiny_spec(tmp_path)
+    big = np.array([2**63 + 5, 2**64 - 1, 3, 7] * 25, dtype=np.uint64)
+    labels = pa.array(np.array([0, 1] * 50, dtype=np.uint8), mask=np.array([False, False, True, False] * 25))
+    folder = write_one(tmp_path, query=pa.array(big), is_buy=labels, price=pa.array(np.arange(100, dtype=np.uint16)))
+    batch = next(iter(ParquetStream(folder, spec, 4, shuffle=False)))
+    assert batch.sparse["query"].values().tolist() == [int(v) % 7 for v in big[:4]]
+    assert batch.labels[:, 1].tolist() == [0, 1, 0, 1] and batch.label_mask[:, 1].tolist() == [True, True, False, True]
+    too_big = pa.array(np.array([3] * 99 + [2**63 + 1], dtype=np.uint64))
+    with pytest.raises(DataError, match=r"column 'item_id' .*has id 9223372036854775809 beyond table 'item' of size 50"):
+        list(ParquetStream(write_one(tmp_path / "u", item_id=too_big), spec, 10))
+
+
+def test_dense_nulls_and_nans_become_fill_in_float_and_infinities_are_named(tmp_path):
+    spec, _ = tiny_spec(tmp_path, dense=[{"name": "row", "fill": -1.5}, {"name": "price", "fill": 0.5}])
+    rows = pa.array([True, None, False, True] * 25, pa.bool_())  # bool, and an int column with a fractional fill
+    price = pa.array(np.array([1.0, np.nan, 2.0, 3.0] * 25), mask=np.array([False, False, True, False] * 25))
+    batch = next(iter(ParquetStream(write_one(tmp_path, row=rows, price=price), spec, 4, shuffle=False)))
+    assert batch.dense.tolist() == [[1.0, 1.0], [-1.5, 0.5], [0.0, 0.5], [1.0, 3.0]]
+    ints = pa.array([1, None, 3, 4] * 25, pa.int64())
+    batch = next(iter(ParquetStream(write_one(tmp_path / "i", row=ints), spec, 4, shuffle=False)))
+    assert batch.dense[:, 0].tolist() == [1.0, -1.5, 3.0, 4.0]
+    inf = pa.array(np.array([1.0] * 99 + [np.inf], dtype=np.float32))
+    with pytest.raises(DataError, match=r"bad.parquet \(row group 0\): column 'price' \(dense feature 'price'\) has an "
+                                        r"infinite value at row 99"):
+        list(ParquetStream(write_one(tmp_path / "inf", price=inf), spec, 10))
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_a_negative_or_non_finite_sample_weight_is_named(tmp_path, value):
+    spec, _ = tiny_spec(tmp_path, tasks=[{"name": "click", "weight_column": "w"}, {"name": "buy", "label": "is_buy"}])
+    w = pa.array([1.0] * 50 + [value] + [2.0] * 49, pa.float32())
+    with pytest.raises(DataError, match=r"column 'w' \(sample weight of task 'click'\) has .* at row 50; expected "
+                                        r"finite weights >= 0"):
+        list(ParquetStream(write_one(tmp_path, w=w), spec, 10))
 
 
 def test_reading_bad_data_leaves_the_files_untouched(tmp_path):
