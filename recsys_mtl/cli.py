@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from recsys_mtl.config.loader import ConfigError
@@ -63,15 +64,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as exc:
-        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
-        where = f" [rank {rank}]" if rank != "0" else ""
-        sys.stderr.write(f"recsys-mtl: error{where}: {exc}\n")  # one write: ranks' lines do not interleave
+        return _error_line(exc, 2)
+    except Exception as exc:  # errors that carry their own exit code are one line too (e.g. TrainingDiverged)
+        code = getattr(exc, "exit_code", None)
+        if not isinstance(code, int):
+            raise
+        return _error_line(exc, code)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: what was written is complete (checkpoints, outputs atomic)
+        from recsys_mtl.train.interrupt import stop_signal
+
+        signum = stop_signal(exc)
+        sys.stderr.write("\nrecsys-mtl: " + ("interrupted" if signum == signal.SIGINT else "terminated") + "\n")
         sys.stderr.flush()
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C: what was written is complete (checkpoints and outputs are atomic)
-        sys.stderr.write("\nrecsys-mtl: interrupted\n")
-        sys.stderr.flush()
-        return 130
+        return 128 + signum
+
+
+def _error_line(exc: BaseException, code: int) -> int:
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+    where = f" [rank {rank}]" if rank != "0" else ""
+    sys.stderr.write(f"recsys-mtl: error{where}: {exc}\n")  # one write: ranks' lines do not interleave
+    sys.stderr.flush()
+    return code
 
 
 if __name__ == "__main__":

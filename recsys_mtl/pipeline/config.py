@@ -37,7 +37,7 @@ class RegistryConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DailyPipelineConfig:
-    """name: job name (the MLflow experiment unless tracking.experiment is set)
+    """name: job name (MLflow run names are `<name>-<date>`; the experiment is tracking.experiment)
     data: date-partitioned roots (`date=YYYY-MM-DD/` folders); several roots are merged
     spec: feature spec (default: feature_spec.yaml beside the first root)
     train_config: the base training config; the pipeline sets its data paths, output

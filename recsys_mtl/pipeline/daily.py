@@ -59,6 +59,17 @@ class DailyPipeline:
         spec = config.spec or str(Path(config.data[0]) / "feature_spec.yaml")
         self.spec_path = spec
         self.tracking_uri = config.tracking.resolved_uri()
+        self._check_guarded_tasks()
+
+    def _check_guarded_tasks(self) -> None:
+        """Before any training: a misspelt guarded task would otherwise stop the pipeline after day 2's training."""
+        from recsys_mtl.config.features import FeatureSpec
+
+        tasks = FeatureSpec.load(self.spec_path).task_names
+        unknown = [t for t in self.config.gate.guarded_tasks if t not in tasks]
+        if unknown:
+            raise ConfigError(f"gate.guarded_tasks: unknown task(s) {', '.join(unknown)}; the feature spec "
+                              f"{self.spec_path} has: {', '.join(tasks)}")
 
     @classmethod
     def load(cls, path: str | Path, **kwargs) -> "DailyPipeline":
@@ -140,21 +151,22 @@ class DailyPipeline:
         champion = self._registry().champion()
         eval_date = self.next_date(date)
         out = self.work / "runs" / date
+        q = _yaml_string  # values are read as YAML: a quoted string stays one ('#', ': ', '2026' or 'on' in it)
         overrides = list(self.config.train_overrides) + [
-            f"data.train_path={self.partitions[date]}",
-            f"data.eval_path={self.partitions[eval_date]}",
-            f"data.spec={self.spec_path}",
-            f"train.output_dir={out}",
+            f"data.train_path={q(self.partitions[date])}",
+            f"data.eval_path={q(self.partitions[eval_date])}",
+            f"data.spec={q(self.spec_path)}",
+            f"train.output_dir={q(out)}",
             "train.checkpoint.resume=true",  # a re-run of a failed train step continues it
-            f"train.init_from={champion.checkpoint if champion else 'null'}",
-            f"tracking.tracking_uri={self.tracking_uri}",
-            f"tracking.experiment={self.config.tracking.experiment}",
-            f"tracking.run_name={self.config.name}-{date}",
+            f"train.init_from={q(champion.checkpoint) if champion else 'null'}",
+            f"tracking.tracking_uri={q(self.tracking_uri)}",
+            f"tracking.experiment={q(self.config.tracking.experiment)}",
+            f"tracking.run_name={q(f'{self.config.name}-{date}')}",
             "tracking.log_model=true",
         ]
         artifacts = self.config.tracking.resolved_artifact_location()
         if artifacts:
-            overrides.append(f"tracking.artifact_location={artifacts}")
+            overrides.append(f"tracking.artifact_location={q(artifacts)}")
         config = TrainConfig.load(self.config.train_config, overrides)
         callback = TrackingCallback()
         trainer = Trainer(config, callbacks=[callback])
@@ -203,6 +215,7 @@ class DailyPipeline:
         exact = task_metrics(cand, labels, mask)
         record: dict[str, Any] = {
             "eval_date": eval_date, "tasks": tasks, "candidate_ne": _floats(exact.ne),
+            "candidate_non_finite": int((~np.isfinite(cand)).sum()),  # a diverged model: never promoted
             "candidate_mean_ne": float(np.nanmean(exact.ne)), "champion_ne": None, "champion_mean_ne": None,
             "rel_ne_change": None, "mean_rel_ne_change": None, "mean_rel_ne_change_ci": None,
         }
@@ -225,7 +238,15 @@ class DailyPipeline:
 
     def _step_decide(self, date: str) -> dict[str, Any]:
         ev = self.store.get(date, "evaluate")
-        if ev["champion_ne"] is None:
+        compared_with = self.store.get(date, "train")["champion_version"]
+        now = self._registry().champion_version()
+        if ev.get("candidate_non_finite"):  # absent from records written before the check
+            accepted, reason = False, (f"the candidate predicts {ev['candidate_non_finite']} non-finite values "
+                                       "(NaN/inf) on the eval day: its training diverged")
+        elif now != compared_with:  # e.g. a retried older date, after a later date promoted a newer model
+            accepted, reason = False, (f"the champion is now version {now}, not version {compared_with} that this "
+                                       "candidate was trained from and compared with")
+        elif ev["champion_ne"] is None:
             accepted, reason = True, "no champion yet: the first candidate becomes champion"
         else:
             d = decide(ev["tasks"], ev["rel_ne_change"], ev["mean_rel_ne_change"], self.config.gate)
@@ -243,6 +264,13 @@ class DailyPipeline:
         version = registry.register(train["run_id"], source=train["model_dir"], checkpoint=train["model_dir"], date=date)
         registry.promote(version)
         return {"version": version}
+
+
+def _yaml_string(value: Any) -> str:
+    """`value` as a YAML double-quoted string (JSON's quoting is valid YAML)."""
+    import json
+
+    return json.dumps(str(value))
 
 
 def _floats(x) -> list[float]:

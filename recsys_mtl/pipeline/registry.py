@@ -33,13 +33,21 @@ class ChampionRegistry:
         self.alias = alias
 
     def champion(self) -> Champion | None:
+        mv = self._champion_version()
+        return None if mv is None else self._as_champion(mv)
+
+    def champion_version(self) -> str | None:
+        """The version the alias names now (nothing downloaded), or None."""
+        mv = self._champion_version()
+        return None if mv is None else str(mv.version)
+
+    def _champion_version(self):
         from mlflow.exceptions import MlflowException
 
         try:
-            mv = self.client.get_model_version_by_alias(self.model_name, self.alias)
+            return self.client.get_model_version_by_alias(self.model_name, self.alias)
         except MlflowException:
             return None
-        return self._as_champion(mv)
 
     def version(self, version: str) -> Champion:
         return self._as_champion(self.client.get_model_version(self.model_name, version))

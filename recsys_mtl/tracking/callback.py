@@ -154,6 +154,10 @@ class TrackingCallback(TrainerCallback):
         log.info("registered model %r version %s (source %s)", name, self.model_version.version,
                  self.model_version.source)
 
+    def on_train_error(self, trainer: "Trainer", exc: BaseException) -> None:
+        """Ctrl-C or SIGTERM ends the run KILLED, an error FAILED; either way its queued metrics are sent first."""
+        self.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+
     def close(self, status: str = "FINISHED") -> None:
         """End the run (also called with "FAILED" when training raises); idempotent."""
         self.tracker.close(status)

@@ -282,11 +282,12 @@ def _update_from(state: dict, loaded: dict) -> None:
 
 
 def _raise_interrupt(exc: BaseException) -> None:
-    """DCP wraps whatever a rank raised, Ctrl-C included, in a CheckpointException: give a KeyboardInterrupt
-    back as itself (a save in progress leaves only its temp folder, removed by the next save)."""
-    if isinstance(exc, CheckpointException) and any(
-            isinstance(e, KeyboardInterrupt) for e, _ in exc.failures.values()):
-        raise KeyboardInterrupt from None
+    """DCP wraps whatever a rank raised, Ctrl-C and SIGTERM included, in a CheckpointException: give a
+    KeyboardInterrupt back as itself (a save in progress leaves only its temp folder, removed by the next save)."""
+    if isinstance(exc, CheckpointException):
+        for e, _ in exc.failures.values():
+            if isinstance(e, KeyboardInterrupt):
+                raise e from None
 
 
 def _unloadable(path: Path, exc: BaseException, advice: str) -> CheckpointMismatchError:

@@ -125,11 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
         callbacks.append(TrackingCallback())
     try:
-        Trainer(config, env=env, callbacks=callbacks).fit()
-    except BaseException as exc:
-        for cb in callbacks:
-            cb.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
+        Trainer(config, env=env, callbacks=callbacks).fit()  # a failed or stopped fit closes the run (FAILED/KILLED)
     finally:
         shutdown_distributed()
     for cb in callbacks:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -41,7 +42,7 @@ from recsys_mtl.models.multitask import wide_columns
 from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, METRICS_KEY, RNG_KEY, SPEC_FILE,
                                         CheckpointManager, pack, rng_state, set_rng_state, unpack)
 from recsys_mtl.train.distributed import DistEnv, computed_on_rank0, init_distributed
-from recsys_mtl.train.interrupt import CtrlCStop
+from recsys_mtl.train.interrupt import Stopped, StopSignals
 from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
 from recsys_mtl.train.lock import OutputDirLock
 from recsys_mtl.train.progress import Progress
@@ -66,6 +67,12 @@ class BatchSource(Protocol):
     def position_after(self, num_batches_consumed: int) -> dict: ...
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the trainer stops before it checkpoints such a model."""
+
+    exit_code = 1  # the CLI prints it as one line (not bad input: not 2)
+
+
 class TrainerCallback:
     """Hooks for tracking; called on rank 0 only. Override what you need."""
 
@@ -75,6 +82,8 @@ class TrainerCallback:
     def on_train_metrics(self, trainer: "Trainer", step: int, metrics: dict[str, torch.Tensor]) -> None:
         """Streaming per-task metrics ({"ne": [T], "ne_lifetime": [T], ...}, recsys_mtl.metrics.streaming)."""
     def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None: ...
+    def on_train_error(self, trainer: "Trainer", exc: BaseException) -> None:
+        """`fit` is raising `exc` (an error, Ctrl-C or SIGTERM); called before it propagates."""
 
 
 @dataclasses.dataclass
@@ -426,6 +435,10 @@ class Trainer:
             for i, (s, e, _, _) in enumerate(self._pending)
         ]
         self._pending.clear()
+        finite = torch.isfinite(totals)
+        diverged = None if bool(finite.all()) else int((~finite).nonzero()[0])
+        if diverged is not None:
+            records = records[:diverged + 1]  # the log ends at the first non-finite step
         self.last_loss = records[-1]["loss"]
         if self.env.is_main:
             with open(self.output_dir / TRAIN_LOG, "a") as f:
@@ -433,7 +446,19 @@ class Trainer:
                     f.write(json.dumps(r) + "\n")
             for cb in self.callbacks:
                 cb.on_log(self, records)
+        if diverged is not None:  # the losses are global: every rank stops here
+            self._diverged(records[-1])
         return records
+
+    def _diverged(self, record: dict[str, Any]) -> None:
+        bad = [name for name, v in zip(self.spec.task_names, record["losses"]) if not np.isfinite(v)]
+        saved = (f"the newest checkpoint, step {self._saved_step}, is from before it" if self._saved_step > 0
+                 else "no checkpoint was written")
+        raise TrainingDiverged(
+            f"the training loss is {record['loss']} at step {record['step']} (non-finite task losses: "
+            f"{', '.join(bad) or 'none; a weight is not finite'}); training stopped there and {saved}. Lower the "
+            "learning rates (optim.dense.lr, optim.embedding.lr) or look for extreme values in the data, then resume "
+            "or start again")
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self) -> dict[str, dict[str, float]] | None:
@@ -495,7 +520,18 @@ class Trainer:
         with contextlib.ExitStack() as cleanup:
             if self.env.is_main:
                 cleanup.enter_context(OutputDirLock(self.output_dir))
-            return self._fit(cleanup)
+            try:
+                return self._fit(cleanup)
+            except BaseException as exc:
+                if self.env.is_main:
+                    for cb in self.callbacks:
+                        hook = getattr(cb, "on_train_error", None)  # callbacks written before the hook lack it
+                        try:
+                            if hook is not None:
+                                hook(self, exc)
+                        except Exception:  # noqa: BLE001 - the training's own error is the one to raise
+                            log.exception("callback %s failed while the training stopped", type(cb).__name__)
+                raise
 
     def _fit(self, cleanup: contextlib.ExitStack) -> TrainResult:
         tc = self.config.train
@@ -525,7 +561,7 @@ class Trainer:
             log.info("training already finished at step %d (epoch %d): nothing to train%s", self.step, self.epoch,
                      "; its last evaluation is in the checkpoint" if self._evaluated_at == self.step else "")
 
-        ctrl_c = cleanup.enter_context(CtrlCStop(enabled=self.env.world_size == 1))
+        stop = cleanup.enter_context(StopSignals(graceful=self.env.world_size == 1))  # Ctrl-C, SIGTERM
         while not self._finished():
             if self._resume_position is not None:
                 self.train_data.load_state_dict(self._resume_position)
@@ -572,8 +608,8 @@ class Trainer:
                 if tc.checkpoint.every and self.step % tc.checkpoint.every == 0 and not epoch_end:
                     self._flush_records()
                     self.save_checkpoint()
-                if ctrl_c.requested and not epoch_end:
-                    self._stop_for_ctrl_c()
+                if stop.requested and not epoch_end:
+                    self._stop_for_signal(stop.signum)
             if self.step_in_epoch < steps_in_epoch:
                 break  # max_steps reached inside the epoch
             self.epoch += 1
@@ -584,8 +620,8 @@ class Trainer:
             if tc.checkpoint.every and self.step % tc.checkpoint.every == 0 and self._saved_step != self.step:
                 self._flush_records()
                 self.save_checkpoint()
-            if ctrl_c.requested and not self._finished():
-                self._stop_for_ctrl_c()
+            if stop.requested and not self._finished():
+                self._stop_for_signal(stop.signum)
 
         self._flush_records()
         if self.train_metrics is not None and self.train_metrics.updates and \
@@ -616,13 +652,13 @@ class Trainer:
                 cb.on_train_end(self, result)
         return result
 
-    def _stop_for_ctrl_c(self) -> None:
+    def _stop_for_signal(self, signum: int) -> None:
         self._flush_records()
         if self._saved_step != self.step:
             self.save_checkpoint()
-        log.warning("stopped by Ctrl-C after step %d, which is checkpointed: the same command resumes from it",
-                    self.step)
-        raise KeyboardInterrupt
+        log.warning("stopped by %s after step %d, which is checkpointed: the same command resumes from it",
+                    "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name, self.step)
+        raise Stopped(signum)
 
     def _finished(self) -> bool:
         tc = self.config.train

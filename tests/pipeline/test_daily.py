@@ -150,3 +150,48 @@ def test_bad_date_ranges_are_clear_errors(tmp_path, days):
         from recsys_mtl.pipeline.gate import decide
 
         decide(["click"], [0.0], -0.1, GateConfig(guarded_tasks=["clik"]))
+
+
+def test_a_misspelt_guarded_task_is_refused_before_any_training(tmp_path, days):
+    from recsys_mtl.config.loader import ConfigError
+
+    config = make_config(tmp_path, days, gate={"guarded_tasks": ["clik"]})
+    with pytest.raises(ConfigError, match=r"gate.guarded_tasks: unknown task\(s\) clik; the feature spec .* has: click"):
+        DailyPipeline.load(config, echo=lambda *_: None)
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_retried_older_date_does_not_replace_a_newer_champion(tmp_path, days):
+    """Day 2 trains and dies; day 3 is promoted; the retried day 2 was compared with the old champion: rejected.
+    Names the pipeline passes as YAML ('2026 #1', a folder with '#') arrive intact."""
+    work = tmp_path / "work #1"
+    config = make_config(tmp_path, days, work_dir=str(work),
+                         gate={"guarded_tasks": [], "min_mean_improvement": -1.0, "bootstrap_samples": 20},
+                         tracking={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                   "artifact_location": str(tmp_path / "artifacts"), "experiment": "2026 #1"})
+    pipeline = DailyPipeline.load(config, echo=lambda *_: None)
+    assert pipeline.run("2026-01-01", "2026-01-01")[0].version == "1"
+    pipeline.store.put("2026-01-02", "train", pipeline._step_train("2026-01-02"))  # then the job died
+    (day3,) = pipeline.run("2026-01-03", "2026-01-03")
+    assert day3.decision == "accepted" and day3.version == "2"  # min_mean_improvement -1: anything goes
+    (day2,) = pipeline.run("2026-01-02", "2026-01-02")
+    assert day2.decision == "rejected" and day2.version is None
+    assert day2.reason == "the champion is now version 2, not version 1 that this candidate was trained from and compared with"
+    assert pipeline._registry().champion_version() == "2"
+    client = pipeline._registry().client
+    run = client.get_run(pipeline.store.get("2026-01-02", "train")["run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "2026 #1"
+    assert (work / "runs" / "2026-01-02" / "checkpoints").is_dir()  # not cut at the '#'
+
+
+def test_a_candidate_that_predicts_non_finite_values_is_rejected_even_without_a_champion(tmp_path, days):
+    pipeline = DailyPipeline.load(make_config(tmp_path, days), echo=lambda *_: None)
+    for step in ("train", "evaluate"):
+        pipeline.store.put("2026-01-01", step, getattr(pipeline, f"_step_{step}")("2026-01-01"))
+    record = pipeline.store.get("2026-01-01", "evaluate")
+    assert record["candidate_non_finite"] == 0
+    pipeline.store.put("2026-01-01", "evaluate", dict(record, candidate_non_finite=7))  # as a diverged model scores
+    (outcome,) = pipeline.run("2026-01-01", "2026-01-01")
+    assert outcome.decision == "rejected" and outcome.version is None
+    assert outcome.reason == "the candidate predicts 7 non-finite values (NaN/inf) on the eval day: its training diverged"
+    assert pipeline._registry().champion_version() is None

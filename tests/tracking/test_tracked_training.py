@@ -259,3 +259,41 @@ def test_a_rerun_that_trains_nothing_logs_the_model_with_the_config_it_was_train
     for run_id, dense_lr in ((first, 0.01), (again, 0.01)):
         local = client.download_artifacts(run_id, "model/config.yaml", str(tmp_path / run_id))
         assert yaml.safe_load(Path(local).read_text())["optim"]["dense"]["lr"] == dense_lr
+
+
+class _StopAt:
+    """At step `at`, sends this process SIGTERM (as a scheduler would) or, with signum None, raises an error."""
+
+    def __init__(self, at: int, signum: int | None) -> None:
+        self.at, self.signum = at, signum
+
+    def on_train_start(self, trainer) -> None: ...
+    def on_eval(self, trainer, step, epoch, metrics) -> None: ...
+    def on_train_metrics(self, trainer, step, metrics) -> None: ...
+    def on_train_end(self, trainer, result) -> None: ...
+
+    def on_log(self, trainer, records) -> None:
+        if any(r["step"] == self.at for r in records):
+            if self.signum is None:
+                raise RuntimeError("a bug in a callback")
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum, status", [(15, "KILLED"), (None, "FAILED")])
+def test_a_run_stopped_by_sigterm_or_an_error_is_closed_with_its_metrics_sent(data, tmp_path, signum, status):
+    """Trainer.fit closes the run for every caller (the pipeline's too), metrics queued before the stop included."""
+    from recsys_mtl.config.train import TrainConfig
+    from recsys_mtl.tracking.callback import TrackingCallback
+    from recsys_mtl.train import Trainer
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = TrainConfig.load(str(CONFIG), overrides(data, tmp_path / "out", uri, tmp_path / "artifacts",
+                                                     "train.epochs=20", "tracking.flush_interval_s=60"))
+    tracking = TrackingCallback()
+    with pytest.raises(KeyboardInterrupt if signum else RuntimeError):
+        Trainer(config, callbacks=[tracking, _StopAt(12, signum)]).fit()
+    client = MlflowClient(uri)
+    run = client.get_run(tracking.run_id)
+    assert run.info.status == status
+    logged_steps = {m.step for m in client.get_metric_history(tracking.run_id, f"train/loss/{TASKS[0]}")}
+    assert max(logged_steps) == 12  # sent at close, though the flush interval had not come round

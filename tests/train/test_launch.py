@@ -227,9 +227,13 @@ def test_an_error_found_inside_the_nproc_workers_exits_2_with_the_message_and_no
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_a_run_with_one_line_and_exit_130_and_it_resumes(parquet, tmp_path):
-    """The first Ctrl-C stops the run after its step, with a checkpoint there (a KeyboardInterrupt raised wherever
-    the signal landed came back wrapped from a DCP save, or was dropped in a finaliser and training went on)."""
+@pytest.mark.parametrize("signum, said, by", [(signal.SIGINT, "interrupted", "Ctrl-C"),
+                                              (signal.SIGTERM, "terminated", "SIGTERM")])
+def test_ctrl_c_or_sigterm_stops_a_run_with_one_line_and_exit_128_plus_signal_and_it_resumes(parquet, tmp_path, signum,
+                                                                                            said, by):
+    """The first Ctrl-C (or a scheduler's SIGTERM) stops the run after its step, with a checkpoint there (a
+    KeyboardInterrupt raised wherever the signal landed came back wrapped from a DCP save, or was dropped in a
+    finaliser and training went on; SIGTERM killed the process where it stood)."""
     out = tmp_path / "out"
     proc = subprocess.Popen(train_cmd(parquet, out, "train.epochs=1000", "train.checkpoint.every=5"), env=env(),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -238,11 +242,11 @@ def test_ctrl_c_stops_a_run_with_one_line_and_exit_130_and_it_resumes(parquet, t
         assert proc.poll() is None, "the run ended before it could be interrupted"
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-3000:]
-    assert stderr.rstrip().endswith("recsys-mtl: interrupted") and "Traceback" not in stderr
-    stopped = int(re.search(r"stopped by Ctrl-C after step (\d+), which is checkpointed", stderr).group(1))
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    assert stderr.rstrip().endswith(f"recsys-mtl: {said}") and "Traceback" not in stderr
+    stopped = int(re.search(rf"stopped by {by} after step (\d+), which is checkpointed", stderr).group(1))
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step-{stopped:08d}"
     log = run_ok(train_cmd(parquet, out, "train.epochs=1000", "train.checkpoint.every=5",
                            f"train.max_steps={stopped + 2}"))

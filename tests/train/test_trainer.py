@@ -1,6 +1,9 @@
 """Single-process trainer behaviour on in-memory batches."""
 
+import dataclasses
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -640,36 +643,61 @@ def test_ctrl_c_during_a_save_is_a_keyboard_interrupt_and_the_previous_checkpoin
     assert resumed.maybe_resume() and resumed.step == 2
 
 
-class CtrlCAtStep(EvalSteps):
-    """Sends this process SIGINT when step `at` is logged, as a terminal's Ctrl-C would."""
+class SignalAtStep(EvalSteps):
+    """Sends this process `signum` when step `at` is logged, as a terminal's Ctrl-C (or a scheduler) would."""
 
-    def __init__(self, at: int) -> None:
+    def __init__(self, at: int, signum: int = signal.SIGINT) -> None:
         super().__init__()
-        self.at = at
+        self.at, self.signum = at, signum
+        self.error: BaseException | None = None
 
     def on_log(self, trainer, records) -> None:
-        import os
-        import signal
-
         if any(r["step"] == self.at for r in records):
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_error(self, trainer, exc) -> None:
+        self.error = exc
 
 
-def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exactly(tmp_path, caplog):
-    import signal
+@pytest.mark.parametrize("signum, by", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_or_sigterm_stops_after_the_step_with_a_checkpoint_and_the_run_resumes_exactly(tmp_path, caplog,
+                                                                                               signum, by):
+    from recsys_mtl.train.interrupt import Stopped
 
     spec = tiny_spec()
     batches = rank_batches(spec, 4, 16, 1, 0)
     Trainer(tiny_config(tmp_path / "straight", train={"epochs": 2}), spec=spec, train_data=ListSource(batches)).fit()
+    stopper = SignalAtStep(3, signum)
     cut = Trainer(tiny_config(tmp_path / "cut", train={"epochs": 2}), spec=spec, train_data=ListSource(batches),
-                  callbacks=[CtrlCAtStep(3)])
-    with caplog.at_level("WARNING", logger="recsys_mtl.train.trainer"), pytest.raises(KeyboardInterrupt):
+                  callbacks=[stopper])
+    with caplog.at_level("WARNING", logger="recsys_mtl.train.trainer"), pytest.raises(KeyboardInterrupt) as stopped:
         cut.fit()
-    assert "stopped by Ctrl-C after step 3, which is checkpointed" in caplog.text
+    assert isinstance(stopped.value, Stopped) and stopped.value.signum == signum
+    assert stopper.error is stopped.value  # callbacks hear of it (tracking closes the run KILLED)
+    assert f"stopped by {by} after step 3, which is checkpointed" in caplog.text
     assert cut.checkpoints.latest().name == "step-00000003"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     Trainer(tiny_config(tmp_path / "cut", train={"epochs": 2}), spec=spec, train_data=ListSource(batches)).fit()
     assert logged(tmp_path / "cut") == logged(tmp_path / "straight")
+
+
+def test_a_non_finite_loss_stops_the_training_before_a_checkpoint_of_it(tmp_path):
+    from recsys_mtl.train.trainer import TrainingDiverged
+
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    batches[2] = dataclasses.replace(batches[2], dense=torch.full_like(batches[2].dense, float("nan")))  # a bad source
+    stopper = SignalAtStep(at=-1)  # sends nothing; records the error callbacks hear of
+    trainer = Trainer(tiny_config(tmp_path, train={"epochs": 2, "log_every": 2, "checkpoint": {"every": 2}}), spec=spec,
+                      train_data=ListSource(batches), callbacks=[stopper])
+    with pytest.raises(TrainingDiverged, match=r"the training loss is (nan|inf) at step 3 \(non-finite task losses: "
+                                               r".*\); training stopped there and the newest checkpoint, step 2, is "
+                                               r"from before it. Lower the learning rates") as err:
+        trainer.fit()
+    assert stopper.error is err.value
+    assert [r["step"] for r in logged(tmp_path)] == [1, 2, 3]  # the log ends at the first non-finite step
+    assert trainer.checkpoints.latest().name == "step-00000002"
 
 
 def test_a_damaged_checkpoint_is_a_clear_error_naming_it(tmp_path):
