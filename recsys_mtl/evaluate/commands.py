@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -98,11 +99,11 @@ class EvalOutcome:
     report: Any  # recsys_mtl.metrics.offline.EvalReport
     run_id: str | None  # the evaluated model's training run
     eval_run: str | None  # the eval run logged, if any
+    spooled: Path | None = None  # where what the tracking store did not take is kept (then exit 1)
 
 
 def run(args: argparse.Namespace) -> int:
-    evaluate(args)
-    return 0
+    return 1 if evaluate(args).spooled is not None else 0
 
 
 def evaluate(args: argparse.Namespace) -> EvalOutcome:
@@ -169,14 +170,32 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
         if plot is not None and not args.out:
             print("plot: not kept (nothing is logged): pass --out DIR to keep the report and the plot")
         return EvalOutcome(report, run_id, None)
-    eval_run = _log_eval_run(models, experiment, run_id, loaded, args, baseline_run, report, out, plot)
-    print(f"logged to eval run {eval_run} (experiment {experiment!r}"
-          + (f", nested under run {run_id})" if run_id else ")"))
-    return EvalOutcome(report, run_id, eval_run)
+    eval_run, spooled = _log_eval_run(models, experiment, run_id, loaded, args, baseline_run, report, out, plot)
+    if spooled is not None:
+        if not args.out:  # the temp folder goes when this returns: keep the spool where it can be flushed later
+            kept = _durable_spool_dir() / spooled.name
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(spooled, kept)
+            spooled = kept
+        print(f"recsys-mtl evaluate: the tracking store did not take eval run {eval_run}'s metrics; they are kept in "
+              f"{spooled}: upload them with `recsys-mtl tracking flush-spool {spooled.parent}`", file=sys.stderr)
+    else:
+        print(f"logged to eval run {eval_run} (experiment {experiment!r}"
+              + (f", nested under run {run_id})" if run_id else ")"))
+    return EvalOutcome(report, run_id, eval_run, spooled)
+
+
+def _durable_spool_dir() -> Path:
+    """Where an eval run's undelivered metrics are kept when no --out was given (XDG state folder)."""
+    from recsys_mtl.tracking.tracker import SPOOL_DIRNAME
+
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "recsys-mtl" / "eval" / SPOOL_DIRNAME
 
 
 def _log_eval_run(models: _Models, experiment: str, run_id: str | None, loaded, args, baseline_run, report,
-                  out: Path, plot: Path | None) -> str:
+                  out: Path, plot: Path | None) -> tuple[str, Path | None]:
+    """The eval run's id, and its spool file if the store did not take everything."""
     from recsys_mtl.tracking.config import TrackingConfig
     from recsys_mtl.tracking.tracker import RunTracker
 
@@ -198,6 +217,5 @@ def _log_eval_run(models: _Models, experiment: str, run_id: str | None, loaded, 
         tracker.log_metrics(loaded.step or 0, report.to_metrics("eval"))
         if plot is not None:
             tracker.log_artifact(plot, "plots")
-    if tracker.spool_path is not None and tracker.spool_path.exists():
-        print(f"warning: the tracking store did not take everything; kept in {tracker.spool_path}", file=sys.stderr)
-    return tracker.run_id
+    spooled = tracker.spool_path if tracker.spool_path is not None and tracker.spool_path.exists() else None
+    return tracker.run_id, spooled

@@ -64,7 +64,9 @@ class StreamingTaskMetrics:
         by_kind = {"ne": NEMetric(**common, include_logloss=True), "calibration": CalibrationMetric(**common)}
         if auc:
             by_kind["auc"] = AUCMetric(**dict(common, window_size=auc_window_rows))
-        self._metrics = [m.to(device) for m in by_kind.values()]
+        self._by_kind = {kind: m.to(device) for kind, m in by_kind.items()}
+        self._metrics = list(self._by_kind.values())
+        self._world_size, self._process_group = world_size, process_group
         self._lifetime = {kind: m for kind, m in zip(by_kind, self._metrics) if kind != "auc"}  # AUC: windowed only
         self._device = torch.device(device)
         self._keys = self._report_keys(by_kind)
@@ -93,7 +95,13 @@ class StreamingTaskMetrics:
 
     @torch.no_grad()
     def compute(self) -> dict[str, torch.Tensor]:
-        """{"ne": [T], "ne_lifetime": [T], ...} (window values unless `_lifetime`); log loss in nats."""
+        """{"ne": [T], "ne_lifetime": [T], ...} (window values unless `_lifetime`); log loss in nats.
+
+        NaN where the value is undefined, as in the offline metrics: NE and AUC need both classes among the
+        rows counted, calibration a positive, log loss a labelled row (TorchRec reports 0, 0.5 or NE in the
+        billions there).
+        """
+        defined = self._defined()
         raw: dict[str, torch.Tensor] = {}
         for m in self._metrics:
             try:
@@ -115,7 +123,27 @@ class StreamingTaskMetrics:
             if not all(k in raw for k in keys):  # rank != 0 gets nothing back from TorchRec
                 continue
             values = torch.stack([raw[k].reshape(()).double() for k in keys])
-            out[ours] = values * math.log(2) if ours.startswith("logloss") else values
+            values = values * math.log(2) if ours.startswith("logloss") else values
+            out[ours] = torch.where(defined[ours].to(values.device), values, torch.full_like(values, math.nan))
+        return out
+
+    def _defined(self) -> dict[str, torch.Tensor]:
+        """Per report, [T] bool: whether its rows (all ranks') hold what the value needs. A collective."""
+        ne = self._by_kind["ne"]._metrics_computations[0]  # the labelled positives/negatives of NE's states
+        parts = [ne.window_pos_labels, ne.window_neg_labels, ne.pos_labels, ne.neg_labels]
+        if "auc" in self._by_kind:  # AUC keeps its (smaller) window's raw labels and weights
+            auc = self._by_kind["auc"]._metrics_computations[0]
+            labels, weights = torch.cat(list(auc.labels), dim=-1), torch.cat(list(auc.weights), dim=-1)
+            parts += [(labels * weights).sum(-1), ((1 - labels) * weights).sum(-1)]
+        counts = torch.stack([p.reshape(-1).double() for p in parts])
+        if self._world_size > 1:
+            dist.all_reduce(counts, group=self._process_group)
+        pos, neg = counts[0::2] > 0, counts[1::2] > 0  # [window, lifetime, (auc window)] x T
+        out = {}
+        for ours in self._keys:
+            i = 2 if ours == "auc" else int(ours.endswith("_lifetime"))
+            kind = ours.removesuffix("_lifetime")
+            out[ours] = pos[i] & neg[i] if kind in ("ne", "auc") else pos[i] if kind == "calibration" else pos[i] | neg[i]
         return out
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -7,11 +7,14 @@ Reads the latest `eval/ne/<task>`, `eval/auc/<task>`, `eval/calibration/<task>` 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 METRICS = ("ne", "auc", "calibration", "logloss")
 
@@ -55,28 +58,40 @@ class RunComparison:
 
 def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None, filter_string: str = "",
               max_results: int = 50) -> list:
-    """Runs by id (in the order given), or by experiment name plus an MLflow filter (oldest first).
+    """Runs by id (in the order given), or the newest `max_results` runs of an experiment that match an MLflow
+    filter and have eval metrics, oldest first (the first is the reference).
 
     Metric names with '/' need backticks in filters: metrics.`eval/ne/ctr` < 0.8.
     """
     if run_ids:
-        exps = [e.experiment_id for e in client.search_experiments()]
-        ids = ", ".join(f"'{r}'" for r in run_ids)
-        found = {r.info.run_id: r for r in client.search_runs(exps, f"attributes.run_id IN ({ids})",
-                                                              max_results=len(run_ids))}
-        missing = [r for r in run_ids if r not in found]
+        from mlflow.exceptions import MlflowException
+
+        runs, missing = [], []
+        for r in run_ids:  # one lookup each: a search over experiments sees only its first page of them
+            try:
+                runs.append(client.get_run(r))
+            except MlflowException:
+                missing.append(r)
         if missing:
             raise ValueError(f"no run with id {', '.join(missing)} in the tracking store")
-        return [found[r] for r in run_ids]
+        return runs
     if experiment is None:
         raise ValueError("give run ids, or --experiment NAME (with an optional --filter)")
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ValueError(f"no experiment named {experiment!r} in the tracking store")
-    runs = client.search_runs([exp.experiment_id], filter_string, max_results=max_results,
-                              order_by=["attributes.start_time ASC"])
+    found = client.search_runs([exp.experiment_id], filter_string, max_results=max_results + 1,
+                               order_by=["attributes.start_time DESC"])
+    if len(found) > max_results:
+        log.warning("experiment %r has more than %d matching runs: comparing the newest %d (--max-runs)",
+                    experiment, max_results, max_results)
+    found = found[:max_results][::-1]
+    runs = [r for r in found if any(k.startswith("eval/ne/") for k in r.data.metrics)]
+    if len(runs) < len(found):
+        log.warning("left out %d run(s) without eval metrics (failed, running, or not evaluated): %s",
+                    len(found) - len(runs), ", ".join(r.info.run_id[:8] for r in found if r not in runs))
     if not runs:
-        raise ValueError(f"no run in experiment {experiment!r} matches filter {filter_string!r}")
+        raise ValueError(f"no run with eval metrics in experiment {experiment!r} matches filter {filter_string!r}")
     return runs
 
 

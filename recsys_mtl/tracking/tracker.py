@@ -21,6 +21,7 @@ place afterwards (log a fresh tensor or a `.clone()`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -407,8 +408,9 @@ class RunTracker(NullTracker):
             if len(values) != len(names):
                 log.error("log_vector(%r): %d names for %d values; dropped", prefix, len(names), len(values))
                 return
+            # an undefined value (NaN: a task with one class in a metric's window) is left out, as eval's are
             self._metrics.extend((k, v, ts, step) for k, v in zip(self._vector_keys(prefix, names), values)
-                                 if k is not None)
+                                 if k is not None and math.isfinite(v))
             if self.config.plots and prefix in PLOTTED_PREFIXES:
                 hist = self._histories.get(prefix)
                 if hist is None or hist.names != list(names):

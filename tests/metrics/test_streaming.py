@@ -84,3 +84,24 @@ def test_lifetime_values_continue_from_a_state_dict_and_windows_start_empty():
     np.testing.assert_allclose(values["ne_lifetime"].numpy(), exact.ne, rtol=1e-6)
     np.testing.assert_allclose(values["calibration_lifetime"].numpy(), exact.calibration, rtol=1e-5)
     np.testing.assert_allclose(values["ne"].numpy(), _exact(steps[8:]).ne, rtol=1e-6)
+
+
+def test_values_without_the_rows_they_need_are_nan_not_torchrecs_placeholders():
+    """TorchRec gives NE ~1e10, calibration 0 and AUC 0.5 for a task with one class (or none) in the window."""
+    g = torch.Generator().manual_seed(1)
+    metrics = StreamingTaskMetrics(["mixed", "all_positive", "unlabelled", "no_recent_positive"], B,
+                                   window_rows=2 * B, auc_window_rows=B)
+    for i in range(5):
+        logits = torch.randn(B, 4, generator=g)
+        labels = (torch.rand(B, 4, generator=g) < 0.3).float()
+        labels[:, 1] = 1
+        if i >= 3:
+            labels[:, 3] = 0  # positives only before the window
+        mask = torch.ones(B, 4, dtype=torch.bool)
+        mask[:, 2] = False
+        metrics.update(logits, labels, mask)
+    v = {k: [not np.isnan(x) for x in t.tolist()] for k, t in metrics.compute().items()}
+    assert v["ne"] == v["auc"] == [True, False, False, False]
+    assert v["ne_lifetime"] == [True, False, False, True]
+    assert v["logloss"] == v["logloss_lifetime"] == v["calibration_lifetime"] == [True, True, False, True]
+    assert v["calibration"] == [True, True, False, False]

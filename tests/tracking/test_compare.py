@@ -63,3 +63,26 @@ def test_compare_selects_runs_by_experiment_and_backticked_metric_filter(store_w
 def test_compare_with_an_unknown_run_id_is_an_error_not_a_traceback(store_with_two_runs, capsys):
     assert cli.main(["compare", "0" * 32]) == 2
     assert "no run with id" in capsys.readouterr().err
+
+
+def test_compare_by_experiment_takes_the_newest_runs_and_leaves_out_unevaluated_ones(store_with_two_runs, capsys):
+    tmp_path, _ = store_with_two_runs
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.05, 0.95, (500, 3))
+    y = (rng.uniform(size=p.shape) < p).astype(np.int64)
+    ids = {}
+    for name in ("old", "mid", "unevaluated"):  # started in this order
+        cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="newest",
+                             artifact_location=(tmp_path / "artifacts").as_uri(), system_metrics_interval_s=0)
+        with RunTracker.start(cfg, run_name=name, work_dir=tmp_path / f"newest-{name}", rank=0) as tracker:
+            if name != "unevaluated":
+                tracker.log_metrics(100, evaluate_predictions(p, y, None, TASKS).to_metrics())
+        ids[name] = tracker.run_id
+    assert cli.main(["compare", "--experiment", "newest", "--max-runs", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert ids["mid"][:8] in out and ids["old"][:8] not in out
+    assert "more than 2 matching runs: comparing the newest 2" in err
+    assert f"left out 1 run(s) without eval metrics (failed, running, or not evaluated): {ids['unevaluated'][:8]}" in err
+    assert cli.main(["compare", "--experiment", "newest"]) == 0
+    out = capsys.readouterr().out
+    assert out.index(ids["old"][:8]) < out.index(ids["mid"][:8])  # oldest first: the reference

@@ -297,3 +297,25 @@ def test_a_run_stopped_by_sigterm_or_an_error_is_closed_with_its_metrics_sent(da
     assert run.info.status == status
     logged_steps = {m.step for m in client.get_metric_history(tracking.run_id, f"train/loss/{TASKS[0]}")}
     assert max(logged_steps) == 12  # sent at close, though the flush interval had not come round
+
+
+def test_evaluate_keeps_what_the_store_did_not_take_and_exits_1(store, data, tmp_path, monkeypatch, capsys):
+    """Without --out the report lives in a temp folder; the spool must outlive it, in the XDG state folder."""
+    from recsys_mtl.tracking import spool
+
+    def store_down(client, record):
+        raise ConnectionError("store down (simulated)")
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setattr(spool, "deliver_record", store_down)
+    bare = store["root"] / "equal" / "checkpoints"
+    assert main(["evaluate", "--checkpoint", str(bare), "--data", str(data / "eval"), "--experiment", "spooled",
+                 "--tracking-uri", store["uri"]]) == 1
+    err = capsys.readouterr().err
+    kept = tmp_path / "state" / "recsys-mtl" / "eval" / "mlflow_spool"
+    [spooled] = kept.glob("*.jsonl")
+    assert f"they are kept in {spooled}" in err and f"recsys-mtl tracking flush-spool {kept}" in err
+    monkeypatch.undo()
+    assert main(["tracking", "flush-spool", str(kept)]) == 0
+    run = MlflowClient(store["uri"]).get_run(spooled.stem)
+    assert run.info.status == "FINISHED" and "eval/ne/click" in run.data.metrics
