@@ -16,6 +16,10 @@ def score_eval_set(model: torch.nn.Module, spec, data_path: str | Path,
 
     stream = ParquetStream(str(data_path), spec, batch_size, rank=0, world_size=1, num_workers=0, seed=0,
                            shuffle=False, shuffle_buffer_rows=0, drop_remainder=False)
+    if stream.num_rows == 0:
+        from recsys_mtl.data.errors import DataError
+
+        raise DataError(f"{data_path}: the eval set has no rows; expected at least one labelled row to score")
     stream.set_epoch(0)
     logits, labels, mask = predict(model, stream, spec, batch_size, torch.device("cpu"), 1)
     n = stream.num_rows

@@ -351,7 +351,10 @@ def compare_models(pred_a, pred_b, labels, mask=None, weights=None, *, n_boot: i
         delta_auc = torch.from_numpy(exact_b.auc - exact.auc)
         valid = torch.from_numpy(np.array([f == "" for f in exact.flag])) & torch.isfinite(rel)
         mean_rel = rel[valid].mean() if bool(valid.any()) else torch.tensor(float("nan"), dtype=torch.float64)
-        mean_ci = ci(mean_rel[None], rel_boot[:, valid].mean(1, keepdim=True), rel_full[:, valid].mean(1, keepdim=True))[0]
+        # per replicate, the mean over the tasks it can score: a rare task with no positive in a replicate would
+        # otherwise make the replicate NaN, and with several such tasks almost every replicate (CI NaN or biased)
+        mean_ci = ci(mean_rel[None], torch.nanmean(rel_boot[:, valid], 1, keepdim=True),
+                     torch.nanmean(rel_full[:, valid], 1, keepdim=True))[0]
 
         result = Comparison(
             delta_ne=delta_ne.numpy(), delta_ne_ci=ci(delta_ne, d_ne_boot, d_ne_full),

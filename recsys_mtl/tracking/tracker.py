@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from recsys_mtl.tracking import spool
-from recsys_mtl.tracking.config import TrackingConfig, is_http
+from recsys_mtl.tracking.config import TrackingConfig
 from recsys_mtl.tracking.system_metrics import SystemSampler
 
 log = logging.getLogger(__name__)
@@ -225,11 +225,11 @@ class RunTracker(NullTracker):
             return NullTracker()
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         uri = config.resolved_uri()
-        if is_http(uri):
-            # our thread retries with backoff and spools; MLflow's own retries (7, up to 120 s each)
-            # would hold a batch for minutes. Set once for the process, unless the user set them.
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(config.http_timeout_s))
+        # Our thread retries with backoff and spools; MLflow's own HTTP retries (7, up to 120 s each) would hold
+        # a batch for minutes. Set once for the process, unless the user set them, whatever this run's store:
+        # an earlier run's spool in work_dir may be for an HTTP store, uploaded below before this run starts.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(config.http_timeout_s))
         from mlflow.tracking import MlflowClient  # lazy: `import mlflow` costs seconds
 
         work_dir = Path(work_dir).resolve()

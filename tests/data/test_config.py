@@ -148,3 +148,10 @@ def test_exponent_without_a_dot_is_a_number_in_files_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(base.read_text().replace("dense: {type: adam, lr: 0.01}", "dense: {type: adam, lr: 2E-3}"))
     assert TrainConfig.load(str(path)).optim.dense.lr == 2e-3
+
+
+@pytest.mark.parametrize("name", ["like+share", "watch>50%", "click(home)", "x,y", "a/b"])
+def test_a_task_name_that_cannot_end_a_metric_name_is_refused(tmp_path, name):
+    data = {**TINY_SPEC, "tasks": [{"name": name, "label": "click"}, *TINY_SPEC["tasks"][1:]]}
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.name: .* has characters a metric name cannot hold"):
+        FeatureSpec.load(write_spec(tmp_path, data))

@@ -99,6 +99,21 @@ def test_bootstrap_of_identical_models_gives_zero_delta_and_zero_width_ci():
     assert c.mean_rel_ne_change == pytest.approx(0, abs=1e-12)
 
 
+def test_the_mean_change_interval_stays_finite_with_many_rare_tasks():
+    """10 of 12 tasks have one positive: most replicates miss it for some task. The replicate's mean is over the
+    tasks it can score, so the interval is finite and holds the point estimate."""
+    rng = np.random.default_rng(0)
+    N, T = 5000, 12
+    p = rng.uniform(0.05, 0.95, (N, T))
+    y = (rng.uniform(size=(N, T)) < p).astype(np.int64)
+    y[:, 2:] = 0
+    y[rng.integers(0, N, T - 2), np.arange(2, T)] = 1
+    noisy = np.clip(p + rng.normal(0, 0.1, p.shape), 0.01, 0.99)
+    c = compare_models(noisy, p, y, n_boot=100, seed=0)
+    lo, hi = c.mean_rel_ne_change_ci
+    assert np.isfinite([lo, hi]).all() and lo <= c.mean_rel_ne_change <= hi
+
+
 def _constructed_case(seed, N):
     """Model a predicts the true probability; model b is miscalibrated and noisier (worse NE and AUC)."""
     rng = np.random.default_rng(seed)

@@ -319,3 +319,15 @@ def test_evaluate_keeps_what_the_store_did_not_take_and_exits_1(store, data, tmp
     assert main(["tracking", "flush-spool", str(kept)]) == 0
     run = MlflowClient(store["uri"]).get_run(spooled.stem)
     assert run.info.status == "FINISHED" and "eval/ne/click" in run.data.metrics
+
+
+def test_evaluate_on_an_eval_set_with_no_rows_is_one_line_naming_it(store, data, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    first = sorted((data / "eval").rglob("*.parquet"))[0]
+    empty = tmp_path / "empty_eval"
+    empty.mkdir()
+    pq.write_table(pq.read_table(first).slice(0, 0), empty / "part-0.parquet")
+    bare = store["root"] / "equal" / "checkpoints"
+    assert main(["evaluate", "--checkpoint", str(bare), "--data", str(empty), "--no-log"]) == 2
+    assert f"recsys-mtl: error: {empty}: the eval set has no rows" in capsys.readouterr().err

@@ -206,3 +206,26 @@ def test_continue_run_starts_a_new_run_when_the_old_one_is_gone_or_elsewhere(tmp
         assert moved.run_id != fresh.run_id
     assert "belongs to experiment id" in caplog.text
     assert client.get_run(fresh.run_id).data.tags.get("recsys_mtl.resumed_at_steps") is None
+
+
+def test_an_earlier_runs_spool_for_an_unreachable_http_store_does_not_hold_up_the_start(tmp_path):
+    """MLflow's own HTTP retries (7, with backoff) held RunTracker.start for minutes on such a spool when this run's
+    store is sqlite. A fresh process, so that no earlier test has set MLflow's retry settings."""
+    import os
+    import subprocess
+    import sys
+
+    spool_dir = tmp_path / "work" / SPOOL_DIRNAME
+    spool_dir.mkdir(parents=True)
+    (spool_dir / "abc.jsonl").write_text(json.dumps(
+        {"tracking_uri": "http://127.0.0.1:9", "run_id": "abc", "metrics": [["x", 1.0, 1, 0]]}) + "\n")
+    uri, work = f"sqlite:///{tmp_path / 'm.db'}", str(tmp_path / "work")
+    script = ("from recsys_mtl.tracking import RunTracker, TrackingConfig\n"
+              f"cfg = TrackingConfig(tracking_uri={uri!r}, system_metrics_interval_s=0)\n"
+              f"RunTracker.start(cfg, run_name='x', work_dir={work!r}, rank=0).close()\n"
+              "print('started')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0 and "started" in proc.stdout, proc.stderr[-2000:]
+    assert (spool_dir / "abc.jsonl").exists()  # still undelivered: kept for later
