@@ -223,12 +223,12 @@ class ArrowConverter:
             if not pa.types.is_floating(col.type):  # fill in float: an int column would truncate it, bool reject it
                 col = col.cast(pa.float64())
             x = col.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # nulls come out as NaN
-            missing = np.isnan(x)
-            if missing.any():  # null or NaN (pandas writes a missing float as NaN)
-                x = np.where(missing, np.float32(f.fill), x)
-            if np.isinf(x).any():
-                raise DataError(f"{where}: column {f.source!r} (dense feature {f.name!r}) has an infinite value at "
-                                f"row {int(np.flatnonzero(np.isinf(x))[0])}; expected finite numbers (null or NaN = fill)")
+            if not np.isfinite(x).all():  # one pass in the common case
+                if np.isinf(x).any():
+                    raise DataError(f"{where}: column {f.source!r} (dense feature {f.name!r}) has an infinite value "
+                                    f"at row {int(np.flatnonzero(np.isinf(x))[0])}; expected finite numbers (null or "
+                                    "NaN = fill)")
+                x = np.where(np.isnan(x), np.float32(f.fill), x)  # null or NaN (pandas writes missing floats as NaN)
             if f.transform in ("log1p", "log1p_standard"):
                 x = np.sign(x) * np.log1p(np.abs(x))
             if f.transform in ("standard", "log1p_standard"):
