@@ -21,16 +21,12 @@ A null label means "no label for this task on this row": it is masked, not 0.
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 
 from recsys_mtl.config.loader import ConfigError, Where, load_yaml
-
-#: task names appear in MLflow metric names, which allow these characters (and "/" as a separator)
-TASK_NAME = re.compile(r"[\w\-. :]+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +150,6 @@ class FeatureSpec:
                         f"duplicate name {item.name!r} (already used in {seen[item.name]})"
                     )
                 seen[item.name] = section
-        for i, t in enumerate(self.tasks):  # a task's name ends MLflow metric names (eval/ne/<task>): use its charset
-            if not TASK_NAME.fullmatch(t.name):
-                raise where.child("tasks").child(i).child("name").error(
-                    f"{t.name!r} has characters a metric name cannot hold; use letters, digits, '_', '-', '.', ' ' "
-                    "or ':' (set label: to keep the column's name)")
         used = set()
         for i, f in enumerate(self.sparse):
             if f.table not in self.tables:

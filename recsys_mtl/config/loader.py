@@ -21,18 +21,16 @@ import yaml
 T = TypeVar("T")
 
 
-class YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading `1e-4` as a float as YAML 1.2 does (YAML 1.1 wants a dot: `1.0e-4`,
-    and `1e-4` was the string '1e-4', which a numeric setting then rejected)."""
+#: a number in exponent form that YAML 1.1 (PyYAML) reads as a string: `1e-4`, `2.5e3` (it wants `1.0e-4`, `2.5e+3`)
+_EXPONENT_NUMBER = re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+")
 
 
-YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
-
-
-def parse_yaml(text: str) -> Any:
-    """One YAML document with `YamlLoader` (raises yaml.YAMLError)."""
-    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
+def as_number(value: Any) -> Any:
+    """`value`, or the float an exponent-form string such as '1e-4' means; for settings that must be numbers only
+    (a string setting keeps such text, e.g. a git hash '4921e07')."""
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
+        return float(value.replace("_", ""))
+    return value
 
 
 class ConfigError(ValueError):
@@ -139,6 +137,7 @@ def _convert(tp: Any, value: Any, where: Where) -> Any:
             return value
         raise where.error(f"expected an integer, got {_describe(value)}")
     if tp is float:
+        value = as_number(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise where.error(f"expected a number, got {_describe(value)}")
@@ -190,7 +189,7 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        return parse_yaml(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

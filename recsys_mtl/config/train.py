@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from recsys_mtl.config.loader import Where, load_yaml, parse_yaml
+from recsys_mtl.config.loader import Where, load_yaml
 from recsys_mtl.tracking.config import TrackingConfig
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
@@ -328,7 +328,7 @@ def apply_overrides(data: dict, overrides: list[str], source: str = "<config>") 
                 raise ConfigError(f"{source}: override {item!r}: {p!r} is not a section")
             node = child
         try:
-            node[parts[-1]] = parse_yaml(raw)
+            node[parts[-1]] = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: override {item!r}: the value {raw!r} is not valid YAML ({yaml_problem(exc)}); "
                               f"quote it for a string, e.g. {key}='\"...\"'") from None

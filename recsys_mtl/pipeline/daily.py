@@ -193,7 +193,9 @@ class DailyPipeline:
                                                             tracking_uri=self.tracking_uri))
         return local / MODEL_ARTIFACT
 
-    def _scores(self, model_dir: str, data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    def _scores(self, model_dir: str, data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], int]:
+        """Probabilities, labels, mask, task names, and how many logits are NaN or infinite (a sigmoid hides
+        an infinity)."""
         import torch
 
         from recsys_mtl.evaluate.loading import load_model
@@ -202,7 +204,8 @@ class DailyPipeline:
         loaded = load_model(model_dir)
         with torch.no_grad():
             logits, labels, mask = score_eval_set(loaded.model, loaded.spec, data, batch_size=8192)
-        return torch.sigmoid(logits).numpy(), labels.numpy(), mask.numpy(), loaded.spec.task_names
+        non_finite = int((~torch.isfinite(logits)).sum())
+        return torch.sigmoid(logits).numpy(), labels.numpy(), mask.numpy(), loaded.spec.task_names, non_finite
 
     def _step_evaluate(self, date: str) -> dict[str, Any]:
         from recsys_mtl.metrics.offline import compare_models, task_metrics
@@ -211,18 +214,18 @@ class DailyPipeline:
         train = self.store.get(date, "train")
         eval_date = train["eval_date"]
         data = self.partitions[eval_date]
-        cand, labels, mask, tasks = self._scores(train["model_dir"], data)
+        cand, labels, mask, tasks, non_finite = self._scores(train["model_dir"], data)
         exact = task_metrics(cand, labels, mask)
         record: dict[str, Any] = {
             "eval_date": eval_date, "tasks": tasks, "candidate_ne": _floats(exact.ne),
-            "candidate_non_finite": int((~np.isfinite(cand)).sum()),  # a diverged model: never promoted
+            "candidate_non_finite": non_finite,  # NaN/inf logits: a diverged model, never promoted
             "candidate_mean_ne": float(np.nanmean(exact.ne)), "champion_ne": None, "champion_mean_ne": None,
             "rel_ne_change": None, "mean_rel_ne_change": None, "mean_rel_ne_change_ci": None,
         }
         metrics = {f"eval/ne/{t}": float(v) for t, v in zip(tasks, exact.ne) if np.isfinite(v)}
         if train["champion_version"] is not None:
             champion = self._registry().version(train["champion_version"])
-            champ, champ_labels, champ_mask, champ_tasks = self._scores(champion.checkpoint, data)
+            champ, champ_labels, champ_mask, champ_tasks, _ = self._scores(champion.checkpoint, data)
             if champ_tasks != tasks or not np.array_equal(champ_mask, mask):
                 raise RuntimeError(f"{date}: champion version {champion.version} scores other tasks or rows than the candidate")
             cmp = compare_models(champ, cand, labels, mask, n_boot=self.config.gate.bootstrap_samples, seed=0)

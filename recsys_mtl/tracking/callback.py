@@ -51,7 +51,16 @@ class TrackingCallback(TrainerCallback):
 
     # -- start -------------------------------------------------------------------------------
     def on_train_start(self, trainer: "Trainer") -> None:
-        from recsys_mtl.config.loader import to_yaml
+        from recsys_mtl.config.loader import ConfigError, to_yaml
+        from recsys_mtl.tracking.tracker import metric_name_ok
+
+        # before a run exists: MLflow would drop every metric of such a task (the longest name logged per task)
+        bad = [t for t in trainer.spec.task_names if not metric_name_ok(f"eval/rel_ne_change_vs_champion/{t}")]
+        if bad:
+            raise ConfigError(
+                f"feature spec {trainer.spec.name!r}: task name(s) {', '.join(map(repr, bad))} cannot end an MLflow "
+                "metric name (letters, digits, _ - . space : and / only, no empty or '.' path parts, 220 characters "
+                "at most): rename the task (its label: keeps the column), or set tracking.enabled: false")
 
         cfg, tcfg = trainer.config, trainer.config.tracking
         work = trainer.output_dir / "tracking"
@@ -89,8 +98,8 @@ class TrackingCallback(TrainerCallback):
             t.log_metrics(step, {k: v for k, v in summary.items() if math.isfinite(v)})
 
     def on_train_metrics(self, trainer: "Trainer", step: int, metrics: dict[str, torch.Tensor]) -> None:
-        for name, values in metrics.items():
-            self.tracker.log_vector(step, f"train/{name}", trainer.spec.task_names, values)
+        for name, values in metrics.items():  # NaN: undefined (one class in the window), left out as eval's are
+            self.tracker.log_vector(step, f"train/{name}", trainer.spec.task_names, values, skip_non_finite=True)
 
     def on_eval(self, trainer: "Trainer", step: int, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
         out: dict[str, float] = {}

@@ -80,19 +80,27 @@ def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ValueError(f"no experiment named {experiment!r} in the tracking store")
-    found = client.search_runs([exp.experiment_id], filter_string, max_results=max_results + 1,
-                               order_by=["attributes.start_time DESC"])
-    if len(found) > max_results:
-        log.warning("experiment %r has more than %d matching runs: comparing the newest %d (--max-runs)",
-                    experiment, max_results, max_results)
-    found = found[:max_results][::-1]
-    runs = [r for r in found if any(k.startswith("eval/ne/") for k in r.data.metrics)]
-    if len(runs) < len(found):
+    runs, skipped, more, token = [], [], False, None
+    while True:  # newest first, page by page, until max_results runs with eval metrics
+        page = client.search_runs([exp.experiment_id], filter_string, max_results=max(100, max_results + 1),
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        for run in page:
+            if len(runs) == max_results:
+                more = True
+                break
+            (runs if any(k.startswith("eval/ne/") for k in run.data.metrics) else skipped).append(run)
+        token = page.token
+        if more or not token:
+            break
+    if skipped:
         log.warning("left out %d run(s) without eval metrics (failed, running, or not evaluated): %s",
-                    len(found) - len(runs), ", ".join(r.info.run_id[:8] for r in found if r not in runs))
+                    len(skipped), ", ".join(r.info.run_id[:8] for r in skipped))
+    if more:
+        log.warning("experiment %r has more than %d matching runs with eval metrics: comparing the newest %d "
+                    "(--max-runs)", experiment, max_results, max_results)
     if not runs:
         raise ValueError(f"no run with eval metrics in experiment {experiment!r} matches filter {filter_string!r}")
-    return runs
+    return runs[::-1]
 
 
 def compare_runs(runs: Sequence) -> RunComparison:

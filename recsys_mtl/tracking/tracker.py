@@ -117,7 +117,7 @@ class NullTracker:
     def log_metrics(self, step: int, metrics: Mapping[str, Any]) -> None:
         pass
 
-    def log_vector(self, step: int, prefix: str, names: Sequence[str], values: Any) -> None:
+    def log_vector(self, step: int, prefix: str, names: Sequence[str], values: Any, skip_non_finite: bool = False) -> None:
         pass
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -140,6 +140,19 @@ class NullTracker:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close("FAILED" if exc_type is not None else "FINISHED")
+
+
+def metric_name_ok(key: str) -> bool:
+    """Whether MLflow takes `key` as a metric name (its own check, and its 250-character limit)."""
+    try:
+        from mlflow.utils.validation import _validate_metric_name
+
+        _validate_metric_name(key)
+        return len(key) <= 250
+    except ImportError:
+        return True
+    except Exception:  # noqa: BLE001 - MlflowException: invalid name
+        return False
 
 
 class _VectorHistory:
@@ -290,9 +303,10 @@ class RunTracker(NullTracker):
         """Enqueue {name: float | 0-d tensor} for `step`; never blocks, never raises on store errors."""
         self._queue.put(("m", step, int(time.time() * 1000), metrics))
 
-    def log_vector(self, step: int, prefix: str, names: Sequence[str], values: Any) -> None:
-        """Enqueue a [T] tensor/sequence as `<prefix>/<name>` metrics (one item, one device sync later)."""
-        self._queue.put(("v", step, int(time.time() * 1000), prefix, names, values))
+    def log_vector(self, step: int, prefix: str, names: Sequence[str], values: Any, skip_non_finite: bool = False) -> None:
+        """Enqueue a [T] tensor/sequence as `<prefix>/<name>` metrics (one item, one device sync later);
+        `skip_non_finite` leaves out NaN/inf entries (values that are undefined, not broken)."""
+        self._queue.put(("v", step, int(time.time() * 1000), prefix, names, values, skip_non_finite))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._queue.put(("p", dict(params)))
@@ -399,7 +413,7 @@ class RunTracker(NullTracker):
                 if self._valid_name(key):
                     self._metrics.append((key, float(value.item() if hasattr(value, "item") else value), ts, step))
         elif kind == "v":
-            _, step, ts, prefix, names, values = item
+            _, step, ts, prefix, names, values, skip_non_finite = item
             self._last_step = max(self._last_step, step)
             if hasattr(values, "detach"):
                 values = values.detach().double().cpu().tolist()
@@ -408,9 +422,8 @@ class RunTracker(NullTracker):
             if len(values) != len(names):
                 log.error("log_vector(%r): %d names for %d values; dropped", prefix, len(names), len(values))
                 return
-            # an undefined value (NaN: a task with one class in a metric's window) is left out, as eval's are
             self._metrics.extend((k, v, ts, step) for k, v in zip(self._vector_keys(prefix, names), values)
-                                 if k is not None and math.isfinite(v))
+                                 if k is not None and not (skip_non_finite and not math.isfinite(v)))
             if self.config.plots and prefix in PLOTTED_PREFIXES:
                 hist = self._histories.get(prefix)
                 if hist is None or hist.names != list(names):
@@ -449,15 +462,7 @@ class RunTracker(NullTracker):
         """MLflow's own name check, once per name: one bad name must not get a whole batch rejected."""
         ok = self._name_ok.get(key)
         if ok is None:
-            try:
-                from mlflow.utils.validation import _validate_metric_name
-
-                _validate_metric_name(key)
-                ok = len(key) <= 250
-            except ImportError:
-                ok = True
-            except Exception:  # noqa: BLE001 - MlflowException: invalid name
-                ok = False
+            ok = metric_name_ok(key)
             if not ok:
                 log.error("metric name %r is not valid in MLflow (letters, digits, _ - . space : / only); dropped", key)
             self._name_ok[key] = ok

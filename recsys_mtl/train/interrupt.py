@@ -28,6 +28,9 @@ class Stopped(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
 
+    def __reduce__(self):  # DCP sends a rank's exception to rank 0 pickled
+        return type(self), (self.signum,)
+
 
 def stop_signal(exc: BaseException) -> int:
     """The signal behind a KeyboardInterrupt: SIGTERM for a `Stopped` by it, else SIGINT."""

@@ -37,6 +37,7 @@ from recsys_mtl.config.features import FeatureSpec
 from recsys_mtl.config.loader import ConfigError, flatten, to_dict, to_yaml
 from recsys_mtl.config.train import DenseOptimConfig, TrainConfig
 from recsys_mtl.data.batch import Batch
+from recsys_mtl.data.errors import DataError
 from recsys_mtl.models import MultiTaskModel
 from recsys_mtl.models.multitask import wide_columns
 from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, METRICS_KEY, RNG_KEY, SPEC_FILE,
@@ -206,6 +207,9 @@ class Trainer:
         self.eval_data = eval_data
         if self.eval_data is None and config.data.eval_path:
             self.eval_data = self._default_source(config.data.eval_path, train=False)
+            if getattr(self.eval_data, "num_rows", None) == 0:  # found now, not by the evaluation after the whole training
+                raise DataError(f"data.eval_path {config.data.eval_path}: the eval set has no rows; point it at "
+                                "data with labelled rows, or set it to null to train without evaluation")
         self.schedule = self._build_schedule()  # after train_data: its length plans the decay
 
         ckpt_dir = Path(tc.checkpoint.dir) if tc.checkpoint.dir else self.output_dir / CHECKPOINTS_DIR
@@ -451,14 +455,15 @@ class Trainer:
         return records
 
     def _diverged(self, record: dict[str, Any]) -> None:
+        """Found where the step records are read (every train.log_every steps, and before each checkpoint)."""
         bad = [name for name, v in zip(self.spec.task_names, record["losses"]) if not np.isfinite(v)]
         saved = (f"the newest checkpoint, step {self._saved_step}, is from before it" if self._saved_step > 0
                  else "no checkpoint was written")
         raise TrainingDiverged(
             f"the training loss is {record['loss']} at step {record['step']} (non-finite task losses: "
-            f"{', '.join(bad) or 'none; a weight is not finite'}); training stopped there and {saved}. Lower the "
-            "learning rates (optim.dense.lr, optim.embedding.lr) or look for extreme values in the data, then resume "
-            "or start again")
+            f"{', '.join(bad) or 'none; a weight is not finite'}), found at step {self.step}; training stopped and "
+            f"{saved}. Lower the learning rates (optim.dense.lr, optim.embedding.lr) or look for extreme values in "
+            "the data, then resume or start again")
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self) -> dict[str, dict[str, float]] | None:

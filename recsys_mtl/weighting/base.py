@@ -42,6 +42,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from recsys_mtl.config.loader import as_number
+
 
 class WeightingMethod(nn.Module):
     """Base class. Subclasses implement `compute(losses, present) -> weights`."""
@@ -142,6 +144,7 @@ def check_number(owner: str, name: str, value: Any, *, low: float | None = None,
     lo = "" if low is None else ("[" if low_inclusive else "(") + f"{low}"
     hi = "" if high is None else f"{high}" + ("]" if high_inclusive else ")")
     allowed = f"a finite number in {lo or '(-inf'}, {hi or 'inf)'}"
+    value = as_number(value)  # `beta: 1e-4` in YAML arrives as the string '1e-4'
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value >= low if low_inclusive else value > low

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from recsys_mtl.config.loader import as_number
 from recsys_mtl.weighting.base import WeightingMethod, register_weighting
 
 
@@ -21,7 +22,8 @@ class StaticWeights(WeightingMethod):
 
     def __init__(self, num_tasks: int, weights: Sequence[float]) -> None:
         super().__init__(num_tasks)
-        values = list(weights) if isinstance(weights, Sequence) and not isinstance(weights, str) else None
+        values = [as_number(v) for v in weights] if isinstance(weights, Sequence) and not isinstance(weights, str) \
+            else None
         if values is None or len(values) != num_tasks:
             raise ValueError(f"StaticWeights: weights must be a list of {num_tasks} numbers (one per task), got {weights!r}")
         for i, v in enumerate(values):

@@ -78,11 +78,14 @@ def test_compare_by_experiment_takes_the_newest_runs_and_leaves_out_unevaluated_
             if name != "unevaluated":
                 tracker.log_metrics(100, evaluate_predictions(p, y, None, TASKS).to_metrics())
         ids[name] = tracker.run_id
-    assert cli.main(["compare", "--experiment", "newest", "--max-runs", "2"]) == 0
+    assert cli.main(["compare", "--experiment", "newest", "--max-runs", "1"]) == 0
     out, err = capsys.readouterr()
     assert ids["mid"][:8] in out and ids["old"][:8] not in out
-    assert "more than 2 matching runs: comparing the newest 2" in err
+    assert "more than 1 matching runs with eval metrics: comparing the newest 1" in err
     assert f"left out 1 run(s) without eval metrics (failed, running, or not evaluated): {ids['unevaluated'][:8]}" in err
+    assert cli.main(["compare", "--experiment", "newest", "--max-runs", "2"]) == 0  # the unevaluated one takes no slot
+    out, err = capsys.readouterr()
+    assert ids["mid"][:8] in out and ids["old"][:8] in out and "comparing the newest" not in err
     assert cli.main(["compare", "--experiment", "newest"]) == 0
     out = capsys.readouterr().out
     assert out.index(ids["old"][:8]) < out.index(ids["mid"][:8])  # oldest first: the reference

@@ -331,3 +331,31 @@ def test_evaluate_on_an_eval_set_with_no_rows_is_one_line_naming_it(store, data,
     bare = store["root"] / "equal" / "checkpoints"
     assert main(["evaluate", "--checkpoint", str(bare), "--data", str(empty), "--no-log"]) == 2
     assert f"recsys-mtl: error: {empty}: the eval set has no rows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, ok", [("like+share", False), ("x,y", False), ("ads/click", True), ("a//b", False)])
+def test_a_task_name_mlflow_cannot_hold_stops_a_tracked_run_before_it_starts(data, tmp_path, capsys, name, ok):
+    spec = yaml.safe_load((data / "feature_spec.yaml").read_text())
+    spec["tasks"][0] = dict(spec["tasks"][0], name=name, label=spec["tasks"][0].get("label") or spec["tasks"][0]["name"])
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["train", str(CONFIG)] + [f"--set={o}" for o in overrides(data, tmp_path / "out", uri, None,
+                                                                        f"data.spec={tmp_path / 'spec.yaml'}",
+                                                                        "train.max_steps=2")]
+    assert main(argv) == (0 if ok else 2)
+    if not ok:
+        assert f"task name(s) {name!r} cannot end an MLflow metric name" in capsys.readouterr().err
+        assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_training_with_an_empty_eval_set_is_refused_before_it_trains(data, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    first = sorted((data / "eval").rglob("*.parquet"))[0]
+    (tmp_path / "empty").mkdir()
+    pq.write_table(pq.read_table(first).slice(0, 0), tmp_path / "empty" / "part-0.parquet")
+    argv = ["train", str(CONFIG), f"--set=data.train_path={data / 'train'}", f"--set=data.eval_path={tmp_path / 'empty'}",
+            f"--set=data.spec={data / 'feature_spec.yaml'}", f"--set=train.output_dir={tmp_path / 'out'}"]
+    assert main(argv) == 2
+    assert f"data.eval_path {tmp_path / 'empty'}: the eval set has no rows" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "checkpoints").exists()

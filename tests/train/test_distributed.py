@@ -51,3 +51,14 @@ def test_one_process_raises_the_original_error():
     assert computed_on_rank0(lambda: 3, 1) == 3
     with pytest.raises(ZeroDivisionError):
         computed_on_rank0(lambda: 1 / 0, 1)
+
+
+def test_a_stop_by_signal_survives_pickling():
+    """DCP sends a rank's exception to rank 0 pickled: a Stopped(SIGTERM) must arrive as itself."""
+    import pickle
+    import signal
+
+    from recsys_mtl.train.interrupt import Stopped
+
+    back = pickle.loads(pickle.dumps(Stopped(signal.SIGTERM)))
+    assert isinstance(back, Stopped) and isinstance(back, KeyboardInterrupt) and back.signum == signal.SIGTERM

@@ -692,7 +692,8 @@ def test_a_non_finite_loss_stops_the_training_before_a_checkpoint_of_it(tmp_path
     trainer = Trainer(tiny_config(tmp_path, train={"epochs": 2, "log_every": 2, "checkpoint": {"every": 2}}), spec=spec,
                       train_data=ListSource(batches), callbacks=[stopper])
     with pytest.raises(TrainingDiverged, match=r"the training loss is (nan|inf) at step 3 \(non-finite task losses: "
-                                               r".*\); training stopped there and the newest checkpoint, step 2, is "
+                                               r".*\), found at step 4; training stopped and the newest "
+                                               r"checkpoint, step 2, is "
                                                r"from before it. Lower the learning rates") as err:
         trainer.fit()
     assert stopper.error is err.value
