@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     store = f"sqlite:///{args.out / 'mlflow.db'}"
     artifacts = args.out / "mlartifacts"
 
-    go4align_args = dict((read_yaml(args.config).get("weighting") or {}).get("args") or {"num_groups": 4})
+    weighting = read_yaml(args.config).get("weighting") or {}  # its args only when the config is GO4Align's
+    go4align_args = dict((weighting.get("method") == "go4align" and weighting.get("args")) or {"num_groups": 4})
     if args.groups:
         go4align_args["num_groups"] = args.groups
     print(f"[2/5] training with GO4Align {go4align_args}", flush=True)

@@ -45,6 +45,7 @@ def _config(args, data: Path, spec: Path, out: Path, mode: str, store: Path):
         f"data.batch_size={args.batch_size}", f"train.max_steps={args.warmup + args.steps}", "train.epochs=1000",
         f"train.log_every={args.warmup}", "train.eval_every=0", "train.progress_bar=false",
         f"train.output_dir={out}", "train.checkpoint.every=0", "train.checkpoint.resume=false",
+        "train.checkpoint.at_end=false",  # a DLRM-size run would write GBs of tables per timed run
         f"tracking.enabled={'false' if mode == 'off' else 'true'}",
         f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}",
         f"tracking.artifact_location={(store / 'artifacts').as_uri()}", "tracking.experiment=bench-tracking",
@@ -127,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     from recsys_mtl.train.commands import quiet_library_logs
     from recsys_mtl.train.distributed import init_distributed
 
+    if args.warmup < 1 or args.steps < 1:
+        raise SystemExit("bench tracking: --warmup and --steps must be at least 1")
     if args.steps % args.warmup:
         raise SystemExit("bench tracking: --steps must be a multiple of --warmup (timing uses the log flushes)")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

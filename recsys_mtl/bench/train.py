@@ -97,6 +97,7 @@ def _config(args: argparse.Namespace, data: Path, spec: Path, out: Path, steps: 
         f"data.batch_size={args.batch_size}", f"train.max_steps={steps}", "train.epochs=1000",
         f"train.log_every={args.warmup}", "train.eval_every=0", "train.progress_bar=false",
         f"train.output_dir={out}", "train.checkpoint.every=0", "train.checkpoint.resume=false",
+        "train.checkpoint.at_end=false",  # a DLRM-size run would write GBs of tables per timed run
         "train.deterministic=false",
     ] + list(args.overrides)
     return TrainConfig.load(args.config, overrides)

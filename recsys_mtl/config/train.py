@@ -125,7 +125,7 @@ class ModelConfig:
     # ids (cold-start items) and makes it lean on features that generalise rather than memorised ids
     feature_dropout: dict[str, float] = dataclasses.field(default_factory=dict)
     # "prior": start each head's bias at the log-odds of its task's label rate in the first training
-    # batches, so early steps do not spend (and Adagrad accumulators do not absorb) the bias shift
+    # batches, so early steps do not spend (and Adagrad accumulators do not absorb) the bias shift; "zero": 0
     head_bias: Literal["prior", "zero"] = "prior"
     shared_bottom: SharedBottomConfig = dataclasses.field(default_factory=SharedBottomConfig)
     mmoe: MMoEConfig = dataclasses.field(default_factory=MMoEConfig)
@@ -246,6 +246,7 @@ class CheckpointConfig:
     keep: int = 2  # complete checkpoints kept on disk
     dir: str | None = None  # default: <output_dir>/checkpoints
     resume: bool = True  # continue from the latest complete checkpoint in dir
+    at_end: bool = True  # checkpoint the end of training (false: only `every`; benchmarks, throwaway runs)
 
     def validate(self, where: Where) -> None:
         _positive(where, "every", self.every, allow_zero=True)

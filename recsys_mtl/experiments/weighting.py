@@ -124,14 +124,33 @@ class WeightingExperimentConfig:
 # ------------------------------------------------------------------------------ data
 
 
+DATASET_STAMP = "dataset.json"  # in a prepared dataset: the settings it was made with
+
+
+def dataset_stamp(ds: ExperimentDataset) -> dict[str, Any]:
+    """The settings that decide a prepared dataset's content (not where it lives)."""
+    if ds.kind == "kuairand":
+        return {"kind": ds.kind, "src": str(Path(ds.src or "").resolve())}
+    return {k: v for k, v in dataclasses.asdict(ds).items() if k not in ("dir", "src")}
+
+
 def prepare_data(ds: ExperimentDataset) -> Path:
-    """`ds.dir` with train/, test/ and feature_spec.yaml; made (atomically) if it is not there."""
+    """`ds.dir` with train/, test/ and feature_spec.yaml; made (atomically) if it is not there, and refused if it
+    was made with other settings."""
+    from recsys_mtl.config.loader import ConfigError
+
     out = Path(ds.dir)
     if (out / "feature_spec.yaml").exists() and (out / "train").is_dir() and (out / "test").is_dir():
+        stamp = out / DATASET_STAMP
+        if not stamp.exists():
+            log.warning("%s was prepared before datasets recorded their settings (%s): assuming it matches %s",
+                        out, DATASET_STAMP, dataset_stamp(ds))
+        elif json.loads(stamp.read_text()) != dataset_stamp(ds):
+            raise ConfigError(f"dataset.dir {out} was prepared with {json.loads(stamp.read_text())}, and the config "
+                              f"now says {dataset_stamp(ds)}: remove that folder (it is made again) or point "
+                              "dataset.dir elsewhere")
         return out
     if out.exists() and any(out.iterdir()):
-        from recsys_mtl.config.loader import ConfigError
-
         raise ConfigError(f"{out}: exists but is not a prepared dataset (no train/, test/, feature_spec.yaml); "
                           "remove it or point dataset.dir elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +158,9 @@ def prepare_data(ds: ExperimentDataset) -> Path:
         from recsys_mtl.data.kuairand import convert_kuairand
 
         log.info("converting KuaiRand from %s to %s", ds.src, out)
-        return convert_kuairand(ds.src, out, overwrite=True)
+        convert_kuairand(ds.src, out, overwrite=True)
+        (out / DATASET_STAMP).write_text(json.dumps(dataset_stamp(ds)))
+        return out
     from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
     from recsys_mtl.io import replace_dir
 
@@ -154,6 +175,7 @@ def prepare_data(ds: ExperimentDataset) -> Path:
         (raw / split).mkdir()
         for name in names:
             os.replace(raw / name, raw / split / name)
+    (raw / DATASET_STAMP).write_text(json.dumps(dataset_stamp(ds)))
     replace_dir(raw, out)
     return out
 
@@ -298,6 +320,7 @@ def run_grid(cfg: WeightingExperimentConfig, out: Path, methods: list[str], seed
     import yaml
 
     data_dir = prepare_data(cfg.dataset)
+    stamp = dataset_stamp(cfg.dataset)
     test_rows = _count_rows(data_dir / "test")
     from recsys_mtl.config.loader import from_dict
     from recsys_mtl.config.train import TrainConfig
@@ -313,15 +336,17 @@ def run_grid(cfg: WeightingExperimentConfig, out: Path, methods: list[str], seed
             from_dict(TrainConfig, train_cfg, f"{method} seed {seed}")  # fail before launching anything
             finished = (run_dir / RUN_DONE).exists() and (run_dir / PREDICTIONS).exists()
             if finished and not rerun:
-                if yaml.safe_load((run_dir / "train_config.yaml").read_text()) == train_cfg:
+                same_data = json.loads((run_dir / "run_meta.json").read_text()).get("dataset", stamp) == stamp
+                if yaml.safe_load((run_dir / "train_config.yaml").read_text()) == train_cfg and same_data:
                     done[(method, seed)] = json.loads((run_dir / RUN_DONE).read_text())
                     continue
-                log.info("%s seed %d: the training config changed since it ran; training it again", method, seed)
+                log.info("%s seed %d: the training config or the dataset changed since it ran; training it again",
+                         method, seed)
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)
             (run_dir / "train_config.yaml").write_text(yaml.safe_dump(train_cfg, sort_keys=False))
             (run_dir / "run_meta.json").write_text(json.dumps(
-                {"method": method, "seed": seed, "args": args, "test_path": str(data_dir / "test"),
+                {"method": method, "seed": seed, "args": args, "dataset": stamp, "test_path": str(data_dir / "test"),
                  "test_rows": test_rows, "git_commit": commit[0] if commit else None,
                  "git_dirty": commit[1] if commit else None}))
             todo.append((method, seed, run_dir))

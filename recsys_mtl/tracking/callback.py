@@ -134,8 +134,13 @@ class TrackingCallback(TrainerCallback):
 
         checkpoint = trainer.checkpoints.latest()
         if checkpoint is None:
-            log.warning("no checkpoint to log as the model")
+            log.warning("no checkpoint to log as the model (train.checkpoint.at_end is false and none was saved)")
             return
+        from recsys_mtl.train.checkpoint import step_number
+
+        if step_number(checkpoint) != trainer.step:
+            log.warning("logging %s as the model: the end of training (step %d) was not checkpointed "
+                        "(train.checkpoint.at_end: false)", checkpoint.name, trainer.step)
         # the checkpoint's own config and spec (those of the process that saved it: a re-run under other settings
         # that trains nothing logs the model as it was trained); a checkpoint older than them: this run's
         work = trainer.output_dir / "tracking"

@@ -144,7 +144,7 @@ class CheckpointManager:
         if not self.directory.is_dir():
             return []
         found = [p for p in self.directory.iterdir() if p.name.startswith(_PREFIX) and self.is_complete(p)]
-        return sorted(found, key=_step_number)
+        return sorted(found, key=step_number)
 
     def latest(self) -> Path | None:
         """The checkpoint `latest` names, else the newest complete one, else None."""
@@ -195,7 +195,7 @@ class CheckpointManager:
             # run's leaves them), then this run's beyond the newest `keep`
             ours = []
             for old in self.complete_checkpoints():
-                if old != final and (old in self._earlier_run or _step_number(old) > step):
+                if old != final and (old in self._earlier_run or step_number(old) > step):
                     shutil.rmtree(old, ignore_errors=True)
                 else:
                     ours.append(old)
@@ -249,7 +249,8 @@ class CheckpointManager:
             dist.barrier()
 
 
-def _step_number(checkpoint: Path) -> int:
+def step_number(checkpoint: Path) -> int:
+    """The step a checkpoint folder (`step-00000120`) holds."""
     return int(checkpoint.name[len(_PREFIX):])
 
 

@@ -553,6 +553,8 @@ class Trainer:
         elif not resumed:
             if self.config.model.head_bias == "prior":
                 self.init_head_bias()
+            else:  # "zero": p = 0.5, instead of the layer's random init
+                self.module.model.set_head_bias_from_rates_(torch.full((self.spec.num_tasks,), 0.5))
             if self.env.is_main:
                 (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
         if self.env.is_main:
@@ -637,8 +639,8 @@ class Trainer:
             progress.close()  # before the last log lines
         if self.eval_data is not None and self._evaluated_at != self.step:
             self.evaluate()
-        if self.step > 0 and self._saved_step != self.step:
-            self.save_checkpoint()  # the end of training is always checkpointed
+        if self.step > 0 and self._saved_step != self.step and tc.checkpoint.at_end:
+            self.save_checkpoint()  # the end of training is checkpointed (unless train.checkpoint.at_end: false)
         result = TrainResult(
             steps=self.step,
             epochs_completed=self.epoch,
@@ -661,8 +663,10 @@ class Trainer:
         self._flush_records()
         if self._saved_step != self.step:
             self.save_checkpoint()
-        log.warning("stopped by %s after step %d, which is checkpointed: the same command resumes from it",
-                    "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name, self.step)
+        log.warning("stopped by %s after step %d, which is checkpointed: %s",
+                    "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name, self.step,
+                    "the same command resumes from it" if self.config.train.checkpoint.resume else
+                    "train.checkpoint.resume is false, so the same command starts again (set it to true to resume)")
         raise Stopped(signum)
 
     def _finished(self) -> bool:

@@ -98,6 +98,25 @@ def test_a_finished_run_whose_training_config_changed_is_trained_again(tmp_path)
     assert yaml.safe_load((run_json.parent / "train_config.yaml").read_text())["optim"]["dense"]["lr"] == 0.02
 
 
+def test_a_dataset_prepared_with_other_settings_is_refused_and_its_runs_are_not_reused(tmp_path):
+    import dataclasses
+    import shutil
+
+    cfg = tiny_experiment(tmp_path, methods={"equal": {}})
+    out = tmp_path / "out"
+    run_json = out / "runs" / "equal" / "seed0" / "run.json"
+    exp.run_experiment(cfg, out, jobs=0)
+    first = run_json.stat().st_mtime_ns
+    smaller = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, rows=2000, tasks=2))
+    with pytest.raises(ConfigError, match=r"dataset.dir .* was prepared with \{.*'rows': 3000.*\}, and the config now "
+                                          r"says \{.*'rows': 2000.*\}: remove that folder"):
+        exp.run_experiment(smaller, out, jobs=0)
+    shutil.rmtree(cfg.dataset.dir)  # as the error says: made again with the new settings
+    res = exp.run_experiment(smaller, out, jobs=0)
+    assert run_json.stat().st_mtime_ns != first  # trained again on the new data, not reused
+    assert res["dataset"]["rows"] == 2000 and len(res["tasks"]) == 2
+
+
 def test_one_run_in_its_own_process_writes_the_same_files(tmp_path):
     cfg = tiny_experiment(tmp_path, methods={"equal": {}})
     res = exp.run_experiment(cfg, tmp_path / "out", jobs=1, threads=1)

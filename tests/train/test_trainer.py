@@ -479,6 +479,25 @@ def test_famo_in_the_trainer_updates_its_logits_like_famo_driven_by_hand(tmp_pat
     torch.testing.assert_close(trainer.weighting.logits, by_hand.logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("head_bias", ["zero", "prior"])
+def test_head_bias_is_set_before_the_first_step(tmp_path, head_bias):
+    class BiasAtStart(EvalSteps):
+        def on_train_start(self, trainer) -> None:
+            self.bias = trainer.module.model.heads.bias.detach().clone().flatten()
+
+    spec = tiny_spec()
+    seen = BiasAtStart()
+    trainer = Trainer(tiny_config(tmp_path, model={"head_bias": head_bias}, train={"max_steps": 1}), spec=spec,
+                      train_data=ListSource(rank_batches(spec, 2, 16, 1, 0)), callbacks=[seen])
+    random_init = trainer.module.model.heads.bias.detach().clone().flatten()
+    assert (random_init != 0).all()
+    trainer.fit()
+    if head_bias == "zero":
+        assert (seen.bias == 0).all()
+    else:  # the label rates' log-odds (test_heads_start_at_each_tasks_label_rate)
+        assert not torch.equal(seen.bias, random_init)
+
+
 def test_heads_start_at_each_tasks_label_rate(tmp_path):
     spec = tiny_spec()
     batches = rank_batches(spec, 4, 16, 1, 0)
@@ -699,6 +718,17 @@ def test_a_non_finite_loss_stops_the_training_before_a_checkpoint_of_it(tmp_path
     assert stopper.error is err.value
     assert [r["step"] for r in logged(tmp_path)] == [1, 2, 3]  # the log ends at the first non-finite step
     assert trainer.checkpoints.latest().name == "step-00000002"
+
+
+def test_at_end_false_leaves_the_end_of_training_unsaved(tmp_path):
+    spec = tiny_spec()
+    batches = rank_batches(spec, 4, 16, 1, 0)
+    Trainer(tiny_config(tmp_path / "a", train={"checkpoint": {"at_end": False}}), spec=spec,
+            train_data=ListSource(batches)).fit()
+    assert not (tmp_path / "a" / "checkpoints").exists() or not any((tmp_path / "a" / "checkpoints").iterdir())
+    Trainer(tiny_config(tmp_path / "b", train={"epochs": 2, "checkpoint": {"at_end": False, "every": 3}}), spec=spec,
+            train_data=ListSource(batches)).fit()
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").glob("step-*")) == ["step-00000003", "step-00000006"]  # not 8
 
 
 def test_a_damaged_checkpoint_is_a_clear_error_naming_it(tmp_path):
