@@ -45,7 +45,7 @@ def _config(args, data: Path, spec: Path, out: Path, mode: str, store: Path):
         f"data.batch_size={args.batch_size}", f"train.max_steps={args.warmup + args.steps}", "train.epochs=1000",
         f"train.log_every={args.warmup}", "train.eval_every=0", "train.progress_bar=false",
         f"train.output_dir={out}", "train.checkpoint.every=0", "train.checkpoint.resume=false",
-        "train.checkpoint.at_end=false",  # a DLRM-size run would write GBs of tables per timed run
+        "train.checkpoint.at_end=false", "tracking.log_model=false",  # a DLRM-size run would write GBs per timed run
         f"tracking.enabled={'false' if mode == 'off' else 'true'}",
         f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}",
         f"tracking.artifact_location={(store / 'artifacts').as_uri()}", "tracking.experiment=bench-tracking",

@@ -170,6 +170,9 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
         if plot is not None and not args.out:
             print("plot: not kept (nothing is logged): pass --out DIR to keep the report and the plot")
         return EvalOutcome(report, run_id, None)
+    from recsys_mtl.tracking.tracker import check_task_names
+
+    check_task_names(names, loaded.spec.name)  # before a run exists: MLflow would drop those tasks' metrics
     eval_run, spooled = _log_eval_run(models, experiment, run_id, loaded, args, baseline_run, report, out, plot)
     if spooled is not None:
         if not args.out:  # the temp folder goes when this returns: keep the spool where it can be flushed later

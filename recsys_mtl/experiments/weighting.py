@@ -128,10 +128,21 @@ DATASET_STAMP = "dataset.json"  # in a prepared dataset: the settings it was mad
 
 
 def dataset_stamp(ds: ExperimentDataset) -> dict[str, Any]:
-    """The settings that decide a prepared dataset's content (not where it lives)."""
+    """The settings that decide a prepared dataset's content (not where it or its source lives)."""
     if ds.kind == "kuairand":
-        return {"kind": ds.kind, "src": str(Path(ds.src or "").resolve())}
+        return {"kind": ds.kind}
     return {k: v for k, v in dataclasses.asdict(ds).items() if k not in ("dir", "src")}
+
+
+def _stamp_of_unstamped(out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
+    """The stamp of a dataset prepared before stamps, from what it holds (None: cannot tell)."""
+    synth = out / "synthetic.json"
+    if ds.kind != "synthetic" or not synth.exists():
+        return {"kind": "kuairand"} if ds.kind == "kuairand" and not synth.exists() else None
+    made = json.loads(synth.read_text())
+    test_days = len(list((out / "test").glob("date=*")))
+    return {"kind": "synthetic", "test_days": test_days,
+            **{k: made.get(k) for k in ("tasks", "rows", "days", "table_scale", "seed")}}
 
 
 def prepare_data(ds: ExperimentDataset) -> Path:
@@ -142,13 +153,16 @@ def prepare_data(ds: ExperimentDataset) -> Path:
     out = Path(ds.dir)
     if (out / "feature_spec.yaml").exists() and (out / "train").is_dir() and (out / "test").is_dir():
         stamp = out / DATASET_STAMP
+        made = json.loads(stamp.read_text()) if stamp.exists() else _stamp_of_unstamped(out, ds)
+        if made is not None and {k: made.get(k) for k in dataset_stamp(ds)} != dataset_stamp(ds):
+            raise ConfigError(f"dataset.dir {out} was prepared with {made}, and the config now says "
+                              f"{dataset_stamp(ds)}: remove that folder (it is made again) or point dataset.dir "
+                              "elsewhere")
+        if made is None:
+            log.warning("%s was prepared before datasets recorded their settings: assuming it matches %s", out,
+                        dataset_stamp(ds))
         if not stamp.exists():
-            log.warning("%s was prepared before datasets recorded their settings (%s): assuming it matches %s",
-                        out, DATASET_STAMP, dataset_stamp(ds))
-        elif json.loads(stamp.read_text()) != dataset_stamp(ds):
-            raise ConfigError(f"dataset.dir {out} was prepared with {json.loads(stamp.read_text())}, and the config "
-                              f"now says {dataset_stamp(ds)}: remove that folder (it is made again) or point "
-                              "dataset.dir elsewhere")
+            stamp.write_text(json.dumps(dataset_stamp(ds)))
         return out
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out}: exists but is not a prepared dataset (no train/, test/, feature_spec.yaml); "
@@ -245,6 +259,28 @@ def run_train_config(cfg: WeightingExperimentConfig, data_dir: Path, method: str
     return data
 
 
+def _same_training(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether two runs' training configs mean the same, once parsed: `lr: 2e-3` read as text by one version
+    and as a number by another is the same setting."""
+    from recsys_mtl.config.loader import ConfigError, as_number, from_dict, to_dict
+    from recsys_mtl.config.train import TrainConfig
+
+    def numbers(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: numbers(v) for k, v in x.items()}
+        return [numbers(v) for v in x] if isinstance(x, list) else as_number(x)
+
+    def parsed(d: dict[str, Any]) -> dict[str, Any]:
+        out = to_dict(from_dict(TrainConfig, d, "run"))
+        out["weighting"]["args"] = numbers(out["weighting"]["args"])
+        return out
+
+    try:
+        return parsed(saved) == parsed(wanted)
+    except ConfigError:  # a config this version no longer reads: not the same run
+        return False
+
+
 def train_and_predict(run_dir: Path, threads: int | None = None) -> dict[str, Any]:
     """Train from `run_dir/train_config.yaml`, score the test split, write predictions.pt and run.json."""
     import torch
@@ -337,7 +373,7 @@ def run_grid(cfg: WeightingExperimentConfig, out: Path, methods: list[str], seed
             finished = (run_dir / RUN_DONE).exists() and (run_dir / PREDICTIONS).exists()
             if finished and not rerun:
                 same_data = json.loads((run_dir / "run_meta.json").read_text()).get("dataset", stamp) == stamp
-                if yaml.safe_load((run_dir / "train_config.yaml").read_text()) == train_cfg and same_data:
+                if _same_training(yaml.safe_load((run_dir / "train_config.yaml").read_text()), train_cfg) and same_data:
                     done[(method, seed)] = json.loads((run_dir / RUN_DONE).read_text())
                     continue
                 log.info("%s seed %d: the training config or the dataset changed since it ran; training it again",

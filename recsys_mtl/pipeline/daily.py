@@ -158,6 +158,7 @@ class DailyPipeline:
             f"data.spec={q(self.spec_path)}",
             f"train.output_dir={q(out)}",
             "train.checkpoint.resume=true",  # a re-run of a failed train step continues it
+            "train.checkpoint.at_end=true",  # the logged model, which the gate scores, is the end of training
             f"train.init_from={q(champion.checkpoint) if champion else 'null'}",
             f"tracking.tracking_uri={q(self.tracking_uri)}",
             f"tracking.experiment={q(self.config.tracking.experiment)}",

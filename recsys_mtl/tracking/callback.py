@@ -51,16 +51,10 @@ class TrackingCallback(TrainerCallback):
 
     # -- start -------------------------------------------------------------------------------
     def on_train_start(self, trainer: "Trainer") -> None:
-        from recsys_mtl.config.loader import ConfigError, to_yaml
-        from recsys_mtl.tracking.tracker import metric_name_ok
+        from recsys_mtl.config.loader import to_yaml
+        from recsys_mtl.tracking.tracker import check_task_names
 
-        # before a run exists: MLflow would drop every metric of such a task (the longest name logged per task)
-        bad = [t for t in trainer.spec.task_names if not metric_name_ok(f"eval/rel_ne_change_vs_champion/{t}")]
-        if bad:
-            raise ConfigError(
-                f"feature spec {trainer.spec.name!r}: task name(s) {', '.join(map(repr, bad))} cannot end an MLflow "
-                "metric name (letters, digits, _ - . space : and / only, no empty or '.' path parts, 220 characters "
-                "at most): rename the task (its label: keeps the column), or set tracking.enabled: false")
+        check_task_names(trainer.spec.task_names, trainer.spec.name)  # before a run exists (library callers too)
 
         cfg, tcfg = trainer.config, trainer.config.tracking
         work = trainer.output_dir / "tracking"
@@ -122,25 +116,22 @@ class TrackingCallback(TrainerCallback):
             log_path = trainer.output_dir / "train_log.jsonl"
             if log_path.exists():
                 t.log_artifact(log_path)
-            if tcfg.log_model and self.run_id:
-                self._log_model(trainer)
-                if tcfg.register_model:
-                    self._register(tcfg.register_model, retrained=result.trained_steps > 0)
+            if tcfg.log_model and self.run_id and self._log_model(trainer) and tcfg.register_model:
+                self._register(tcfg.register_model, retrained=result.trained_steps > 0)
         finally:
             self.close("FINISHED")
 
-    def _log_model(self, trainer: "Trainer") -> None:
+    def _log_model(self, trainer: "Trainer") -> bool:
+        """Log the checkpoint of the end of this training as the model; False (and a warning) if there is none."""
         from recsys_mtl.evaluate.loading import CHECKPOINT_DIR, CONFIG_FILE, MODEL_ARTIFACT, SPEC_FILE
-
-        checkpoint = trainer.checkpoints.latest()
-        if checkpoint is None:
-            log.warning("no checkpoint to log as the model (train.checkpoint.at_end is false and none was saved)")
-            return
         from recsys_mtl.train.checkpoint import step_number
 
-        if step_number(checkpoint) != trainer.step:
-            log.warning("logging %s as the model: the end of training (step %d) was not checkpointed "
-                        "(train.checkpoint.at_end: false)", checkpoint.name, trainer.step)
+        checkpoint = trainer.checkpoints.latest()
+        if checkpoint is None or step_number(checkpoint) != trainer.step or \
+                trainer.checkpoints.is_earlier_runs(checkpoint):
+            log.warning("no model logged (nor registered): the end of training, step %d, was not checkpointed "
+                        "(train.checkpoint.at_end: false)", trainer.step)
+            return False
         # the checkpoint's own config and spec (those of the process that saved it: a re-run under other settings
         # that trains nothing logs the model as it was trained); a checkpoint older than them: this run's
         work = trainer.output_dir / "tracking"
@@ -150,6 +141,7 @@ class TrackingCallback(TrainerCallback):
             t.log_artifact(src, MODEL_ARTIFACT)
         t.log_artifact(checkpoint, f"{MODEL_ARTIFACT}/{CHECKPOINT_DIR}/{checkpoint.name}")  # the name keeps the step
         t.set_tags({"recsys_mtl.model": MODEL_ARTIFACT, "recsys_mtl.checkpoint": checkpoint.name})
+        return True
 
     def _register(self, name: str, retrained: bool = True) -> None:
         from recsys_mtl.tracking.registry import register_run_model, run_model_versions

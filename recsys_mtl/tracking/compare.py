@@ -85,16 +85,18 @@ def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None
         page = client.search_runs([exp.experiment_id], filter_string, max_results=max(100, max_results + 1),
                                   order_by=["attributes.start_time DESC"], page_token=token)
         for run in page:
-            if len(runs) == max_results:
-                more = True
+            evaluated = any(k.startswith("eval/ne/") for k in run.data.metrics)
+            if evaluated and len(runs) == max_results:
+                more = True  # an older evaluated run is left out
                 break
-            (runs if any(k.startswith("eval/ne/") for k in run.data.metrics) else skipped).append(run)
+            (runs if evaluated else skipped).append(run)
         token = page.token
         if more or not token:
             break
     if skipped:
-        log.warning("left out %d run(s) without eval metrics (failed, running, or not evaluated): %s",
-                    len(skipped), ", ".join(r.info.run_id[:8] for r in skipped))
+        log.warning("left out %d run(s) without eval metrics (failed, running, or not evaluated): %s%s",
+                    len(skipped), ", ".join(r.info.run_id[:8] for r in skipped[:10]),
+                    ", ..." if len(skipped) > 10 else "")
     if more:
         log.warning("experiment %r has more than %d matching runs with eval metrics: comparing the newest %d "
                     "(--max-runs)", experiment, max_results, max_results)

@@ -155,6 +155,18 @@ def metric_name_ok(key: str) -> bool:
         return False
 
 
+def check_task_names(task_names: Sequence[str], spec_name: str) -> None:
+    """ConfigError naming the tasks whose metrics MLflow would drop (checked with the longest name logged per task)."""
+    from recsys_mtl.config.loader import ConfigError
+
+    bad = [t for t in task_names if not metric_name_ok(f"eval/rel_ne_change_vs_champion/{t}")]
+    if bad:
+        raise ConfigError(
+            f"feature spec {spec_name!r}: task name(s) {', '.join(map(repr, bad))} cannot end an MLflow metric name "
+            "(letters, digits, _ - . space : and / only, no empty or '.' path parts, 219 characters at most): rename "
+            "the task (its label: keeps the column), or do not track (tracking.enabled: false, or evaluate --no-log)")
+
+
 class _VectorHistory:
     """Per-step vectors for plots, decimated by 2 whenever more than `max_points` steps are held."""
 

@@ -135,6 +135,10 @@ class CheckpointManager:
         self._earlier_run = self.complete_checkpoints()
         return list(self._earlier_run)
 
+    def is_earlier_runs(self, path: Path) -> bool:
+        """Whether `path` is a checkpoint of the earlier run that a fresh run will replace (still on disk)."""
+        return path in self._earlier_run
+
     # -- finding -------------------------------------------------------------------------
     @staticmethod
     def is_complete(path: Path) -> bool:

@@ -107,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
     if args.register_model:
         args.overrides = args.overrides + [f"tracking.register_model={args.register_model}"]
     config = TrainConfig.load(args.config, args.overrides)  # fail fast, once, before launching anything
+    if config.tracking.enabled and config.data.spec:  # before torchrun: every rank would otherwise wait on rank 0
+        from recsys_mtl.config.features import FeatureSpec
+        from recsys_mtl.tracking.tracker import check_task_names
+
+        spec = FeatureSpec.load(config.data.spec)
+        check_task_names(spec.task_names, spec.name)
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(args.config, args.overrides, args.nproc)
 

@@ -155,12 +155,32 @@ def build_parquet_source(path: str, spec: FeatureSpec, batch_size: int, env: Dis
 
 def changed_settings(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
     """`key: old -> new` for each flattened config value that differs (none for checkpoints without one);
-    train.checkpoint.resume is how a resume is asked for, not a change of the training."""
+    train.checkpoint.resume is how a resume is asked for, not a change of the training. A setting newer than
+    the checkpoint counts only if it is not at its default (the checkpoint's code behaved as the default)."""
     if saved is None:
         return []
     keys = sorted((set(saved) | set(current)) - {"train.checkpoint.resume"})
     return [f"{key}: {saved.get(key, '(unset)')} -> {current.get(key, '(unset)')}"
-            for key in keys if saved.get(key) != current.get(key)]
+            for key in keys if saved.get(key) != current.get(key)
+            and not (key not in saved and current.get(key) == _default_setting(key))]
+
+
+def _default_setting(key: str) -> Any:
+    """The default of a dotted TrainConfig setting (`train.checkpoint.at_end` -> True), or a sentinel if none."""
+    import typing
+
+    cls: Any = TrainConfig
+    missing = object()
+    for i, part in enumerate(parts := key.split(".")):
+        field = {f.name: f for f in dataclasses.fields(cls)}.get(part) if dataclasses.is_dataclass(cls) else None
+        if field is None:
+            return missing
+        if i == len(parts) - 1:
+            if field.default is not dataclasses.MISSING:
+                return field.default
+            return field.default_factory() if field.default_factory is not dataclasses.MISSING else missing
+        cls = typing.get_type_hints(cls)[part]
+    return missing
 
 
 class Trainer:

@@ -111,6 +111,9 @@ def test_a_dataset_prepared_with_other_settings_is_refused_and_its_runs_are_not_
     with pytest.raises(ConfigError, match=r"dataset.dir .* was prepared with \{.*'rows': 3000.*\}, and the config now "
                                           r"says \{.*'rows': 2000.*\}: remove that folder"):
         exp.run_experiment(smaller, out, jobs=0)
+    (Path(cfg.dataset.dir) / exp.DATASET_STAMP).unlink()  # as prepared before stamps: synthetic.json tells
+    with pytest.raises(ConfigError, match=r"was prepared with \{.*'rows': 3000.*\}"):
+        exp.run_experiment(smaller, out, jobs=0)
     shutil.rmtree(cfg.dataset.dir)  # as the error says: made again with the new settings
     res = exp.run_experiment(smaller, out, jobs=0)
     assert run_json.stat().st_mtime_ns != first  # trained again on the new data, not reused
@@ -169,3 +172,13 @@ def test_cli_lists_the_experiment():
 
     args = build_parser().parse_args(["experiment", "weighting", "--dataset", "kuairand", "--out", "x", "--jobs", "2"])
     assert args.func is exp.run and args.jobs == 2
+
+
+def test_a_run_config_written_as_text_or_as_numbers_is_the_same_run(tmp_path):
+    """`beta: 1e-4` is the string '1e-4' to YAML 1.1 and was saved as 0.0001 by other versions: the same run."""
+    cfg = tiny_experiment(tmp_path, methods={"go4align": {"num_groups": 2, "beta": "1e-4"}, "equal": {}})
+    data_dir = Path(cfg.dataset.dir)
+    as_text = exp.run_train_config(cfg, data_dir, "go4align", {"num_groups": 2, "beta": "1e-4"}, 0, tmp_path / "r")
+    as_number = exp.run_train_config(cfg, data_dir, "go4align", {"num_groups": 2, "beta": 0.0001}, 0, tmp_path / "r")
+    other = exp.run_train_config(cfg, data_dir, "go4align", {"num_groups": 2, "beta": 0.001}, 0, tmp_path / "r")
+    assert exp._same_training(as_text, as_number) and not exp._same_training(as_text, other)

@@ -346,6 +346,22 @@ def test_a_task_name_mlflow_cannot_hold_stops_a_tracked_run_before_it_starts(dat
     if not ok:
         assert f"task name(s) {name!r} cannot end an MLflow metric name" in capsys.readouterr().err
         assert not (tmp_path / "out" / "checkpoints").exists()
+        assert main(argv + ["--set=tracking.enabled=false"]) == 0  # untracked, it trains
+        assert main(["evaluate", "--checkpoint", str(tmp_path / "out" / "checkpoints"), "--data", str(data / "eval"),
+                     "--experiment", "names", "--tracking-uri", uri]) == 2  # logging it would drop those metrics
+        assert f"task name(s) {name!r} cannot end an MLflow metric name" in capsys.readouterr().err
+
+
+def test_at_end_false_logs_no_model_rather_than_an_earlier_runs(data, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train_in_process(data, tmp_path / "out", uri, tmp_path / "artifacts", "train.max_steps=4")
+    capsys.readouterr()
+    second = train_in_process(data, tmp_path / "out", uri, tmp_path / "artifacts", "train.max_steps=4",
+                              "train.checkpoint.resume=false", "train.checkpoint.at_end=false", "optim.dense.lr=0.5")
+    assert "no model logged (nor registered): the end of training, step 4, was not checkpointed" in \
+        capsys.readouterr().err
+    run = MlflowClient(uri).get_run(second)
+    assert "recsys_mtl.model" not in run.data.tags and "model" not in artifact_files(MlflowClient(uri), second)
 
 
 def test_training_with_an_empty_eval_set_is_refused_before_it_trains(data, tmp_path, capsys):

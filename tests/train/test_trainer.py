@@ -244,6 +244,15 @@ def test_static_weights_come_from_the_config_on_resume_and_on_warm_start(tmp_pat
         assert any(weights) and all(w in (0.0, c) for w, c in zip(weights, new)), weights
 
 
+def test_a_setting_newer_than_the_checkpoint_is_a_change_only_off_its_default():
+    from recsys_mtl.train.trainer import changed_settings
+
+    saved = {"train.epochs": 3}
+    assert changed_settings(saved, {"train.epochs": 3, "train.checkpoint.at_end": True}) == []
+    assert changed_settings(saved, {"train.epochs": 3, "train.checkpoint.at_end": False}) == [
+        "train.checkpoint.at_end: (unset) -> False"]
+
+
 def test_resume_continues_exactly_where_the_checkpoint_left_off(tmp_path):
     spec = tiny_spec()
     batches = rank_batches(spec, 4, 16, 1, 0)
