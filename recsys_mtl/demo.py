@@ -79,9 +79,9 @@ def _train(args, data: Path, store: str, artifacts: Path, method: str, weighting
                  f"weighting.method={method}", f"weighting.args={weighting_args}",
                  f"tracking.tracking_uri={store}", f"tracking.artifact_location={artifacts.as_uri()}",
                  f"tracking.run_name={method}"]
-    if args.epochs:
+    if args.epochs is not None:  # 0 reaches the config check
         overrides.append(f"train.epochs={args.epochs}")
-    if args.batch_size:
+    if args.batch_size is not None:
         overrides.append(f"data.batch_size={args.batch_size}")
     config = TrainConfig.load(str(args.config), overrides)
     callback = TrackingCallback()
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
     weighting = read_yaml(args.config).get("weighting") or {}  # its args only when the config is GO4Align's
     go4align_args = dict((weighting.get("method") == "go4align" and weighting.get("args")) or {"num_groups": 4})
-    if args.groups:
+    if args.groups is not None:
         go4align_args["num_groups"] = args.groups
     print(f"[2/5] training with GO4Align {go4align_args}", flush=True)
     go4align = _train(args, data, store, artifacts, "go4align", go4align_args)

@@ -20,11 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from recsys_mtl.bench import CONFIGS
+
 MODES = ("off", "metrics", "full")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/demo.yaml", help="training config (default: %(default)s)")
+    p.add_argument("--config", default=str(CONFIGS / "demo.yaml"), help="training config (default: %(default)s)")
     p.add_argument("--data", type=Path, default=None, help="Parquet dataset with feature_spec.yaml (default: generate)")
     p.add_argument("--spec", type=Path, default=None, help="feature spec (default: DATA/feature_spec.yaml)")
     p.add_argument("--rows", type=int, default=200_000, help="rows to generate when --data is not given")

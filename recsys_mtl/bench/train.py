@@ -25,13 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from recsys_mtl.bench import CONFIGS
+
 
 # defaults of the options a preset may change (None in the parser: "not given")
-DEFAULTS = {"config": "configs/synthetic.yaml", "rows": 200_000, "tasks": 32, "table_scale": 0.01,
+DEFAULTS = {"config": str(CONFIGS / "synthetic.yaml"), "rows": 200_000, "tasks": 32, "table_scale": 0.01,
             "batch_size": 2048, "steps": 60, "warmup": 5}
 # DLRM-size workload: every sparse feature its own table of table_rows x table_dim
 PRESETS = {
-    "dlrm": {"config": "configs/bench_dlrm.yaml", "tasks": 64, "batch_size": 8192, "table_scale": 1.0,
+    "dlrm": {"config": str(CONFIGS / "bench_dlrm.yaml"), "tasks": 64, "batch_size": 8192, "table_scale": 1.0,
              "rows": 1_600_000, "steps": 100, "warmup": 10, "table_rows": 1_000_000, "table_dim": 128,
              "overrides": ["data.num_workers=4"], "needs_gpu": True},
 }

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from recsys_mtl.bench import CONFIGS
 from recsys_mtl.weighting import build_weighting, weighting_methods
 
 #: constructor arguments for methods that need some (config values)
@@ -216,7 +217,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=20, help="weighting calls before timing")
     p.add_argument("--iters", type=int, default=200, help="timed weighting calls (median)")
     p.add_argument("--no-step", action="store_true", help="time the weighting alone, no training step")
-    p.add_argument("--config", default="configs/synthetic.yaml", help="training config of the benchmark model")
+    p.add_argument("--config", default=str(CONFIGS / "synthetic.yaml"), help="training config of the benchmark model")
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--table-scale", type=float, default=0.01, help="table size factor of the synthetic data")
     p.add_argument("--step-warmup", type=int, default=3)

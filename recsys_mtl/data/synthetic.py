@@ -97,17 +97,19 @@ class SynthConfig:
     table_scale: float = 1.0  # shrink every table (tests, laptops)
     drift: float = 0.0        # per-day rotation of task directions
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # ConfigError: the CLI prints one line
+        from recsys_mtl.config.loader import ConfigError
+
         if not 1 <= self.tasks <= 128:
-            raise ValueError(f"tasks must be in [1, 128], got {self.tasks}")
+            raise ConfigError(f"tasks must be in [1, 128], got {self.tasks} (--tasks)")
         if self.rows < 1:
-            raise ValueError(f"rows must be >= 1, got {self.rows}")
+            raise ConfigError(f"rows must be >= 1, got {self.rows} (--rows)")
         if not 1 <= self.days <= 366:
-            raise ValueError(f"days must be in [1, 366], got {self.days}")
+            raise ConfigError(f"days must be in [1, 366], got {self.days} (--days)")
         if not 0 < self.table_scale <= 1:
-            raise ValueError(f"table_scale must be in (0, 1], got {self.table_scale}")
+            raise ConfigError(f"table_scale must be in (0, 1], got {self.table_scale} (--table-scale)")
         if self.row_group_size < 1 or self.rows_per_file < self.row_group_size:
-            raise ValueError("rows_per_file must be >= row_group_size >= 1")
+            raise ConfigError("rows_per_file must be >= row_group_size >= 1")
         dt.date.fromisoformat(self.start_date)
 
 

@@ -137,7 +137,10 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
         base, baseline_run = models.load(args.baseline, args.baseline_config, is_path=_is_path(args.baseline),
                                          overrides=args.baseline_overrides, flags=("--baseline-config", "--baseline-set"))
         if base.spec.task_names != names:
-            raise ValueError(f"baseline {args.baseline} has tasks {base.spec.task_names}, the model has {names}")
+            from recsys_mtl.config.loader import ConfigError
+
+            raise ConfigError(f"--baseline {args.baseline} has tasks {base.spec.task_names}, the model has {names}: "
+                              "compare models of the same tasks, in the same order")
     print(f"scoring {args.data} with {loaded.source} (checkpoint {loaded.checkpoint.name}, {len(names)} tasks)",
           flush=True)
     logits, labels, mask = score_eval_set(loaded.model, loaded.spec, args.data, args.batch_size)
@@ -147,7 +150,10 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
         print(f"scoring {args.data} with baseline {base.source}", flush=True)
         baseline_logits, base_labels, base_mask = score_eval_set(base.model, base.spec, args.data, args.batch_size)
         if not (base_labels.equal(labels) and base_mask.equal(mask)):
-            raise ValueError("the baseline's feature spec reads other labels from the eval data than the model's")
+            from recsys_mtl.config.loader import ConfigError
+
+            raise ConfigError(f"--baseline {args.baseline}: its feature spec reads other labels from {args.data} than "
+                              "the model's: compare models whose specs name the same label columns")
 
     report = evaluate_predictions(logits, labels, mask, names, from_logits=True, baseline_predictions=baseline_logits,
                                   baseline=args.baseline, n_boot=args.n_boot, seed=args.seed)

@@ -129,16 +129,25 @@ DATASET_STAMP = "dataset.json"  # in a prepared dataset: the settings it was mad
 
 def dataset_stamp(ds: ExperimentDataset) -> dict[str, Any]:
     """The settings that decide a prepared dataset's content (not where it or its source lives)."""
-    if ds.kind == "kuairand":
-        return {"kind": ds.kind}
+    if ds.kind == "kuairand":  # the converter's default split, which prepare_data makes
+        from recsys_mtl.data.kuairand import SPLIT_DATE
+
+        return {"kind": ds.kind, "split_date": SPLIT_DATE, "end_date": None}
     return {k: v for k, v in dataclasses.asdict(ds).items() if k not in ("dir", "src")}
 
 
 def _stamp_of_unstamped(out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
     """The stamp of a dataset prepared before stamps, from what it holds (None: cannot tell)."""
-    synth = out / "synthetic.json"
+    synth, readme = out / "synthetic.json", out / "README.md"
+    if ds.kind == "kuairand" and readme.exists():  # `recsys-mtl data kuairand` writes its split there
+        import re
+
+        m = re.search(r"Train: date <= (\d+) \(\d+ rows\); test: (later|to (\d+))", readme.read_text())
+        if m:
+            return {"kind": "kuairand", "split_date": int(m.group(1)),
+                    "end_date": int(m.group(3)) if m.group(3) else None}
     if ds.kind != "synthetic" or not synth.exists():
-        return {"kind": "kuairand"} if ds.kind == "kuairand" and not synth.exists() else None
+        return None
     made = json.loads(synth.read_text())
     test_days = len(list((out / "test").glob("date=*")))
     return {"kind": "synthetic", "test_days": test_days,

@@ -52,10 +52,16 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.tracking_uri is None and not Path("mlflow.db").exists():
         raise FileNotFoundError(f"no mlflow.db in {Path.cwd()}; pass --tracking-uri")
     client = MlflowClient(tracking_uri=args.tracking_uri or default_tracking_uri())
+    from mlflow.exceptions import MlflowException
+
     try:
         comparison = compare_runs(find_runs(client, args.run_ids, args.experiment, args.filter, args.max_runs))
     except ValueError as exc:  # no such run / experiment / metrics: a user error, not a crash
         print(f"recsys-mtl compare: error: {exc}", file=sys.stderr)
+        return 2
+    except MlflowException as exc:  # a filter MLflow cannot parse
+        print(f"recsys-mtl compare: error: --filter {args.filter!r}: {exc.message.splitlines()[0]}; names with '/' "
+              "go in backticks: metrics.`eval/ne/click` < 0.8", file=sys.stderr)
         return 2
     print(comparison.to_table())
     path = plot_comparison(comparison, args.plot)

@@ -113,6 +113,12 @@ def compare_runs(runs: Sequence) -> RunComparison:
                 tasks.append(key[len("eval/ne/"):])
     if not tasks:
         raise ValueError("none of the runs has eval/ne/<task> metrics")
+    per_run = [{k[len("eval/ne/"):] for k in run.data.metrics if k.startswith("eval/ne/")} for run in runs]
+    shared = set.intersection(*per_run)
+    if len(shared) < len(tasks):
+        log.warning("the runs score different tasks (%d in all, %d shared%s): NE changes, and their mean, cover only "
+                    "the tasks a run shares with the first; are they on the same data?", len(tasks), len(shared),
+                    f": {', '.join(sorted(shared))}" if len(shared) <= 10 else "")
     values = {m: np.full((len(runs), len(tasks)), np.nan) for m in METRICS}
     for r, run in enumerate(runs):
         for m in METRICS:

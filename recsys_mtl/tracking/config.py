@@ -57,6 +57,10 @@ class TrackingConfig:
     continue_run: bool = True
 
     def validate(self, where: Where) -> None:
+        if self.tracking_uri and "://" not in self.tracking_uri and self.tracking_uri != "databricks":
+            raise where.child("tracking_uri").error(
+                f"{self.tracking_uri!r} is not a tracking URI: use sqlite:///ABSOLUTE/PATH/mlflow.db (the default is "
+                "./mlflow.db) or http://HOST:PORT of an mlflow server")
         if not 1 <= self.max_metrics_per_batch <= MAX_METRICS_PER_BATCH:
             raise where.child("max_metrics_per_batch").error(
                 f"must be between 1 and {MAX_METRICS_PER_BATCH} (MLflow's log_batch limit), got {self.max_metrics_per_batch}"

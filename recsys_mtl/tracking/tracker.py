@@ -45,6 +45,8 @@ MAX_PARAM_VALUE_CHARS = 6000
 class TrackingUnavailable(RuntimeError):
     """The run could not be created in the tracking store at start."""
 
+    exit_code = 2  # the CLI prints it as one line: a setting to change (the URI), or the store to start
+
 
 def _rank_from_env() -> int:
     for var in ("RANK", "SLURM_PROCID"):
@@ -271,8 +273,10 @@ class RunTracker(NullTracker):
             if run is None:
                 run = client.create_run(exp_id, run_name=run_name)
         except Exception as exc:  # noqa: BLE001 - any store error
+            reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             raise TrackingUnavailable(
-                f"cannot create an MLflow run in experiment {config.experiment!r} at {uri}: {exc}"
+                f"tracking.tracking_uri {uri}: cannot create an MLflow run in experiment {config.experiment!r} "
+                f"({reason}); check the URI and that the store is up, or set tracking.enabled: false"
             ) from exc
         continued = run.info.run_id == continue_run_id
         step = resumed_at_step or 0

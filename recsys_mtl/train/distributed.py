@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import sys
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -82,23 +83,31 @@ def computed_on_rank0(compute: Callable[[], T], world_size: int) -> T:
     """`compute()` on rank 0, its result sent to every rank (picklable); rank 0's exception is raised on all ranks.
 
     The other ranks would otherwise wait in the broadcast for a result that never comes, until the
-    launcher's timeout. On rank 0 the original exception is raised; elsewhere a RuntimeError naming it.
+    launcher's timeout (or, past it, fail in their next collective with a traceback of their own). The other
+    ranks raise the same exception (so a ConfigError is one line on each), or a RuntimeError naming it if it
+    does not pickle.
     """
     if world_size == 1:
         return compute()
-    result, error, failure = None, None, None
+    result, error = None, None
     if dist.get_rank() == 0:
         try:
             result = compute()
         except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks are told
-            error, failure = exc, f"{type(exc).__name__}: {exc}"
-    box = [(result, failure)]
+            error = exc
+    sent: Any = error
+    if error is not None:
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:  # noqa: BLE001 - any pickling failure: send its text
+            sent = RuntimeError(f"rank 0 failed, so this rank stops too: {type(error).__name__}: {error}")
+    box = [(result, sent)]
     dist.broadcast_object_list(box, src=0)
-    result, failure = box[0]
+    result, sent = box[0]
     if error is not None:
         raise error
-    if failure is not None:
-        raise RuntimeError(f"rank 0 failed, so this rank stops too: {failure}")
+    if sent is not None:
+        raise sent
     return result  # type: ignore[return-value]
 
 

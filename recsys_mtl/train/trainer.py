@@ -244,6 +244,7 @@ class Trainer:
         #: the step this process resumed from a checkpoint at (set by fit), None for a fresh start
         self.resumed_from_step: int | None = None
         self._saved_step = -1
+        self._warned_dropped = False
         self._pending: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
         self.last_eval: dict[str, dict[str, float]] | None = None
         self._evaluated_at = -1  # the step of last_eval
@@ -383,7 +384,8 @@ class Trainer:
             self._evaluated_at, self.last_eval = train_state["eval"]
         if self.env.is_main:
             self._truncate_train_log(self.step)
-            log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.step_in_epoch)
+            log.info("resumed from %s at step %d (%d epoch(s) done, then %d batch(es) of epoch %d/%d)", path,
+                     self.step, self.epoch, self.step_in_epoch, self.epoch + 1, self.config.train.epochs)
             changed = changed_settings(train_state.get("config"), flatten(self.config))
             if changed:
                 log.warning("resumed with %d setting(s) changed since that checkpoint: %s", len(changed),
@@ -543,8 +545,10 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train (or resume) to the end; rank 0 holds the output_dir's lock meanwhile (train/lock.py)."""
         with contextlib.ExitStack() as cleanup:
-            if self.env.is_main:
+            def lock() -> None:
                 cleanup.enter_context(OutputDirLock(self.output_dir))
+
+            computed_on_rank0(lock, self.env.world_size)  # in use: every rank stops with rank 0's error
             try:
                 return self._fit(cleanup)
             except BaseException as exc:
@@ -577,9 +581,11 @@ class Trainer:
                 self.module.model.set_head_bias_from_rates_(torch.full((self.spec.num_tasks,), 0.5))
             if self.env.is_main:
                 (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
-        if self.env.is_main:
+        def start_callbacks() -> None:  # rank 0 only; a failure (e.g. the tracking store) stops every rank
             for cb in self.callbacks:
                 cb.on_train_start(self)
+
+        computed_on_rank0(start_callbacks, self.env.world_size)
         samples_per_step = self.config.data.batch_size * self.env.world_size
         post_step = self.weighting.needs_post_step_losses
         progress = self._progress(cleanup)
@@ -598,6 +604,7 @@ class Trainer:
                 self.train_data.load_state_dict(self.train_data.position_after(0))  # from the epoch's start
                 self.step_in_epoch = 0
             steps_in_epoch = self._steps_in_epoch = len(self.train_data)
+            self._warn_dropped_rows(steps_in_epoch)
             remaining = steps_in_epoch - self.step_in_epoch
             if tc.max_steps is not None:
                 remaining = min(remaining, tc.max_steps - self.step)
@@ -678,6 +685,21 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_end(self, result)
         return result
+
+    def _warn_dropped_rows(self, steps: int) -> None:
+        """Once per run: say so when an epoch leaves out more than 1% of the rows (every rank takes the same
+        number of full batches, so row groups that split unevenly over ranks x workers leave rows unread)."""
+        total = getattr(self.train_data, "num_rows", None)
+        batch = self.config.data.batch_size * self.env.world_size  # the last partial batch is always left out
+        used = steps * batch
+        if self._warned_dropped or not total or total - used <= max(0.01 * total, batch) or not self.env.is_main:
+            return
+        self._warned_dropped = True
+        log.warning("epoch %d trains %d of the %d rows (%.1f%% left out): every rank takes the same number of "
+                    "full batches, and the row groups (whole units of a rank's share) split unevenly over %d "
+                    "rank(s) x %d loader worker(s); smaller row groups, or fewer ranks, leave out less",
+                    self.epoch, used, total, 100 * (1 - used / total), self.env.world_size,
+                    max(1, self.config.data.num_workers))
 
     def _stop_for_signal(self, signum: int) -> None:
         self._flush_records()

@@ -153,3 +153,12 @@ def test_exponent_without_a_dot_is_a_number_in_files_and_overrides(tmp_path):
     path.write_text(base.read_text().replace("dense: {type: adam, lr: 0.01}", "dense: {type: adam, lr: 2E-3}"))
     assert TrainConfig.load(str(path)).optim.dense.lr == 2e-3
 
+
+
+def test_a_key_given_twice_is_an_error_naming_the_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  batch_size: 512\n  batch_size: 256\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: invalid YAML \(line 3, column 3\): duplicate key 'batch_size'"):
+        from recsys_mtl.config.loader import read_yaml
+
+        read_yaml(path)
