@@ -67,7 +67,6 @@ class StreamingTaskMetrics:
         self._by_kind = {kind: m.to(device) for kind, m in by_kind.items()}
         self._metrics = list(self._by_kind.values())
         self._world_size, self._process_group = world_size, process_group
-        self._lifetime = {kind: m for kind, m in zip(by_kind, self._metrics) if kind != "auc"}  # AUC: windowed only
         self._device = torch.device(device)
         self._keys = self._report_keys(by_kind)
         self.updates = 0
@@ -149,13 +148,13 @@ class StreamingTaskMetrics:
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """This rank's lifetime states (TorchRec's persistent ones), on CPU: {metric kind: its state_dict}."""
         return {kind: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
-                for kind, m in self._lifetime.items()}
+                for kind, m in self._by_kind.items() if kind != "auc"}  # AUC: windowed only
 
     def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         """Continue the lifetime values from `state_dict()` of the same rank; the windows start empty."""
-        for kind, m in self._lifetime.items():
+        for kind, values in state.items():
             # torchmetrics sets the states to the tensors given, on their device: move them to this one
-            m.load_state_dict({k: v.to(self._device) for k, v in state[kind].items()})
+            self._by_kind[kind].load_state_dict({k: v.to(self._device) for k, v in values.items()})
 
     def reset(self) -> None:
         for m in self._metrics:

@@ -7,15 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of runs (an integer >= 1)")
-    return value
+from recsys_mtl.argtypes import at_least_one
 
 
 def register(subparsers) -> None:
@@ -27,7 +19,7 @@ def register(subparsers) -> None:
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
     p.add_argument("--experiment", help="experiment name (instead of run ids)")
     p.add_argument("--filter", default="", help="MLflow search filter, with --experiment")
-    p.add_argument("--max-runs", type=_at_least_one, default=20, help="the newest N evaluated runs (default 20)")
+    p.add_argument("--max-runs", type=at_least_one("runs"), default=20, help="the newest N evaluated runs (default 20)")
     p.add_argument("--tracking-uri", help="default: sqlite:///mlflow.db in the current directory")
     p.add_argument("--plot", default="compare_ne.png", help="where to write the NE-change plot (default: %(default)s)")
     p.set_defaults(func=run_compare)

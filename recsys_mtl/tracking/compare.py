@@ -106,15 +106,11 @@ def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None
 
 
 def compare_runs(runs: Sequence) -> RunComparison:
-    tasks: list[str] = []
-    for run in runs:
-        for key in run.data.metrics:
-            if key.startswith("eval/ne/") and key[len("eval/ne/"):] not in tasks:
-                tasks.append(key[len("eval/ne/"):])
+    per_run = [[k[len("eval/ne/"):] for k in run.data.metrics if k.startswith("eval/ne/")] for run in runs]
+    tasks = list(dict.fromkeys(t for names in per_run for t in names))  # in first-seen order
     if not tasks:
         raise ValueError("none of the runs has eval/ne/<task> metrics")
-    per_run = [{k[len("eval/ne/"):] for k in run.data.metrics if k.startswith("eval/ne/")} for run in runs]
-    shared = set.intersection(*per_run)
+    shared = set.intersection(*map(set, per_run))
     if len(shared) < len(tasks):
         log.warning("the runs score different tasks (%d in all, %d shared%s): NE changes, and their mean, cover only "
                     "the tasks a run shares with the first; are they on the same data?", len(tasks), len(shared),

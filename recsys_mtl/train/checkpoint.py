@@ -233,10 +233,15 @@ class CheckpointManager:
         _update_from(state, loaded)
 
     @staticmethod
-    def has_key(path: Path, key: str) -> bool:
-        """Whether checkpoint `path` holds top-level `key` (read from its DCP metadata alone)."""
+    def top_level_keys(path: Path) -> set[str]:
+        """The top-level keys checkpoint `path` holds (read from its DCP metadata alone)."""
         metadata = dcp.FileSystemReader(str(path)).read_metadata()
-        return any(k == key or k.startswith(key + ".") for k in metadata.state_dict_metadata)
+        return {k.split(".", 1)[0] for k in metadata.state_dict_metadata}
+
+    @staticmethod
+    def has_key(path: Path, key: str) -> bool:
+        """Whether checkpoint `path` holds top-level `key`."""
+        return key in CheckpointManager.top_level_keys(path)
 
     def read_object(self, path: Path, key: str) -> Any:
         """One bytes object of checkpoint `path`, unpacked; read by this rank alone (no collective)."""

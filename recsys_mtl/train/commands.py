@@ -13,27 +13,19 @@ import os
 import sys
 import warnings
 
+from recsys_mtl.argtypes import at_least_one
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a multi-task model from a config (configs/*.yaml)")
     p.add_argument("config", help="training config YAML (see recsys_mtl/config/train.py)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.seed=1 (repeatable; value parsed as YAML)")
-    p.add_argument("--nproc", type=_positive_int, default=None,
+    p.add_argument("--nproc", type=at_least_one("processes"), default=None,
                    help="run N processes on this machine through torchrun (default: 1, no torchrun)")
     p.add_argument("--register-model", metavar="NAME",
                    help="register the trained model in the MLflow model registry as NAME (= --set tracking.register_model=NAME)")
     p.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes (an integer >= 1)")
-    return value
 
 
 class _DropMessage(logging.Filter):
@@ -107,12 +99,6 @@ def run(args: argparse.Namespace) -> int:
     if args.register_model:
         args.overrides = args.overrides + [f"tracking.register_model={args.register_model}"]
     config = TrainConfig.load(args.config, args.overrides)  # fail fast, once, before launching anything
-    if config.tracking.enabled and config.data.spec:  # before torchrun: every rank would otherwise wait on rank 0
-        from recsys_mtl.config.features import FeatureSpec
-        from recsys_mtl.tracking.tracker import check_task_names
-
-        spec = FeatureSpec.load(config.data.spec)
-        check_task_names(spec.task_names, spec.name)
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(args.config, args.overrides, args.nproc)
 

@@ -365,9 +365,10 @@ class Trainer:
         self.dense_optimizer.init_state()  # Adam's state is lazy; DCP loads in place
         state = self._checkpoint_state()
         legacy_rng = f"rng_rank{self.env.rank}"  # checkpoints from before RNG_KEY: one key per rank
-        if not self.checkpoints.has_key(path, RNG_KEY):
+        saved = self.checkpoints.top_level_keys(path)
+        if RNG_KEY not in saved:
             state[legacy_rng] = state.pop(RNG_KEY)
-        if not self.checkpoints.has_key(path, METRICS_KEY):  # checkpoints from before METRICS_KEY
+        if METRICS_KEY not in saved:  # checkpoints from before METRICS_KEY
             del state[METRICS_KEY]
         self.checkpoints.load(path, state, self.signature)
         self.dmp.load_state_dict(state["model"])

@@ -83,14 +83,19 @@ def test_finished_runs_are_reused_not_retrained(finished, monkeypatch):
     assert set(res["methods"]) == {"equal", "go4align"}  # the baseline always comes along
 
 
-def test_a_finished_run_whose_training_config_changed_is_trained_again(tmp_path):
-    import dataclasses
-
+def _one_finished_run(tmp_path: Path):
+    """An experiment of one run, finished: (config, out, its run.json, that file's mtime)."""
     cfg = tiny_experiment(tmp_path, methods={"equal": {}})
     out = tmp_path / "out"
     run_json = out / "runs" / "equal" / "seed0" / "run.json"
     exp.run_experiment(cfg, out, jobs=0)
-    first = run_json.stat().st_mtime_ns
+    return cfg, out, run_json, run_json.stat().st_mtime_ns
+
+
+def test_a_finished_run_whose_training_config_changed_is_trained_again(tmp_path):
+    import dataclasses
+
+    cfg, out, run_json, first = _one_finished_run(tmp_path)
     exp.run_experiment(cfg, out, jobs=0)
     assert run_json.stat().st_mtime_ns == first  # same config: reused
     exp.run_experiment(dataclasses.replace(cfg, set=list(cfg.set) + ["optim.dense.lr=0.02"]), out, jobs=0)
@@ -102,11 +107,7 @@ def test_a_dataset_prepared_with_other_settings_is_refused_and_its_runs_are_not_
     import dataclasses
     import shutil
 
-    cfg = tiny_experiment(tmp_path, methods={"equal": {}})
-    out = tmp_path / "out"
-    run_json = out / "runs" / "equal" / "seed0" / "run.json"
-    exp.run_experiment(cfg, out, jobs=0)
-    first = run_json.stat().st_mtime_ns
+    cfg, out, run_json, first = _one_finished_run(tmp_path)
     smaller = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, rows=2000, tasks=2))
     with pytest.raises(ConfigError, match=r"dataset.dir .* was prepared with \{.*'rows': 3000.*\}, and the config now "
                                           r"says \{.*'rows': 2000.*\}: remove that folder"):
