@@ -188,7 +188,7 @@ class GO4Align(WeightingMethod):
         return (f"{common}, alpha={self.alpha}, ema_decay={self.ema_decay}, max_ratio={self.max_ratio}, "
                 f"min_loss={self.min_loss}")
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         if self.mode == "paper":
             return self._paper(losses, present)
         return self._rec(losses, present, label_stats)
@@ -208,7 +208,7 @@ class GO4Align(WeightingMethod):
         self.gamma.copy_(gamma)
         return weights.to(losses.dtype)
 
-    def _rec(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None) -> torch.Tensor:
+    def _rec(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         dt = self.risk_avg.dtype
         zero = torch.zeros_like(self.risk_avg)
         loss = torch.where(present, losses.to(dt), zero)  # an absent task's loss may be NaN (0/0)
