@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from recsys_mtl.data.batch import Batch
-from recsys_mtl.losses import masked_bce_sums
+from recsys_mtl.losses import TaskKinds, masked_task_loss_sums
 from recsys_mtl.weighting.base import WeightingMethod
 
 
@@ -31,8 +31,13 @@ class WeightedTaskLoss(nn.Module):
     """
 
     def __init__(self, weighting: WeightingMethod, world_size: int = 1,
-                 process_group: dist.ProcessGroup | None = None, compile: bool = False) -> None:
+                 process_group: dist.ProcessGroup | None = None, compile: bool = False,
+                 task_kinds: TaskKinds | None = None) -> None:
         super().__init__()
+        # per-task loss kinds (None: all binary), as buffers so they move with the module; not in checkpoints
+        for name, value in (task_kinds._asdict() if task_kinds is not None else {}).items():
+            self.register_buffer(f"kind_{name}", value, persistent=False)
+        self.has_task_kinds = task_kinds is not None
         object.__setattr__(self, "weighting", weighting)
         # the compiled callable shares the module's buffers: state_dict and checkpoints are unchanged
         object.__setattr__(self, "_weigh", torch.compile(weighting, fullgraph=True) if compile else weighting)
@@ -63,7 +68,8 @@ class WeightedTaskLoss(nn.Module):
     def _global_losses(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
                        sample_weights: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """(this rank's sums[T] with grad, global L[T], present[T], global label counts clamped to >= 1)."""
-        sums, counts = masked_bce_sums(logits, labels, mask, sample_weights)
+        kinds = TaskKinds(self.kind_regression, self.kind_huber, self.kind_delta) if self.has_task_kinds else None
+        sums, counts = masked_task_loss_sums(logits, labels, mask, kinds, sample_weights)
         num_tasks = sums.shape[0]
         if self.world_size > 1:
             stats = torch.cat([sums.detach(), counts])
@@ -79,10 +85,14 @@ class MultiTaskTrainModule(nn.Module):
     """`model` (a MultiTaskModel) + the weighted loss; DMP shards `model.ebc` inside it."""
 
     def __init__(self, model: nn.Module, weighting: WeightingMethod, world_size: int = 1,
-                 process_group: dist.ProcessGroup | None = None, compile_weighting: bool = False) -> None:
+                 process_group: dist.ProcessGroup | None = None, compile_weighting: bool = False,
+                 task_kinds: TaskKinds | None = None) -> None:
         super().__init__()
         self.model = model
-        self.task_loss = WeightedTaskLoss(weighting, world_size, process_group, compile=compile_weighting)
+        if task_kinds is None and getattr(model, "spec", None) is not None and model.spec.has_regression:
+            task_kinds = TaskKinds.from_spec(model.spec, model.heads.bias.device)
+        self.task_loss = WeightedTaskLoss(weighting, world_size, process_group, compile=compile_weighting,
+                                          task_kinds=task_kinds)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         # the penalty is a per-rank mean over rows; averaging gradients over ranks makes it the global batch's mean

@@ -134,6 +134,7 @@ def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
         "sparse_features": spec.sparse_names,
         "dense_features": spec.dense_names,
         "tasks": spec.task_names,
+        **spec.task_type_signature(),
         # wide_l2 and feature_dropout act in training only, not on the model's shape or output: a checkpoint
         # trained with other values (or before they existed) loads. An empty per-task map (wide_id_scale: {})
         # is its feature off, the same model as a checkpoint made before the map existed: it is left out
@@ -578,8 +579,8 @@ class Trainer:
         elif not resumed:
             if self.config.model.head_bias == "prior":
                 self.init_head_bias()
-            else:  # "zero": p = 0.5, instead of the layer's random init
-                self.module.model.set_head_bias_from_rates_(torch.full((self.spec.num_tasks,), 0.5))
+            else:  # "zero": p = 0.5 (regression: 0), instead of the layer's random init
+                self.module.model.zero_head_bias_()
             if self.env.is_main:
                 (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
         def start_callbacks() -> None:  # rank 0 only; a failure (e.g. the tracking store) stops every rank
