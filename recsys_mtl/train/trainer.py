@@ -285,7 +285,8 @@ class Trainer:
 
         global_batch = self.config.data.batch_size * self.env.world_size
         return StreamingTaskMetrics(
-            self.spec.task_names, self.config.data.batch_size, window_rows=max(tr.train_metrics_window_rows, global_batch),
+            self.spec.task_names, self.config.data.batch_size, task_types=self.spec.task_types,
+            window_rows=max(tr.train_metrics_window_rows, global_batch),
             auc_window_rows=max(tr.train_metrics_auc_window_rows, global_batch), world_size=self.env.world_size,
             rank=self.env.rank, process_group=dist.group.WORLD, device=self.device)
 
@@ -505,7 +506,8 @@ class Trainer:
             self.dmp.train()
             self._reattach()
         # rank 0 holds the whole set; every rank keeps the same last_eval (it goes into the checkpoint)
-        metrics = computed_on_rank0(lambda: task_metrics(*predictions, self.spec.task_names), self.env.world_size)
+        metrics = computed_on_rank0(lambda: task_metrics(*predictions, self.spec.task_names, self.spec.tasks),
+                                    self.env.world_size)
         self.last_eval, self._evaluated_at = metrics, self.step
         if self.env.is_main:
             epochs_done = self.epoch + (self.step_in_epoch / self._steps_in_epoch if self._steps_in_epoch else 0)
