@@ -221,13 +221,22 @@ def train_base_rates(data_dir: Path) -> dict[str, float]:
 
 
 def inverse_base_rate_entropy(data_dir: Path, seed: int) -> list[float]:
+    """1 / H(base rate) per binary task, normalised to mean 1; a regression task (no base rate) gets the binary
+    tasks' mean."""
+    from recsys_mtl.config.features import FeatureSpec
+
     rates = train_base_rates(data_dir)
+    regression = {t.name for t in FeatureSpec.load(data_dir / "feature_spec.yaml").tasks if t.is_regression}
     inv = []
-    for p in rates.values():
+    for task, p in rates.items():
+        if task in regression:
+            inv.append(None)
+            continue
         p = min(max(p, 1e-6), 1 - 1e-6)
         inv.append(1.0 / -(p * math.log(p) + (1 - p) * math.log(1 - p)))
-    mean = sum(inv) / len(inv)
-    return [round(v / mean, 6) for v in inv]
+    binary = [v for v in inv if v is not None]
+    mean = sum(binary) / len(binary) if binary else 1.0
+    return [1.0 if v is None else round(v / mean, 6) for v in inv]
 
 
 #: method arguments that name a value computed from the training data or the run
@@ -318,8 +327,10 @@ def train_and_predict(run_dir: Path, threads: int | None = None) -> dict[str, An
     trainer.dmp.eval()
     logits, labels, mask = predict(trainer.module.model, test, trainer.spec, batch, trainer.device, trainer.env.world_size)
     n = int(meta["test_rows"])  # predict pads the last batch with unlabelled rows
-    torch.save({"logits": logits[:n].float(), "labels": labels[:n].to(torch.int8), "mask": mask[:n],
-                "tasks": trainer.spec.task_names}, run_dir / PREDICTIONS)
+    spec = trainer.spec  # int8 labels for binary-only specs (a quarter of the file); regression labels need floats
+    torch.save({"logits": logits[:n].float(), "labels": labels[:n].to(torch.float32 if spec.has_regression else torch.int8),
+                "mask": mask[:n], "tasks": spec.task_names, "task_types": spec.task_types,
+                "label_transforms": [t.transform for t in spec.tasks]}, run_dir / PREDICTIONS)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # predictions are what the experiment keeps
     weights = _mean_weights(run_dir / "train_log.jsonl")
     done = {
@@ -467,7 +478,10 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
     for key, p in preds.items():
         if not (torch.equal(p["labels"], labels) and torch.equal(p["mask"], mask)):
             raise RuntimeError(f"run {key}: test labels differ from the other runs' (same test split expected)")
-    metrics = {key: task_metrics(p["logits"], labels, mask, from_logits=True) for key, p in preds.items()}
+    # predictions saved before task types existed are all binary
+    kinds = {"task_types": first.get("task_types"), "label_transforms": first.get("label_transforms")}
+    metrics = {key: task_metrics(p["logits"], labels, mask, from_logits=True, **kinds) for key, p in preds.items()}
+    error = {key: m.normalized_error for key, m in metrics.items()}  # NE, or NMSE for regression tasks
     base = cfg.baseline
     import yaml
 
@@ -480,7 +494,8 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
         "resolved_train_config": resolved, "packages": package_versions(),
         "git_commits": sorted({(r.get("git_commit") or "not recorded") + (" (dirty)" if r.get("git_dirty") else "")
                                for r in runs.values()}),
-        "baseline": base, "seeds": seeds, "tasks": tasks, "test_rows": int(labels.shape[0]),
+        "baseline": base, "seeds": seeds, "tasks": tasks, "task_types": kinds["task_types"] or ["binary"] * T,
+        "test_rows": int(labels.shape[0]),
         "labelled_test_rows": mask.sum(0).tolist(),
         "test_base_rate": [float(x) for x in metrics[next(iter(metrics))].base_rate], "methods": {},
     }
@@ -488,7 +503,7 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
         seeds_done = [s for s in seeds if (method, s) in runs]
         m: dict[str, Any] = {"args": cfg.methods[method], "seeds_done": seeds_done, "per_seed": {},
                              "resolved_args": runs[(method, seeds_done[0])]["args"] if seeds_done else {}}
-        ne = np.stack([metrics[(method, s)].ne for s in seeds_done]) if seeds_done else np.full((1, T), np.nan)
+        ne = np.stack([error[(method, s)] for s in seeds_done]) if seeds_done else np.full((1, T), np.nan)
         auc = np.stack([metrics[(method, s)].auc for s in seeds_done]) if seeds_done else np.full((1, T), np.nan)
         m["ne_mean"] = np.nanmean(ne, 0).tolist()
         m["ne_std"] = (ne.std(0, ddof=1) if len(seeds_done) > 1 else np.zeros(T)).tolist()
@@ -497,13 +512,13 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
         rels = []
         for s in seeds_done:
             r = runs[(method, s)]
-            seed_row = {"args": r["args"], "ne": metrics[(method, s)].ne.tolist(), "auc": metrics[(method, s)].auc.tolist(),
-                        "mean_ne": float(np.nanmean(metrics[(method, s)].ne)),
+            seed_row = {"args": r["args"], "ne": error[(method, s)].tolist(), "auc": metrics[(method, s)].auc.tolist(),
+                        "mean_ne": float(np.nanmean(error[(method, s)])),
                         "mean_auc": float(np.nanmean(metrics[(method, s)].auc)),
                         "train_seconds": r["train_seconds"], "steps": r["steps"], "last_loss": r["last_loss"],
                         "finite_predictions": r["finite_predictions"], "mean_weights": r.get("mean_weights", {})}
             if (base, s) in metrics:
-                rel = metrics[(method, s)].ne / metrics[(base, s)].ne - 1
+                rel = error[(method, s)] / error[(base, s)] - 1
                 seed_row["rel_ne_change"] = rel.tolist()
                 seed_row["mean_rel_ne_change"] = float(np.nanmean(rel))
                 seed_row["tasks_better"] = int(np.sum(rel < 0))
@@ -522,8 +537,9 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
             # seeds side by side as columns: one replicate resamples the same test rows for every seed
             a = torch.cat([preds[(base, s)]["logits"] for s in paired], dim=1)
             b = torch.cat([preds[(method, s)]["logits"] for s in paired], dim=1)
+            pooled = {k: None if v is None else list(v) * len(paired) for k, v in kinds.items()}
             c = compare_models(a, b, labels.repeat(1, len(paired)), mask.repeat(1, len(paired)), from_logits=True,
-                               n_boot=cfg.evaluation.n_boot, seed=cfg.evaluation.bootstrap_seed)
+                               n_boot=cfg.evaluation.n_boot, seed=cfg.evaluation.bootstrap_seed, **pooled)
             m["pooled_bootstrap"] = {"seeds": paired, "mean_rel_ne_change": c.mean_rel_ne_change,
                                      "ci95": list(c.mean_rel_ne_change_ci), "n_boot": c.n_boot,
                                      "n_buckets": c.n_buckets}
@@ -554,8 +570,14 @@ def _pm(mean: float, std: float, spec: str, n: int, scale: float = 1.0) -> str:
 
 
 def to_markdown(res: dict[str, Any], title: str) -> str:
+    from recsys_mtl.metrics.names import normalized_error_label
+
     base, tasks, methods = res["baseline"], res["tasks"], res["methods"]
     names = list(methods)
+    types = res.get("task_types") or ["binary"] * len(tasks)
+    err = normalized_error_label(types)  # "NE", or "NE|NMSE" with regression tasks
+    mixed = err != "NE"
+    labels = [f"{t} (nmse)" if mixed and k == "regression" else t for t, k in zip(tasks, types)]
     lines = [f"# {title}", ""]
     model = res.get("resolved_train_config", {}).get("model", {})
     lines.append(f"Test rows: {res['test_rows']:,}; tasks: {len(tasks)}; seeds: {res['seeds']}; baseline: `{base}`. "
@@ -563,6 +585,10 @@ def to_markdown(res: dict[str, Any], title: str) -> str:
                  f"(architecture {model.get('architecture', '?')}; the resolved config is in results.json). "
                  f"Code: {', '.join(res.get('git_commits', [])) or '?'}.")
     lines.append("")
+    if mixed:
+        lines.append(f"{err}: each task's normalized error, NE for binary tasks and NMSE (MSE / label variance, "
+                     "1 - R^2) for regression tasks, marked (nmse); every NE below is that value.")
+        lines.append("")
     lines.append("Mean relative NE change = mean over tasks of NE_method / NE_equal - 1 on the same seed "
                  "(negative = better); mean +- std over seeds, and a 95% paired bootstrap CI over test rows "
                  "on the pooled predictions of all seeds (it covers test-set sampling, not seed-to-seed "
@@ -589,18 +615,18 @@ def to_markdown(res: dict[str, Any], title: str) -> str:
 
     def per_task(key_mean: str, key_std: str, label: str, digits: str) -> None:
         lines.extend(["", f"## Per-task test {label} (mean +- std over seeds)", ""])
-        lines.append("| task | base rate | " + " | ".join(names) + " |")
+        lines.append(f"| task | {'base rate|mean' if mixed else 'base rate'} | " + " | ".join(names) + " |")
         lines.append("|---|---|" + "---|" * len(names))
-        for t, task in enumerate(tasks):
+        for t, task in enumerate(labels):
             cells = [_pm(methods[n][key_mean][t], methods[n][key_std][t], digits, len(methods[n]["seeds_done"]))
                      for n in names]
             lines.append(f"| {task} | {_f(res['test_base_rate'][t], '.4f')} | " + " | ".join(cells) + " |")
 
-    per_task("ne_mean", "ne_std", "NE", ".4f")
-    lines.extend(["", "## Per-task relative NE change vs equal (mean over seeds, %)", ""])
+    per_task("ne_mean", "ne_std", err, ".4f")
+    lines.extend(["", f"## Per-task relative {err} change vs equal (mean over seeds, %)", ""])
     lines.append("| task | " + " | ".join(n for n in names if n != base) + " |")
     lines.append("|---|" + "---|" * (len(names) - 1))
-    for t, task in enumerate(tasks):
+    for t, task in enumerate(labels):
         cells = [_f(100 * methods[n]["rel_ne_change_mean"][t], "+.2f") for n in names if n != base]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     per_task("auc_mean", "auc_std", "AUC", ".4f")
