@@ -72,8 +72,13 @@ class ExperimentDataset:
     test_days: int = 1
     table_scale: float = 0.02
     seed: int = 0
+    regression_tasks: int = 0  # synthetic: watch-time-like regression targets beside the binary tasks
+    spec: str = "feature_spec.yaml"  # the spec in `dir` the runs train, e.g. kuairand's feature_spec_play_time.yaml
 
     def validate(self, where) -> None:
+        if self.kind == "kuairand" and self.regression_tasks:
+            raise where.child("regression_tasks").error("applies to synthetic data; for KuaiRand's play_time_ms "
+                                                        "set spec: feature_spec_play_time.yaml")
         if self.kind == "kuairand" and not self.src:
             raise where.child("src").error("kuairand needs the source folder (e.g. ../shared/data/kuairand)")
         if self.kind == "synthetic" and not 1 <= self.test_days < self.days:
@@ -133,7 +138,10 @@ def dataset_stamp(ds: ExperimentDataset) -> dict[str, Any]:
         from recsys_mtl.data.kuairand import SPLIT_DATE
 
         return {"kind": ds.kind, "split_date": SPLIT_DATE, "end_date": None}
-    return {k: v for k, v in dataclasses.asdict(ds).items() if k not in ("dir", "src")}
+    stamp = {k: v for k, v in dataclasses.asdict(ds).items() if k not in ("dir", "src", "spec")}
+    if not stamp["regression_tasks"]:  # datasets stamped before regression tasks existed match
+        del stamp["regression_tasks"]
+    return stamp
 
 
 def _stamp_of_unstamped(out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
@@ -163,7 +171,8 @@ def prepare_data(ds: ExperimentDataset) -> Path:
     if (out / "feature_spec.yaml").exists() and (out / "train").is_dir() and (out / "test").is_dir():
         stamp = out / DATASET_STAMP
         made = json.loads(stamp.read_text()) if stamp.exists() else _stamp_of_unstamped(out, ds)
-        if made is not None and {k: made.get(k) for k in dataset_stamp(ds)} != dataset_stamp(ds):
+        if made is not None and ({k: made.get(k) for k in dataset_stamp(ds)} != dataset_stamp(ds)
+                                 or made.get("regression_tasks", 0) != ds.regression_tasks):
             raise ConfigError(f"dataset.dir {out} was prepared with {made}, and the config now says "
                               f"{dataset_stamp(ds)}: remove that folder (it is made again) or point dataset.dir "
                               "elsewhere")
@@ -192,7 +201,7 @@ def prepare_data(ds: ExperimentDataset) -> Path:
     raw = out.with_name(f".{out.name}.raw")
     shutil.rmtree(raw, ignore_errors=True)
     generate_synthetic(raw, SynthConfig(tasks=ds.tasks, rows=ds.rows, days=ds.days, seed=ds.seed,
-                                        table_scale=ds.table_scale))
+                                        table_scale=ds.table_scale, regression_tasks=ds.regression_tasks))
     dates = sorted(p.name for p in raw.glob("date=*"))
     for split, names in (("train", dates[: len(dates) - ds.test_days]), ("test", dates[len(dates) - ds.test_days:])):
         (raw / split).mkdir()
@@ -203,14 +212,14 @@ def prepare_data(ds: ExperimentDataset) -> Path:
     return out
 
 
-def train_base_rates(data_dir: Path) -> dict[str, float]:
+def train_base_rates(data_dir: Path, spec_name: str = "feature_spec.yaml") -> dict[str, float]:
     """Each task's label rate over the labelled training rows (label columns only)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     from recsys_mtl.config.features import FeatureSpec
 
-    spec = FeatureSpec.load(data_dir / "feature_spec.yaml")
+    spec = FeatureSpec.load(data_dir / spec_name)
     table = pads.dataset(data_dir / "train", format="parquet", partitioning="hive").to_table(
         columns=[t.source for t in spec.tasks])
     rates = {}
@@ -220,13 +229,13 @@ def train_base_rates(data_dir: Path) -> dict[str, float]:
     return rates
 
 
-def inverse_base_rate_entropy(data_dir: Path, seed: int) -> list[float]:
+def inverse_base_rate_entropy(data_dir: Path, seed: int, spec_name: str = "feature_spec.yaml") -> list[float]:
     """1 / H(base rate) per binary task, normalised to mean 1; a regression task (no base rate) gets the binary
     tasks' mean."""
     from recsys_mtl.config.features import FeatureSpec
 
-    rates = train_base_rates(data_dir)
-    regression = {t.name for t in FeatureSpec.load(data_dir / "feature_spec.yaml").tasks if t.is_regression}
+    rates = train_base_rates(data_dir, spec_name)
+    regression = {t.name for t in FeatureSpec.load(data_dir / spec_name).tasks if t.is_regression}
     inv = []
     for task, p in rates.items():
         if task in regression:
@@ -242,7 +251,7 @@ def inverse_base_rate_entropy(data_dir: Path, seed: int) -> list[float]:
 #: method arguments that name a value computed from the training data or the run
 DERIVED_ARGUMENTS = {
     "inverse_base_rate_entropy": inverse_base_rate_entropy,
-    "train_seed": lambda data_dir, seed: seed,  # e.g. random weighting draws a different sequence per seed
+    "train_seed": lambda data_dir, seed, spec_name="feature_spec.yaml": seed,  # e.g. random weighting draws a different sequence per seed
 }
 
 
@@ -251,8 +260,9 @@ def method_name(key: str) -> str:
     return key.split("@", 1)[0]
 
 
-def resolve_method_args(args: dict[str, Any], data_dir: Path, seed: int) -> dict[str, Any]:
-    return {k: DERIVED_ARGUMENTS[v](data_dir, seed) if isinstance(v, str) and v in DERIVED_ARGUMENTS else v
+def resolve_method_args(args: dict[str, Any], data_dir: Path, seed: int,
+                        spec_name: str = "feature_spec.yaml") -> dict[str, Any]:
+    return {k: DERIVED_ARGUMENTS[v](data_dir, seed, spec_name) if isinstance(v, str) and v in DERIVED_ARGUMENTS else v
             for k, v in args.items()}
 
 
@@ -268,7 +278,7 @@ def run_train_config(cfg: WeightingExperimentConfig, data_dir: Path, method: str
     data = read_yaml(cfg.train_config) or {}
     apply_overrides(data, list(cfg.set), source=cfg.train_config)
     data.setdefault("data", {}).update(train_path=str(data_dir / "train"), eval_path=None,
-                                       spec=str(data_dir / "feature_spec.yaml"))
+                                       spec=str(data_dir / cfg.dataset.spec))
     data["weighting"] = {"method": method_name(method), "args": args}
     train = data.setdefault("train", {})
     train.update(seed=seed, output_dir=str(run_dir), progress_bar=False, eval_every=0)
@@ -387,7 +397,7 @@ def run_grid(cfg: WeightingExperimentConfig, out: Path, methods: list[str], seed
     for seed in seeds:  # seed-major: an interrupted grid has whole seeds to compare
         for method in methods:
             run_dir = out / "runs" / method / f"seed{seed}"
-            args = resolve_method_args(cfg.methods[method], data_dir, seed)
+            args = resolve_method_args(cfg.methods[method], data_dir, seed, cfg.dataset.spec)
             train_cfg = run_train_config(cfg, data_dir, method, args, seed, run_dir)
             from_dict(TrainConfig, train_cfg, f"{method} seed {seed}")  # fail before launching anything
             finished = (run_dir / RUN_DONE).exists() and (run_dir / PREDICTIONS).exists()
