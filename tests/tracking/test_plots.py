@@ -40,3 +40,22 @@ def test_relative_ne_change_bars_with_ci_whiskers_for_one_and_several_runs(tmp_p
 def test_plots_reject_names_that_do_not_match_the_values(tmp_path):
     with pytest.raises(ValueError, match="task names"):
         plot_task_heatmap(np.zeros((3, 4)), [0, 1, 2], ["a"], tmp_path / "x.png")
+
+
+def test_mixed_task_plots_mark_the_regression_tasks_and_name_both_normalized_errors(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from recsys_mtl.tracking import plots
+
+    names, types = ["click", "watch_time", "like"], ["binary", "regression", "binary"]
+    assert plots.task_labels(names, types, "nmse") == ["click", "watch_time (nmse)", "like"]
+    assert plots.task_labels(names, ["binary"] * 3) == names  # one kind: names as they are
+    seen = {}
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel", lambda self, text, *a, **k: seen.update(x=text))
+    real = matplotlib.axes.Axes.set_yticklabels
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yticklabels",
+                        lambda self, labels, *a, **k: (seen.update(y=list(labels)), real(self, labels, *a, **k))[1])
+    plot_relative_ne_change(names, [0.01, -0.2, 0.0], tmp_path / "c.png", task_types=types)
+    assert seen["x"].startswith("relative NE|NMSE change") and seen["y"][1] == "watch_time (nmse)"
+    plot_task_heatmap(np.ones((3, 3)), [0, 1, 2], names, tmp_path / "w.png", task_types=types)
+    assert seen["y"][1] == "watch_time (regression)"
