@@ -542,7 +542,7 @@ class EvalReport:
         c = self.comparison
         label = normalized_error_label(self.task_types)
         return plot_relative_ne_change(self.task_names, c.rel_ne_change, path, ci=c.rel_ne_change_ci,
-                                       task_types=self.task_types,
+                                       task_types=self.task_types, error_label=label,
                                        title=f"{label} change vs {self.baseline or 'baseline'} (95% CI, paired bootstrap)")
 
     def to_table(self) -> str:

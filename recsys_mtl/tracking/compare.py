@@ -167,4 +167,5 @@ def plot_comparison(comparison: RunComparison, path: str | Path) -> Path:
 
     types = comparison.task_types
     return plot_relative_ne_change(comparison.tasks, rel, path, series_names=names, task_types=types,
+                                   error_label=normalized_error_label(types),
                                    title=f"{normalized_error_label(types)} change vs {comparison.run_names[0]}")

@@ -86,12 +86,11 @@ def task_labels(task_names: Sequence[str], task_types: Sequence[str] | None, mar
 
 def plot_relative_ne_change(task_names: Sequence[str], rel_change, path: str | Path, *, ci=None,
                             series_names: Sequence[str] | None = None, title: str = "",
-                            task_types: Sequence[str] | None = None) -> Path:
+                            task_types: Sequence[str] | None = None, error_label: str = "NE") -> Path:
     """rel_change: [T] or [R, T] (normalized error of the run / of the baseline - 1: NE for binary tasks, NMSE
-    for regression tasks, `task_types`); ci: matching [.., T, 2] or None.
+    for regression tasks, `task_types`; `error_label` names it on the axis, e.g. "NE|NMSE"); ci: matching [.., T, 2]
+    or None.
     Bars are in percent; negative (left, green) is better."""
-    from recsys_mtl.metrics.names import normalized_error_label
-
     plt = _pyplot()
 
     rel = np.atleast_2d(np.asarray(rel_change, dtype=float)) * 100
@@ -121,8 +120,7 @@ def plot_relative_ne_change(task_names: Sequence[str], rel_change, path: str | P
     ax.set_yticks(y)
     ax.set_yticklabels(task_labels(task_names, task_types, "nmse"), fontsize=_label_fontsize(T))
     ax.set_ylim(T - 0.5, -0.5)
-    error = normalized_error_label(task_types or ["binary"])
-    ax.set_xlabel(f"relative {error} change vs baseline (%)  -  lower is better")
+    ax.set_xlabel(f"relative {error_label} change vs baseline (%)  -  lower is better")
     ax.grid(axis="x", alpha=0.3)
     if R > 1:
         ax.legend(loc="best", fontsize=8)

@@ -201,3 +201,24 @@ def test_an_experiment_with_a_regression_task_tabulates_its_nmse_beside_the_bina
     assert "watch_time (nmse)" in table and "Per-task test NE|NMSE" in table
     saved = yaml.safe_load((tmp_path / "out" / "runs" / "equal" / "seed0" / "train_config.yaml").read_text())
     assert saved["data"]["spec"].endswith("feature_spec.yaml")
+
+
+def test_a_kuairand_validation_dataset_holds_only_train_days(kuairand_src, tmp_path):
+    """split_date / end_date carve a validation split from the train days: no test day (after 20220418) is read."""
+    import pyarrow.dataset as pads
+
+    from recsys_mtl.experiments.weighting import ExperimentDataset, dataset_stamp, prepare_data
+
+    ds = ExperimentDataset(kind="kuairand", dir=str(tmp_path / "kr_valid"), src=str(kuairand_src),
+                           split_date=20220415, end_date=20220418)
+    out = prepare_data(ds)
+    dates = {split: sorted(int(str(d).replace("-", "")) for d in pads.dataset(
+                 out / split, format="parquet", partitioning="hive").to_table(columns=["date"]).column("date")
+                 .unique().to_pylist())
+             for split in ("train", "test")}
+    assert max(dates["train"]) <= 20220415 < min(dates["test"])
+    assert max(dates["test"]) <= 20220418
+    assert dataset_stamp(ds)["split_date"] == 20220415
+    other = ExperimentDataset(kind="kuairand", dir=ds.dir, src=ds.src)  # the default (test) split
+    with pytest.raises(Exception, match="prepared with"):
+        prepare_data(other)

@@ -55,7 +55,7 @@ def test_mixed_task_plots_mark_the_regression_tasks_and_name_both_normalized_err
     real = matplotlib.axes.Axes.set_yticklabels
     monkeypatch.setattr(matplotlib.axes.Axes, "set_yticklabels",
                         lambda self, labels, *a, **k: (seen.update(y=list(labels)), real(self, labels, *a, **k))[1])
-    plot_relative_ne_change(names, [0.01, -0.2, 0.0], tmp_path / "c.png", task_types=types)
+    plot_relative_ne_change(names, [0.01, -0.2, 0.0], tmp_path / "c.png", task_types=types, error_label="NE|NMSE")
     assert seen["x"].startswith("relative NE|NMSE change") and seen["y"][1] == "watch_time (nmse)"
     plot_task_heatmap(np.ones((3, 3)), [0, 1, 2], names, tmp_path / "w.png", task_types=types)
     assert seen["y"][1] == "watch_time (regression)"
