@@ -229,6 +229,35 @@ def regression_labels(col: pa.Array, task: TaskSpec, where: str) -> tuple[np.nda
     return np.where(labelled, x, 0.0).astype(np.float32), labelled
 
 
+def cascade_label_plan(spec: FeatureSpec) -> tuple[np.ndarray, ...] | None:
+    """Index arrays for `cascade_labels_` (None without cascades): (child, parent) columns of each cascade, and
+    per derived task (in an order where a parent's product comes before its children's): (derived, chain, child)
+    columns, the chain being the parent's product when the parent is itself a child, else the parent."""
+    if not spec.has_cascades:
+        return None
+    index = {t.name: j for j, t in enumerate(spec.tasks)}
+    product_of_child = {t.product_of[1]: index[t.name] for t in spec.tasks if t.is_derived}
+    children = [(index[t.name], index[t.depends_on]) for t in spec.head_tasks if t.depends_on is not None]
+    by_name = {t.name: t for t in spec.tasks}
+    depth = {name: len(chain) for name, chain in spec.cascade_paths().items()}
+    derived = []
+    for t in sorted((t for t in spec.tasks if t.is_derived), key=lambda t: depth[t.name]):
+        parent, child = t.product_of
+        chain = product_of_child[parent] if by_name[parent].depends_on is not None else index[parent]
+        derived.append((index[t.name], chain, index[child]))
+    child_cols, parent_cols = (np.array(c, dtype=np.int64) for c in zip(*children))
+    return child_cols, parent_cols, np.array(derived, dtype=np.int64)
+
+
+def cascade_labels_(labels: np.ndarray, child: np.ndarray, parent: np.ndarray, derived: np.ndarray) -> None:
+    """In place on int8 [n, T] labels (-1 = unlabelled): a child is labelled only where its parent is 1 (its head
+    predicts the conditional); a derived task is 0 where the chain above the child is 0, the child's label where
+    the chain is 1, unlabelled where the chain is."""
+    labels[:, child] = np.where(labels[:, parent] == 1, labels[:, child], -1)
+    for d, chain, c in derived:  # chains before their extensions: a product reads its parent's finished product
+        labels[:, d] = np.where(labels[:, chain] == 1, labels[:, c], labels[:, chain])
+
+
 class ArrowConverter:
     """Converts projected Arrow tables of one feature spec into validated `Columns`."""
 
@@ -240,6 +269,7 @@ class ArrowConverter:
         self._regression_index = np.array([j for j, t in enumerate(spec.tasks) if t.is_regression], dtype=np.int64)
         self._regression_column = {int(j): r for r, j in enumerate(self._regression_index)}
         self._has_regression = len(self._regression_index) > 0
+        self._cascades = cascade_label_plan(spec)
 
     def convert(self, table: pa.Table, where: str) -> Columns:
         """`where` names the file (and row group) for error messages."""
@@ -301,7 +331,7 @@ class ArrowConverter:
         labels = np.empty((n, len(self.spec.tasks)), dtype=np.int8)
         weights = np.ones((n, len(self.spec.tasks)), dtype=np.float32) if self._has_weights else None
         targets = np.empty((n, len(self._regression_index)), dtype=np.float32) if self._has_regression else None
-        for j, t in enumerate(self.spec.tasks):
+        for j, t in enumerate(self.spec.head_tasks):
             col = _array(table.column(t.source))
             if t.is_regression:
                 y, labelled = regression_labels(col, t, where)
@@ -318,6 +348,8 @@ class ArrowConverter:
                     raise DataError(f"{where}: column {t.weight_column!r} (sample weight of task {t.name!r}) has "
                                     f"{w[row]} at row {row}; expected finite weights >= 0 (null = 0)")
                 weights[:, j] = w
+        if self._cascades is not None:
+            cascade_labels_(labels, *self._cascades)
         return Columns(n=n, ids=ids, offsets=offsets, dense=dense, labels=labels, weights=weights, targets=targets,
                        regression_index=self._regression_index if self._has_regression else None)
 
