@@ -229,33 +229,31 @@ def regression_labels(col: pa.Array, task: TaskSpec, where: str) -> tuple[np.nda
     return np.where(labelled, x, 0.0).astype(np.float32), labelled
 
 
-def cascade_label_plan(spec: FeatureSpec) -> tuple[np.ndarray, ...] | None:
-    """Index arrays for `cascade_labels_` (None without cascades): (child, parent) columns of each cascade, and
-    per derived task (in an order where a parent's product comes before its children's): (derived, chain, child)
-    columns, the chain being the parent's product when the parent is itself a child, else the parent."""
+def cascade_label_plan(spec: FeatureSpec) -> np.ndarray | None:
+    """int64 [D, 3] for `cascade_labels_` (None without cascades): per derived task, (derived, chain, child) columns,
+    the chain being the parent's product when the parent is itself a child, else the parent; shallow chains first,
+    so a product reads its parent's finished product."""
     if not spec.has_cascades:
         return None
     index = {t.name: j for j, t in enumerate(spec.tasks)}
-    product_of_child = {t.product_of[1]: index[t.name] for t in spec.tasks if t.is_derived}
-    children = [(index[t.name], index[t.depends_on]) for t in spec.head_tasks if t.depends_on is not None]
     by_name = {t.name: t for t in spec.tasks}
+    product_of_child = {t.product_of[1]: index[t.name] for t in spec.tasks if t.is_derived}
     depth = {name: len(chain) for name, chain in spec.cascade_paths().items()}
-    derived = []
+    plan = []
     for t in sorted((t for t in spec.tasks if t.is_derived), key=lambda t: depth[t.name]):
         parent, child = t.product_of
         chain = product_of_child[parent] if by_name[parent].depends_on is not None else index[parent]
-        derived.append((index[t.name], chain, index[child]))
-    child_cols, parent_cols = (np.array(c, dtype=np.int64) for c in zip(*children))
-    return child_cols, parent_cols, np.array(derived, dtype=np.int64)
+        plan.append((index[t.name], chain, index[child]))
+    return np.array(plan, dtype=np.int64)
 
 
-def cascade_labels_(labels: np.ndarray, child: np.ndarray, parent: np.ndarray, derived: np.ndarray) -> None:
-    """In place on int8 [n, T] labels (-1 = unlabelled): a child is labelled only where its parent is 1 (its head
-    predicts the conditional); a derived task is 0 where the chain above the child is 0, the child's label where
+def cascade_labels_(labels: np.ndarray, plan: np.ndarray) -> None:
+    """In place on int8 [n, T] labels (-1 = unlabelled): a child is labelled only where its whole chain of parents
+    is 1 (its head predicts the conditional); a derived task is 0 where that chain is 0, the child's label where
     the chain is 1, unlabelled where the chain is."""
-    labels[:, child] = np.where(labels[:, parent] == 1, labels[:, child], -1)
-    for d, chain, c in derived:  # chains before their extensions: a product reads its parent's finished product
-        labels[:, d] = np.where(labels[:, chain] == 1, labels[:, c], labels[:, chain])
+    for derived, chain, child in plan:  # one step per cascade level, vectorised over rows
+        labels[:, child] = np.where(labels[:, chain] == 1, labels[:, child], -1)
+        labels[:, derived] = np.where(labels[:, chain] == 1, labels[:, child], labels[:, chain])
 
 
 class ArrowConverter:
@@ -349,7 +347,7 @@ class ArrowConverter:
                                     f"{w[row]} at row {row}; expected finite weights >= 0 (null = 0)")
                 weights[:, j] = w
         if self._cascades is not None:
-            cascade_labels_(labels, *self._cascades)
+            cascade_labels_(labels, self._cascades)
         return Columns(n=n, ids=ids, offsets=offsets, dense=dense, labels=labels, weights=weights, targets=targets,
                        regression_index=self._regression_index if self._has_regression else None)
 
