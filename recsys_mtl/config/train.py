@@ -16,6 +16,7 @@
                 deterministic, progress_bar, progress_every_s, checkpoint: {every, keep, dir, resume}}
     tracking:  {enabled, tracking_uri, experiment, run_name, train_metrics, train_metrics_every_n_steps,
                 log_model, register_model, ...}   (recsys_mtl/config/tracking.py)
+    evaluation: {gauc_group}   (`recsys-mtl evaluate`: the Parquet column whose groups GAUC averages over, e.g. user_id)
 
 Relative paths are relative to the working directory.
 """
@@ -288,6 +289,17 @@ class TrainSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """How `recsys-mtl evaluate` scores this model (not part of training)."""
+
+    gauc_group: str | None = None  # a Parquet column of group ids (e.g. user_id): adds grouped AUC per task
+
+    def validate(self, where: Where) -> None:
+        if self.gauc_group is not None and not self.gauc_group:
+            raise where.child("gauc_group").error("must name a column (or be null for no GAUC)")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -296,6 +308,7 @@ class TrainConfig:
     weighting: WeightingConfig = dataclasses.field(default_factory=WeightingConfig)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
 
     @classmethod
     def load(cls, path: str, overrides: list[str] | None = None) -> "TrainConfig":
@@ -349,6 +362,7 @@ __all__ = [
     "WeightingConfig",
     "TrainSection",
     "CheckpointConfig",
+    "EvaluationConfig",
     "SHARDING_TYPES",
     "apply_overrides",
 ]

@@ -8,7 +8,9 @@ The model is loaded in this one process on CPU, unsharded, from its DCP checkpoi
 many ranks saved it). Metrics (binary tasks: NE, AUC, calibration = sum(p) / sum(y), log loss; regression
 tasks: NMSE = MSE / label variance, MSE, RMSE, MAE on the transformed label, MAE on the raw scale) are exact,
 over labelled rows only; with a baseline, per-task deltas of the normalized error (NE, or NMSE) and AUC get
-paired-bootstrap 95% CIs.
+paired-bootstrap 95% CIs. `--gauc-group user_id` (or the config's `evaluation.gauc_group`) adds each binary task's
+grouped AUC (GAUC: the AUC within each user, averaged with the user's labelled rows as weights, single-class users
+skipped; recsys_mtl.metrics.grouped), logged as `eval/gauc/<task>` (with a baseline also `eval/delta_gauc/<task>`).
 
 Logging: when the model comes from an MLflow run, a new *eval run* is created in that run's
 experiment, nested under it (`mlflow.parentRunId`), holding `eval/<metric>/<task>` (at the
@@ -50,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-set", dest="baseline_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="as --set, for --baseline (repeatable)")
     p.add_argument("--tracking-uri", help="default: sqlite:///mlflow.db in the current directory")
+    p.add_argument("--gauc-group", metavar="COLUMN", help="add grouped AUC per task over the groups of this Parquet "
+                   "column (e.g. user_id); default: the model config's evaluation.gauc_group")
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -165,10 +169,17 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
             raise ConfigError(f"--baseline {args.baseline}: its feature spec reads other labels from {args.data} than "
                               "the model's: compare models whose specs name the same label columns")
 
+    gauc_group = getattr(args, "gauc_group", None) or loaded.config.evaluation.gauc_group
+    groups = None
+    if gauc_group:
+        from recsys_mtl.evaluate.scoring import eval_set_groups
+
+        groups = eval_set_groups(args.data, gauc_group, loaded.spec, labels, mask)
     report = evaluate_predictions(logits, labels, mask, names, from_logits=True, baseline_predictions=baseline_logits,
                                   baseline=args.baseline, n_boot=args.n_boot, seed=args.seed,
                                   task_types=loaded.spec.task_types,
-                                  label_transforms=[t.transform for t in loaded.spec.tasks])
+                                  label_transforms=[t.transform for t in loaded.spec.tasks], groups=groups,
+                                  gauc_group=gauc_group)
     table = report.to_table()
     print(table)
 

@@ -54,9 +54,30 @@ def test_two_processes_train_a_cascade_like_one_and_evaluate_and_tracking_report
     assert {"eval/ne/click_conversion", "eval/auc/click_conversion", "train/weight/click_conversion"} <= set(run.data.metrics)
 
     proc = subprocess.run([sys.executable, "-m", "recsys_mtl.cli", "evaluate", "--checkpoint",
-                           str(tmp_path / "two" / "checkpoints"), "--data", str(data), "--no-log"],
-                          env=env(), capture_output=True, text=True, timeout=240)
+                           str(tmp_path / "two" / "checkpoints"), "--data", str(data), "--no-log",
+                           "--gauc-group", "user_id"], env=env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.strip()}
-    assert int(rows["click_conversion"][1]) == 768  # every row: click is always labelled
-    assert int(rows["conversion"][1]) < 768  # the conditional: clicked rows only
+    lines = proc.stdout.splitlines()
+    head = next(line.split() for line in lines if line.startswith("task "))
+    rows = {line.split()[0]: dict(zip(head, line.split())) for line in lines if line.split() and line.split()[0] in
+            ("click", "conversion", "click_conversion")}
+    assert int(rows["click_conversion"]["rows"]) == 768  # every row: click is always labelled
+    assert int(rows["conversion"]["rows"]) < 768  # the conditional: clicked rows only
+
+    # GAUC by user_id as evaluate prints it: each user's AUC, weighted by the user's labelled rows, computed here
+    # pair by pair from the model's scores and the user ids read straight from the Parquet files
+    import numpy as np
+    import pyarrow.dataset as pads
+
+    from recsys_mtl.evaluate.loading import load_model
+    from recsys_mtl.evaluate.scoring import score_eval_set
+    from tests.metrics.test_grouped_auc import direct_gauc
+
+    loaded = load_model(tmp_path / "two" / "checkpoints")
+    logits, labels, mask = score_eval_set(loaded.model, loaded.spec, data, 256)
+    files = sorted(str(p) for p in data.rglob("*.parquet"))
+    users = pads.dataset(files, format="parquet").to_table(columns=["user_id"]).column("user_id").to_numpy()
+    want = direct_gauc(logits.double().numpy(), labels.numpy(), mask.numpy(), users)
+    for name in rows:
+        t = loaded.spec.task_names.index(name)
+        assert float(rows[name]["GAUC"]) == pytest.approx(want[t], abs=6e-6), name
