@@ -88,8 +88,9 @@ class MultiTaskModel(nn.Module):
             if unknown:
                 from recsys_mtl.config.loader import ConfigError
 
-                raise ConfigError(f"model.{key}: unknown task(s) {unknown}; the spec's tasks with heads are "
-                                  f"{', '.join(head_names)}")
+                raise ConfigError(f"model.{key}: unknown task(s) {unknown}; the spec's tasks are "
+                                  f"{', '.join(head_names)}" + (" (a cascade's derived task has no head and no wide "
+                                                               "weights)" if spec.has_cascades else ""))
         l2 = [float(config.wide_l2_tasks.get(t, config.wide_l2)) for t in head_names]
         self.wide_l2 = any(l2)
         self.register_buffer("wide_l2_per_task", torch.tensor(l2, device=device or "cpu"), persistent=False)
