@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from recsys_mtl.weighting.base import WeightingMethod, check_number, register_weighting
+from recsys_mtl.weighting.go4align_fused import fused_step_applies, go4align_paper_step
 from recsys_mtl.weighting.kmeans1d import kmeans_1d_exact
 
 #: guard for L_m = 0 in P_m = sum(L) / L_m
@@ -47,7 +48,14 @@ class GO4Align(WeightingMethod):
 
     Buffers: `cum_loss` (T,) cumulative loss per task (persistent); `group` (T,) the
     latest group ids, -1 for absent tasks, and `gamma` (T,) the latest indicator (tracking only).
+
+    On CUDA (T <= 256, float32 state, triton installed) the whole step is one Triton program
+    (go4align_triton.py); `use_fused_kernel` on an instance: None (default) there, False never
+    (the torch path), True also on the CPU under Triton's interpreter (tests).
     """
+
+    #: where to take the fused Triton step (go4align_fused.fused_step_applies)
+    use_fused_kernel: bool | None = None
 
     def __init__(self, num_tasks: int, num_groups: int, beta: float = 1e-4, min_loss: float = 1e-6) -> None:
         super().__init__(num_tasks)
@@ -64,6 +72,11 @@ class GO4Align(WeightingMethod):
         return f"num_tasks={self.num_tasks}, num_groups={self.num_groups}, beta={self.beta}, min_loss={self.min_loss}"
 
     def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        if self.use_fused_kernel is not False and fused_step_applies(losses, self.cum_loss, self.num_tasks,
+                                                                     on_cpu=bool(self.use_fused_kernel)):
+            weights = go4align_paper_step(losses, present, self.cum_loss, self.group, self.gamma,
+                                          self.num_groups, self.beta, self.min_loss)
+            return weights.to(losses.dtype)
         dt = self.cum_loss.dtype
         loss = torch.where(present, losses.to(dt), torch.zeros((), dtype=dt, device=losses.device))
         present = present & (loss > self.min_loss)  # the L_m = 0 guard: no signal, left out this step

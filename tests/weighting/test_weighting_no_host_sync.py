@@ -1,11 +1,13 @@
 """The weighting step has no host sync: it compiles with fullgraph=True (CPU), and on CUDA it runs
-under sync debug mode "error" and inside a CUDA graph (those tests skip without CUDA)."""
+under sync debug mode "error" and inside a CUDA graph (those tests skip without CUDA). On CUDA,
+GO4Align runs its fused Triton step (where triton is installed) and, as "go4align-torch", the torch path."""
 
 import pytest
 import torch
 import torch._dynamo
 
 from recsys_mtl.weighting import GO4Align, build_weighting, weighting_methods
+from recsys_mtl.weighting.go4align_fused import TRITON_AVAILABLE, fused_step_applies
 
 T = 6
 KWARGS = {"static": dict(weights=[1.0] * T), "go4align": dict(num_groups=3, beta=0.05)}
@@ -43,12 +45,24 @@ def test_go4align_compiles_with_inductor_and_matches_eager():
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CUDA_CASES = sorted(weighting_methods()) + ["go4align-torch"]
+
+
+def _build_cuda(case):
+    """The method on CUDA; "go4align-torch" is GO4Align on its torch path, "go4align" the fused step."""
+    name = "go4align" if case == "go4align-torch" else case
+    m = build_weighting(name, T, **KWARGS.get(name, {})).cuda()
+    if case == "go4align-torch":
+        m.use_fused_kernel = False
+    elif case == "go4align" and TRITON_AVAILABLE:
+        assert fused_step_applies(torch.ones(T, device="cuda"), m.cum_loss, T), "GO4Align should take the fused step"
+    return m
 
 
 @cuda
-@pytest.mark.parametrize("name", sorted(weighting_methods()))
-def test_weighting_step_does_not_sync_with_the_host_on_cuda(name):
-    m = build_weighting(name, T, **KWARGS.get(name, {})).cuda()
+@pytest.mark.parametrize("case", CUDA_CASES)
+def test_weighting_step_does_not_sync_with_the_host_on_cuda(case):
+    m = _build_cuda(case)
     steps, present = _steps("cuda"), PRESENT.cuda()
     m(steps[0], present)  # first call may allocate / lazily initialise
     torch.cuda.synchronize()
@@ -63,16 +77,15 @@ def test_weighting_step_does_not_sync_with_the_host_on_cuda(name):
 
 
 @cuda
-@pytest.mark.parametrize("name", sorted(weighting_methods()))
-def test_weighting_step_is_capturable_in_a_cuda_graph(name):
-    eager = build_weighting(name, T, **KWARGS.get(name, {})).cuda()
-    graphed = build_weighting(name, T, **KWARGS.get(name, {})).cuda()
+@pytest.mark.parametrize("case", CUDA_CASES)
+def test_weighting_step_is_capturable_in_a_cuda_graph(case):
+    eager, graphed = _build_cuda(case), _build_cuda(case)
     steps, present = _steps("cuda", n=4), PRESENT.cuda()
     static_losses = steps[0].clone()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):  # warm up on a side stream, as the CUDA graph docs require
-        warm = build_weighting(name, T, **KWARGS.get(name, {})).cuda()
+        warm = _build_cuda(case)
         warm(static_losses, present)
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
