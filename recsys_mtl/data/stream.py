@@ -31,6 +31,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -53,6 +54,11 @@ class RowGroup:
 NON_DATA_SUFFIXES = {".yaml", ".yml", ".json", ".txt", ".md", ".crc", ".csv", ".tsv"}
 
 
+def _is_data_file(relative_parts: tuple[str, ...]) -> bool:
+    return (not any(part.startswith((".", "_")) for part in relative_parts)
+            and Path(relative_parts[-1]).suffix not in NON_DATA_SUFFIXES)
+
+
 def _data_files(paths: list[Path]) -> list[str]:
     files = []
     for p in paths:
@@ -62,20 +68,68 @@ def _data_files(paths: list[Path]) -> list[str]:
             files.append(str(p))
             continue
         for f in sorted(p.rglob("*")):
-            rel = f.relative_to(p).parts
-            if f.is_file() and not any(part.startswith((".", "_")) for part in rel) and f.suffix not in NON_DATA_SUFFIXES:
+            if f.is_file() and _is_data_file(f.relative_to(p).parts):
                 files.append(str(f))
     if not files:
         raise DataError(f"{', '.join(map(str, paths))}: no Parquet files found")
     return files
 
 
+def is_uri(path: str | Path) -> bool:
+    """A pyarrow filesystem URI (file://, s3://, gs://, hdfs://, ...) rather than a local path."""
+    return "://" in str(path)
+
+
+def _uri_data_files(uris: list[str]) -> tuple[pafs.FileSystem, list[str], str | None]:
+    """The Parquet files under pyarrow filesystem URIs (one filesystem): (filesystem, paths in it, base folder)."""
+    filesystem, roots = None, []
+    for uri in uris:
+        try:
+            fs, root = pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
+            raise DataError(f"{uri}: cannot open this URI as a pyarrow filesystem ({exc}); expected e.g. "
+                            "file:///abs/path or s3://bucket/prefix (spaces written as %20)") from None
+        if filesystem is not None and fs.type_name != filesystem.type_name:
+            raise DataError(f"{uri}: every data path of one dataset must be on one filesystem, "
+                            f"{uris[0]} is on {filesystem.type_name} and this one on {fs.type_name}")
+        filesystem = filesystem or fs
+        roots.append(root.rstrip("/") or "/")
+    files, base = [], None
+    for uri, root in zip(uris, roots):
+        try:
+            info = filesystem.get_file_info(root)
+            if info.type == pafs.FileType.NotFound:
+                raise DataError(f"{uri}: no such file or directory (expected a Parquet file or a folder of Parquet files)")
+            if info.type == pafs.FileType.File:
+                files.append(root)
+                continue
+            found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+        except OSError as exc:
+            raise DataError(f"{uri}: cannot list ({exc})") from None
+        base = root if len(uris) == 1 else None
+        for f in sorted(found, key=lambda f: f.path):
+            if f.type == pafs.FileType.File and _is_data_file(tuple(f.path[len(root):].strip("/").split("/"))):
+                files.append(f.path)
+    if not files:
+        raise DataError(f"{', '.join(uris)}: no Parquet files found")
+    return filesystem, files, base
+
+
 def _discover(path: str | Path | list, spec: FeatureSpec) -> tuple[ds.Dataset, list[RowGroup], list]:
-    paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
-    files = _data_files(paths)
-    base = str(paths[0]) if len(paths) == 1 and paths[0].is_dir() else None
+    items = list(path) if isinstance(path, (list, tuple)) else [path]
+    uris = [str(p) for p in items if is_uri(p)]
+    if uris and len(uris) != len(items):
+        raise DataError(f"{', '.join(map(str, items))}: data paths are either all local or all URIs, not both")
+    if uris:
+        filesystem, files, base = _uri_data_files(uris)
+        paths: list = uris
+    else:
+        paths = [Path(p) for p in items]
+        filesystem, files = None, _data_files(paths)
+        base = str(paths[0]) if len(paths) == 1 and paths[0].is_dir() else None
     try:
-        dataset = ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base)
+        dataset = ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base,
+                             filesystem=filesystem)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{', '.join(map(str, paths))}: cannot open as a Parquet dataset: {exc}") from None
     fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
@@ -123,7 +177,8 @@ class ParquetStream:
     """An iterable of `Batch` over a Parquet dataset for one rank.
 
     Args:
-        path: a Parquet file, a folder (hive partitions such as `date=2026-01-01/` allowed) or a list of them.
+        path: a Parquet file, a folder (hive partitions such as `date=2026-01-01/` allowed) or a list of them;
+            local paths, or pyarrow filesystem URIs (file:///abs/path, s3://bucket/prefix, ...) all on one filesystem.
         spec: the feature spec; its columns are the only ones read.
         batch_size: rows per batch.
         rank, world_size: this process's place among the data-parallel ranks.

@@ -185,3 +185,28 @@ def test_hive_date_partitions_are_read(synth_small):
     assert one_day.num_rows == 8000
     everything = ParquetStream(synth_small, spec, 1000, drop_remainder=False)
     assert everything.num_rows == 24_000 and len(everything.units) == 12
+
+
+def test_a_pyarrow_filesystem_uri_reads_the_same_batches_as_the_local_path(tiny):
+    spec, folder = tiny
+    (folder / "_SUCCESS").write_text("")  # side files are skipped under a URI as under a path
+    local = ParquetStream(folder, spec, 100, rank=1, world_size=2, shuffle=True, seed=3)
+    remote = ParquetStream(folder.resolve().as_uri(), spec, 100, rank=1, world_size=2, shuffle=True, seed=3)
+    assert remote.num_rows == local.num_rows == 3000 and remote.fingerprint == local.fingerprint
+    pairs = list(zip(collect(remote), collect(local), strict=True))
+    assert len(pairs) == len(local)
+    for a, b in pairs:
+        assert torch.equal(a.dense, b.dense) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.sparse.values(), b.sparse.values())
+    one_file = sorted(folder.glob("*.parquet"))[0]
+    assert ParquetStream(one_file.resolve().as_uri(), spec, 100).num_rows == 1000
+
+
+def test_a_bad_or_missing_uri_is_a_clear_error(tiny, tmp_path):
+    spec, folder = tiny
+    with pytest.raises(DataError, match=r"file://.*/nowhere: no such file or directory"):
+        ParquetStream((tmp_path / "nowhere").as_uri(), spec, 100)
+    with pytest.raises(DataError, match=r"nosuchscheme://x: cannot open this URI as a pyarrow filesystem"):
+        ParquetStream("nosuchscheme://x", spec, 100)
+    with pytest.raises(DataError, match="either all local or all URIs"):
+        ParquetStream([folder, folder.resolve().as_uri()], spec, 100)
