@@ -50,7 +50,7 @@ from recsys_mtl.train.progress import Progress
 from recsys_mtl.train.schedule import LrSchedule
 from recsys_mtl.train.sharding import describe_plan, shard_model
 from recsys_mtl.train.train_module import MultiTaskTrainModule
-from recsys_mtl.weighting import WeightingMethod, build_weighting
+from recsys_mtl.weighting import WeightingMethod, build_weighting, weighting_signature
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
         "model": {k: v for k, v in to_dict(config.model).items()
                   if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout") and v != {}},
         "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
-        "weighting": config.weighting.method,
+        # the method's name; GO4Align's rec mode adds its mode (its state is not paper mode's)
+        "weighting": weighting_signature(config.weighting.method, config.weighting.args),
     }
 
 
@@ -429,7 +430,8 @@ class Trainer:
         labelled = torch.zeros(self.spec.num_tasks, dtype=torch.float64)
         self.train_data.set_epoch(0)
         self.train_data.load_state_dict(self.train_data.position_after(0))
-        for batch in itertools.islice(iter(self.train_data), min(num_batches, len(self.train_data))):
+        batches = min(num_batches, len(self.train_data))
+        for batch in itertools.islice(iter(self.train_data), batches):
             positives += (batch.labels * batch.label_mask).sum(0).double().cpu()
             labelled += batch.label_mask.sum(0).double().cpu()
         self.train_data.load_state_dict(self.train_data.position_after(0))
@@ -438,6 +440,10 @@ class Trainer:
             dist.all_reduce(stats)
             positives, labelled = stats.cpu().split(self.spec.num_tasks)
         rates = torch.where(labelled > 0, positives / labelled.clamp(min=1), torch.full_like(labelled, 0.5))
+        if self.env.is_main:  # e.g. GO4Align's paper mode on rare tasks; labelled sums every rank's batches
+            for message in self.weighting.check_task_rates(self.spec.task_names, rates, labelled / max(1, batches),
+                                                           getattr(self.spec, "task_types", None)):
+                log.warning(message)
         self.module.model.set_head_bias_from_rates_(rates.float())
 
     # -- logging -----------------------------------------------------------------------------

@@ -48,13 +48,13 @@ def _kernels():
     return module if module is not None else importlib.import_module(_KERNELS)
 
 
-def _launch(kernel, args: tuple, num_tasks: int, num_groups: int, device: torch.device) -> None:
+def _launch(kernel, args: tuple, num_tasks: int, num_groups: int, device: torch.device, **constants) -> None:
     block_t, block_k, warps = _kernels().block_sizes(num_tasks, num_groups)
     if device.type == "cuda":
         with torch.cuda.device(device):  # Triton launches on the current device
-            kernel[(1,)](*args, BLOCK_T=block_t, BLOCK_K=block_k, num_warps=warps)
+            kernel[(1,)](*args, **constants, BLOCK_T=block_t, BLOCK_K=block_k, num_warps=warps)
     else:
-        kernel[(1,)](*args, BLOCK_T=block_t, BLOCK_K=block_k, num_warps=warps)
+        kernel[(1,)](*args, **constants, BLOCK_T=block_t, BLOCK_K=block_k, num_warps=warps)
 
 
 @torch.library.custom_op("recsys_mtl::go4align_paper_step", mutates_args=("cum_loss", "group", "gamma"))
@@ -72,3 +72,31 @@ def go4align_paper_step(losses: torch.Tensor, present: torch.Tensor, cum_loss: t
 @go4align_paper_step.register_fake
 def _go4align_paper_step_shape(losses, present, cum_loss, group, gamma, num_groups, beta, min_loss):
     return torch.empty_like(cum_loss)
+
+
+@torch.library.custom_op("recsys_mtl::go4align_rec_step",
+                         mutates_args=("risk_avg", "risk_updates", "cum_risk", "label_count", "label_mean", "label_m2",
+                                       "prior", "risk", "group", "gamma"))
+def go4align_rec_step(losses: torch.Tensor, present: torch.Tensor, count: torch.Tensor | None,
+                      total: torch.Tensor | None, total_sq: torch.Tensor | None, binary: torch.Tensor | None,
+                      risk_avg: torch.Tensor, risk_updates: torch.Tensor, cum_risk: torch.Tensor,
+                      label_count: torch.Tensor, label_mean: torch.Tensor, label_m2: torch.Tensor,
+                      prior: torch.Tensor, risk: torch.Tensor, group: torch.Tensor, gamma: torch.Tensor,
+                      num_groups: int, beta: float, alpha: float, ema_decay: float, max_ratio: float,
+                      risk_floor: float) -> torch.Tensor:
+    """One `rec`-mode step (label statistics optional: all four or none); updates the state in place,
+    returns the float32 weights."""
+    num_tasks = losses.shape[0]
+    weights = torch.empty_like(risk_avg)
+    has_stats = count is not None
+    stats = (count, total, total_sq, binary) if has_stats else (losses, losses, losses, present)  # unread stand-ins
+    args = (losses.contiguous(), present.contiguous(), *(t.contiguous() for t in stats),
+            risk_avg, risk_updates, cum_risk, label_count, label_mean, label_m2, prior, risk, group, gamma, weights,
+            num_tasks, min(num_groups, num_tasks), beta, alpha, ema_decay, 1.0 - ema_decay, max_ratio, risk_floor)
+    _launch(_kernels().go4align_rec_kernel, args, num_tasks, num_groups, losses.device, HAS_STATS=has_stats)
+    return weights
+
+
+@go4align_rec_step.register_fake
+def _go4align_rec_step_shape(losses, present, count, total, total_sq, binary, risk_avg, *rest):
+    return torch.empty_like(risk_avg)

@@ -13,6 +13,9 @@ the arithmetic. Here every vector of the step lives in the registers of one prog
   before the task's rank", group centres by a one-hot [T, K] reduction;
 - the state update (in place) and the weights.
 
+Both modes of go4align.py: `paper` (go4align_paper_kernel) and `rec` (go4align_rec_kernel, with
+or without label statistics).
+
 Only this module imports triton; the launch, as a torch custom op, and the choice of path live in
 go4align_fused.py. Tests run these kernels in Triton's interpreter on the CPU (TRITON_INTERPRET=1).
 """
@@ -102,6 +105,109 @@ def go4align_paper_kernel(losses_ptr, present_ptr, cum_loss_ptr, group_ptr, gamm
     tl.store(gamma_ptr + idx, gamma, mask=inside)
     tl.store(group_ptr + idx, label.to(tl.int64), mask=inside)
     tl.store(weights_ptr + idx, tl.where(present, centre, 0.0), mask=inside)
+
+
+@triton.jit
+def _log1p(x):
+    # log(1 + x) accurate for small x (Goldberg's trick): triton.language has no log1p
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+
+
+@triton.jit
+def _constant_predictor_loss(count, mean, m2, binary):
+    """go4align.constant_predictor_loss: H(mean) for binary tasks, m2 / count otherwise."""
+    n = tl.maximum(count, 1.0)
+    eps = 0.5 / (n + 1.0)
+    p = tl.minimum(tl.maximum(mean, eps), 1.0 - eps)
+    entropy = -(p * tl.log(p) + (1.0 - p) * _log1p(-p))
+    return tl.where(binary, entropy, tl.maximum(m2 / n, 0.0))
+
+
+@triton.jit
+def _lower_median(x, valid, BLOCK_T: tl.constexpr):
+    """The floor((n-1)/2)-th smallest valid entry (+inf when none is valid), as go4align.lower_median."""
+    idx = tl.arange(0, BLOCK_T)
+    key = tl.where(valid, x, float("inf"))
+    before = (key[:, None] < key[None, :]) | ((key[:, None] == key[None, :]) & (idx[:, None] < idx[None, :]))
+    rank = tl.sum(before.to(tl.int32), axis=0)
+    n = tl.sum(valid.to(tl.int32), axis=0)
+    pick = (rank == tl.maximum(n - 1, 0) // 2) & valid
+    return tl.where(n > 0, tl.sum(tl.where(pick, x, 0.0), axis=0), float("inf"))
+
+
+@triton.jit
+def go4align_rec_kernel(losses_ptr, present_ptr, count_ptr, total_ptr, total_sq_ptr, binary_ptr,
+                        risk_avg_ptr, risk_updates_ptr, cum_risk_ptr, label_count_ptr, label_mean_ptr, label_m2_ptr,
+                        prior_ptr, risk_ptr, group_ptr, gamma_ptr, weights_ptr,
+                        num_tasks, kk, beta, alpha, ema_decay, one_minus_decay, max_ratio, risk_floor,
+                        HAS_STATS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr):
+    """`rec` mode (go4align.py): lagged EMA risks from the constant predictor's loss, gamma = (P * Q)^alpha
+    relative to the median task, group centres bounded by max_ratio x the median, mean 1 over present tasks."""
+    idx = tl.arange(0, BLOCK_T)
+    inside = idx < num_tasks
+    present = tl.load(present_ptr + idx, mask=inside, other=0) != 0
+    loss = tl.where(present, tl.load(losses_ptr + idx, mask=inside, other=0.0).to(tl.float32), 0.0)
+    risk_avg = tl.load(risk_avg_ptr + idx, mask=inside, other=0.0)
+    updates = tl.load(risk_updates_ptr + idx, mask=inside, other=0.0)
+    label_count = tl.load(label_count_ptr + idx, mask=inside, other=0.0)
+    prior = tl.load(prior_ptr + idx, mask=inside, other=0.0)
+
+    # starting risk e0: from the labels before this step; a task's first labels are this batch's
+    has_prior = label_count > 0
+    prior_now = prior
+    if HAS_STATS:
+        batch_count = tl.load(count_ptr + idx, mask=inside, other=0.0).to(tl.float32)
+        batch_total = tl.load(total_ptr + idx, mask=inside, other=0.0).to(tl.float32)
+        batch_sq = tl.load(total_sq_ptr + idx, mask=inside, other=0.0).to(tl.float32)
+        binary = tl.load(binary_ptr + idx, mask=inside, other=0) != 0
+        batch_mean = batch_total / tl.maximum(batch_count, 1.0)
+        batch_m2 = tl.maximum(batch_sq - batch_total * batch_mean, 0.0)
+        first = (label_count <= 0) & (batch_count > 0)
+        prior_now = tl.where(first, _constant_predictor_loss(batch_count, batch_mean, batch_m2, binary), prior)
+        has_prior = has_prior | first
+
+    # lagged risk: the EMA of the losses before this step, started at e0
+    decay_n = tl.where(updates == 0, 1.0, tl.exp(updates * tl.log(ema_decay)))  # ema_decay ** updates
+    debiased = risk_avg / tl.maximum(1.0 - decay_n, 1e-12)
+    start = tl.where(has_prior, prior_now, tl.where(updates > 0, debiased, loss))
+    risk = tl.where(present, risk_avg + decay_n * start, 0.0)
+
+    floored = tl.maximum(risk, risk_floor)
+    cum_risk = tl.load(cum_risk_ptr + idx, mask=inside, other=0.0) + risk  # absent tasks add 0
+    log_scale = tl.log(tl.maximum(tl.sum(tl.where(present, floored, 0.0), axis=0), 1e-12)) - tl.log(floored)
+    z = tl.where(inside, -beta * cum_risk, float("-inf"))
+    z = z - tl.max(z, axis=0)
+    log_gamma = alpha * (log_scale + (z - tl.log(tl.sum(tl.exp(z), axis=0))))
+    gamma = tl.where(present, tl.exp(log_gamma - _lower_median(log_gamma, present, BLOCK_T)), 0.0)
+    n = tl.sum(present.to(tl.int32), axis=0)
+    label, centre = _kmeans_1d_weights(gamma, present, n, kk, BLOCK_T, BLOCK_K)
+    weights = tl.where(present, centre, 0.0)
+    weights = tl.minimum(weights, max_ratio * _lower_median(weights, present, BLOCK_T))
+    weights = weights * (n.to(tl.float32) / tl.maximum(tl.sum(weights, axis=0), 1e-12))
+
+    # then the state takes this step's losses and labels (absent tasks: unchanged)
+    tl.store(cum_risk_ptr + idx, cum_risk, mask=inside)
+    tl.store(risk_avg_ptr + idx, tl.where(present, ema_decay * risk_avg + one_minus_decay * loss, risk_avg),
+             mask=inside)
+    tl.store(risk_updates_ptr + idx, updates + present.to(tl.float32), mask=inside)
+    if HAS_STATS:
+        label_mean = tl.load(label_mean_ptr + idx, mask=inside, other=0.0)
+        label_m2 = tl.load(label_m2_ptr + idx, mask=inside, other=0.0)
+        merged = label_count + batch_count
+        frac = batch_count / tl.maximum(merged, 1.0)
+        delta = batch_mean - label_mean
+        label_m2 = label_m2 + (batch_m2 + delta * delta * label_count * frac)
+        label_mean = label_mean + delta * frac
+        tl.store(label_m2_ptr + idx, label_m2, mask=inside)
+        tl.store(label_mean_ptr + idx, label_mean, mask=inside)
+        tl.store(label_count_ptr + idx, merged, mask=inside)
+        refreshed = _constant_predictor_loss(merged, label_mean, label_m2, binary)
+        tl.store(prior_ptr + idx, tl.where(batch_count > 0, refreshed, prior), mask=inside)
+    tl.store(risk_ptr + idx, risk, mask=inside)
+    tl.store(gamma_ptr + idx, gamma, mask=inside)
+    tl.store(group_ptr + idx, label.to(tl.int64), mask=inside)
+    tl.store(weights_ptr + idx, weights, mask=inside)
 
 
 def block_sizes(num_tasks: int, num_groups: int) -> tuple[int, int, int]:

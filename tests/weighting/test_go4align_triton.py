@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed (requirements/cpu.txt pins it): the fused GO4Align "
                     "step cannot be tested")
 
-from recsys_mtl.weighting import GO4Align  # noqa: E402
+from recsys_mtl.weighting import GO4Align, LabelStats  # noqa: E402
 from recsys_mtl.weighting.go4align_fused import MAX_FUSED_TASKS, fused_step_applies  # noqa: E402
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -29,26 +29,52 @@ def interpreted_kernels():
                     "(tests/conftest.py does so on machines without CUDA)")
 
 
-def _pair(num_tasks, num_groups, beta, device="cpu"):
-    fused = GO4Align(num_tasks, num_groups=num_groups, beta=beta).to(device)
+def _pair(num_tasks, num_groups, beta, device="cpu", mode="paper"):
+    fused = GO4Align(num_tasks, num_groups=num_groups, beta=beta, mode=mode).to(device)
     fused.use_fused_kernel = True  # on the CPU too (interpreter)
-    reference = GO4Align(num_tasks, num_groups=num_groups, beta=beta).to(device)
+    reference = GO4Align(num_tasks, num_groups=num_groups, beta=beta, mode=mode).to(device)
     reference.use_fused_kernel = False
     return fused, reference
 
 
-def _assert_same_steps(losses, present, num_groups, beta=0.05, device="cpu", same_groups=True):
-    fused, reference = _pair(losses.shape[1], num_groups, beta, device)
-    assert fused_step_applies(losses[0].to(device), fused.cum_loss, fused.num_tasks, on_cpu=True)
+def _grouping_cost(gamma, group):
+    """Within-group sum of squares of gamma (float64) for a grouping."""
+    g, cost = gamma.double().cpu(), 0.0
+    for c in group.unique().tolist():
+        if c >= 0:
+            x = g[group.cpu() == c]
+            cost += float(((x - x.mean()) ** 2).sum())
+    return cost
+
+
+def _state(m):
+    return {**m.state_dict(), "gamma": m.gamma, **({"risk": m.risk} if m.mode == "rec" else {})}
+
+
+def _assert_same_steps(losses, present, num_groups, beta=0.05, device="cpu", mode="paper", stats=None):
+    """Step for step: the state, gamma and absent tasks agree to float32 tolerance; so do the groups and weights,
+    except where float32 rounding makes two groupings nearly tie (gamma spread over orders of magnitude): then
+    the kernel's grouping must be at least as good (float64 within-group sum of squares) as the torch path's."""
+    fused, reference = _pair(losses.shape[1], num_groups, beta, device, mode)
+    state = fused.cum_loss if mode == "paper" else fused.risk_avg
+    assert fused_step_applies(losses[0].to(device), state, fused.num_tasks, on_cpu=True)
+    # rec's gamma is exp of a sum of logs (scale, softmax, median): a few float32 ulps of each add up
+    tol = {} if mode == "paper" else {"rtol": 2e-5, "atol": 1e-5}
+    regroupings = 0
     for step, (l, p) in enumerate(zip(losses.to(device), present.to(device))):
-        w = fused(l, p)
-        expected = reference(l, p)
-        torch.testing.assert_close(w, expected, msg=lambda m: f"step {step}: weights differ: {m}")
-        torch.testing.assert_close(fused.cum_loss, reference.cum_loss, msg=lambda m: f"step {step}: state: {m}")
-        torch.testing.assert_close(fused.gamma, reference.gamma, msg=lambda m: f"step {step}: gamma: {m}")
+        s = None if stats is None else LabelStats(*(v[step].to(device) for v in stats))
+        w = fused(l, p, s)
+        expected = reference(l, p, s)
+        for key, value in _state(reference).items():
+            torch.testing.assert_close(_state(fused)[key], value, **tol, msg=lambda m: f"step {step}: {key}: {m}")
         assert torch.equal(fused.group == -1, reference.group == -1), f"step {step}: absent tasks differ"
-        if same_groups:
-            assert torch.equal(fused.group, reference.group), f"step {step}: {fused.group} != {reference.group}"
+        if torch.equal(fused.group, reference.group):
+            torch.testing.assert_close(w, expected, **tol, msg=lambda m: f"step {step}: weights differ: {m}")
+        else:
+            regroupings += 1
+            ours, theirs = _grouping_cost(reference.gamma, fused.group), _grouping_cost(reference.gamma, reference.group)
+            assert ours <= theirs * (1 + 1e-5) + 1e-9, f"step {step}: a worse grouping ({ours} > {theirs})"
+    assert regroupings <= len(losses) // 3, f"{regroupings} of {len(losses)} steps grouped differently"
 
 
 def _random_trace(steps, num_tasks, seed, presence=0.8):
@@ -60,37 +86,69 @@ def _random_trace(steps, num_tasks, seed, presence=0.8):
     return losses, present
 
 
+def _random_label_stats(present, seed):
+    """Per-step label moments as the trainer all-reduces them: a third of the tasks regression."""
+    g = torch.Generator().manual_seed(seed)
+    steps, num_tasks = present.shape
+    binary = (torch.arange(num_tasks) % 3 != 2).expand(steps, num_tasks)
+    count = torch.where(present, torch.randint(1, 400, (steps, num_tasks), generator=g).float(), 0.0)
+    rate = torch.rand(steps, num_tasks, generator=g) * 0.3
+    rate[:, 0] = 0.0  # a binary task without positives so far
+    values = torch.randn(steps, num_tasks, generator=g) * 2 + 1
+    total = torch.where(binary, (count * rate).round(), count * values)
+    total_sq = torch.where(binary, total, count * (values * values + 0.5))
+    return count, total, total_sq, binary
+
+
+MODES = pytest.mark.parametrize("mode", ["paper", "rec"])
+
+
+@MODES
 @pytest.mark.parametrize("num_tasks, num_groups", [(6, 3), (64, 5), (33, 8), (256, 6)])
-def test_fused_step_matches_torch_path_on_random_traces_with_absent_tasks(interpreted_kernels, num_tasks, num_groups):
+def test_fused_step_matches_torch_path_on_random_traces_with_absent_tasks(interpreted_kernels, mode, num_tasks,
+                                                                          num_groups):
     losses, present = _random_trace(6 if num_tasks < 256 else 4, num_tasks, seed=num_tasks)
-    _assert_same_steps(losses, present, num_groups)
+    stats = _random_label_stats(present, seed=num_tasks) if mode == "rec" else None
+    _assert_same_steps(losses, present, num_groups, mode=mode, stats=stats)
 
 
+def test_fused_rec_step_matches_torch_path_without_label_statistics(interpreted_kernels):
+    _assert_same_steps(*_random_trace(6, 12, seed=4), 3, mode="rec")
+
+
+@MODES
 @pytest.mark.parametrize("num_tasks, num_groups", [(5, 1), (40, 1)])
-def test_fused_step_with_one_group_gives_every_present_task_the_mean(interpreted_kernels, num_tasks, num_groups):
-    _assert_same_steps(*_random_trace(5, num_tasks, seed=3), num_groups)
+def test_fused_step_with_one_group_gives_every_present_task_the_same_weight(interpreted_kernels, mode, num_tasks,
+                                                                           num_groups):
+    losses, present = _random_trace(5, num_tasks, seed=3)
+    stats = _random_label_stats(present, seed=3) if mode == "rec" else None
+    _assert_same_steps(losses, present, num_groups, mode=mode, stats=stats)
 
 
+@MODES
 @pytest.mark.parametrize("num_tasks, num_groups", [(7, 7), (7, 12), (20, 64)])
-def test_fused_step_with_at_least_as_many_groups_as_tasks(interpreted_kernels, num_tasks, num_groups):
-    _assert_same_steps(*_random_trace(5, num_tasks, seed=5), num_groups)
+def test_fused_step_with_at_least_as_many_groups_as_tasks(interpreted_kernels, mode, num_tasks, num_groups):
+    losses, present = _random_trace(5, num_tasks, seed=5)
+    stats = _random_label_stats(present, seed=5) if mode == "rec" else None
+    _assert_same_steps(losses, present, num_groups, mode=mode, stats=stats)
 
 
+@MODES
 @pytest.mark.parametrize("num_groups", [1, 2, 4, 7])
-def test_fused_step_matches_torch_path_with_tied_losses(interpreted_kernels, num_groups):
+def test_fused_step_matches_torch_path_with_tied_losses(interpreted_kernels, mode, num_groups):
     g = torch.Generator().manual_seed(3)
     losses, present = [], []
     for step in range(8):
         a, b = torch.rand(2, generator=g).tolist()
         losses.append([a, a, b, a, b, 0.25, 0.25])  # ties within a step and across steps
         present.append([True, True, True, step % 4 != 1, True, step % 2 == 0, True])
-    # tied gammas may be split between groups either way at equal cost; the weights are what must agree
-    _assert_same_steps(torch.tensor(losses), torch.tensor(present), num_groups, beta=0.3, same_groups=False)
+    _assert_same_steps(torch.tensor(losses), torch.tensor(present), num_groups, beta=0.3, mode=mode)
 
 
-def test_fused_step_leaves_out_tasks_at_or_below_min_loss(interpreted_kernels):
+@MODES
+def test_fused_step_treats_losses_at_or_below_min_loss_like_the_torch_path(interpreted_kernels, mode):
     losses = torch.tensor([[1e-30, 0.3, 0.31, 0.9, 0.0, 0.5]] * 3)
-    _assert_same_steps(losses, torch.ones_like(losses, dtype=torch.bool), 2)
+    _assert_same_steps(losses, torch.ones_like(losses, dtype=torch.bool), 2, mode=mode)
 
 
 def test_fused_step_applies_on_cpu_only_when_asked_and_under_the_interpreter(monkeypatch):
@@ -105,32 +163,41 @@ def test_fused_step_applies_on_cpu_only_when_asked_and_under_the_interpreter(mon
     assert not fused_step_applies(torch.ones(4), state, 4, on_cpu=True)
 
 
-def test_state_dict_is_the_same_on_both_paths(interpreted_kernels):
-    fused, reference = _pair(6, 2, 0.1)
-    losses, present = _random_trace(4, 6, seed=9)
-    for l, p in zip(losses, present):
-        fused(l, p)
-        reference(l, p)
-    assert list(fused.state_dict()) == list(reference.state_dict()) == ["cum_loss"]
-    resumed = GO4Align(6, num_groups=2, beta=0.1)
+@MODES
+def test_a_checkpoint_of_the_fused_step_resumes_on_the_torch_path(interpreted_kernels, mode):
+    fused, reference = _pair(6, 2, 0.1, mode=mode)
+    losses, present = _random_trace(5, 6, seed=9)
+    stats = _random_label_stats(present, seed=9)
+    for step in range(4):
+        s = LabelStats(*(v[step] for v in stats)) if mode == "rec" else None
+        fused(losses[step], present[step], s)
+        reference(losses[step], present[step], s)
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    resumed = GO4Align(6, num_groups=2, beta=0.1, mode=mode)
     resumed.load_state_dict(fused.state_dict())
-    l, p = torch.rand(6) + 0.1, torch.ones(6, dtype=torch.bool)
-    torch.testing.assert_close(resumed(l, p), reference(l, p))
+    s = LabelStats(*(v[4] for v in stats)) if mode == "rec" else None
+    torch.testing.assert_close(resumed(losses[4], present[4], s), reference(losses[4], present[4], s))
 
 
 @cuda
+@MODES
 @pytest.mark.parametrize("num_tasks, num_groups", [(6, 3), (64, 5), (64, 1), (64, 64), (256, 16)])
-def test_fused_step_matches_torch_path_on_cuda(num_tasks, num_groups):
+def test_fused_step_matches_torch_path_on_cuda(mode, num_tasks, num_groups):
     losses, present = _random_trace(20, num_tasks, seed=num_tasks)
-    _assert_same_steps(losses, present, num_groups, device="cuda")
+    stats = _random_label_stats(present, seed=num_tasks) if mode == "rec" else None
+    _assert_same_steps(losses, present, num_groups, device="cuda", mode=mode, stats=stats)
 
 
 @cuda
-def test_fused_step_compiles_as_one_graph_on_cuda():
+@MODES
+def test_fused_step_compiles_as_one_graph_on_cuda(mode):
     torch._dynamo.reset()
-    fused, reference = _pair(64, 5, 0.05, "cuda")
+    fused, reference = _pair(64, 5, 0.05, "cuda", mode=mode)
     step = torch.compile(fused, fullgraph=True)
     losses, present = _random_trace(5, 64, seed=1)
-    for l, p in zip(losses.cuda(), present.cuda()):
-        torch.testing.assert_close(step(l, p), reference(l, p))
-        torch.testing.assert_close(fused.cum_loss, reference.cum_loss)
+    stats = _random_label_stats(present, seed=1)
+    for i, (l, p) in enumerate(zip(losses.cuda(), present.cuda())):
+        s = LabelStats(*(v[i].cuda() for v in stats)) if mode == "rec" else None
+        torch.testing.assert_close(step(l, p, s), reference(l, p, s))
+        for key, value in reference.state_dict().items():
+            torch.testing.assert_close(fused.state_dict()[key], value)
