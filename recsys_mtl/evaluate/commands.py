@@ -72,7 +72,7 @@ class _Models:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            from recsys_mtl.tracking.config import default_tracking_uri
+            from recsys_mtl.config.tracking import default_tracking_uri
 
             if self.tracking_uri is None and not Path("mlflow.db").exists():
                 raise FileNotFoundError(f"no mlflow.db in {Path.cwd()}; pass --tracking-uri")
@@ -205,7 +205,7 @@ def _durable_spool_dir() -> Path:
 def _log_eval_run(models: _Models, experiment: str, run_id: str | None, loaded, args, baseline_run, report,
                   out: Path, plot: Path | None) -> tuple[str, Path | None]:
     """The eval run's id, and its spool file if the store did not take everything."""
-    from recsys_mtl.tracking.config import TrackingConfig
+    from recsys_mtl.config.tracking import TrackingConfig
     from recsys_mtl.tracking.tracker import RunTracker
 
     client = models.client

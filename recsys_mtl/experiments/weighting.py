@@ -65,6 +65,10 @@ class ExperimentDataset:
     kind: Literal["kuairand", "synthetic"]
     dir: str
     src: str | None = None  # kuairand: the source folder
+    # kuairand: train is `date <= split_date`, test `split_date < date <= end_date`; a validation split carved
+    # from the train days only is split_date 20220415, end_date 20220418 (the test days stay unseen)
+    split_date: int | None = None
+    end_date: int | None = None
     # synthetic: `rows` over `days` date partitions; the last `test_days` are the test split
     tasks: int = 64
     rows: int = 400_000
@@ -132,7 +136,7 @@ def dataset_stamp(ds: ExperimentDataset) -> dict[str, Any]:
     if ds.kind == "kuairand":  # the converter's default split, which prepare_data makes
         from recsys_mtl.data.kuairand import SPLIT_DATE
 
-        return {"kind": ds.kind, "split_date": SPLIT_DATE, "end_date": None}
+        return {"kind": ds.kind, "split_date": ds.split_date or SPLIT_DATE, "end_date": ds.end_date}
     return {k: v for k, v in dataclasses.asdict(ds).items() if k not in ("dir", "src")}
 
 
@@ -178,10 +182,10 @@ def prepare_data(ds: ExperimentDataset) -> Path:
                           "remove it or point dataset.dir elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
     if ds.kind == "kuairand":
-        from recsys_mtl.data.kuairand import convert_kuairand
+        from recsys_mtl.data.kuairand import SPLIT_DATE, convert_kuairand
 
         log.info("converting KuaiRand from %s to %s", ds.src, out)
-        convert_kuairand(ds.src, out, overwrite=True)
+        convert_kuairand(ds.src, out, overwrite=True, split_date=ds.split_date or SPLIT_DATE, end_date=ds.end_date)
         (out / DATASET_STAMP).write_text(json.dumps(dataset_stamp(ds)))
         return out
     from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -16,10 +18,12 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.config.features import FeatureSpec
-from recsys_mtl.config.train import ModelConfig
 from recsys_mtl.models.architectures import ARCHITECTURES
 from recsys_mtl.models.embedding_init import init_embedding_state_
 from recsys_mtl.models.layers import MLP, BatchedLinear, BatchedMLP
+
+if TYPE_CHECKING:  # models take the config's values; only config/ imports the registry
+    from recsys_mtl.config.train import ModelConfig
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 

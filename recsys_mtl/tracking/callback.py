@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from recsys_mtl.train.trainer import TrainerCallback
+from recsys_mtl.train.callbacks import TrainerCallback
 from recsys_mtl.tracking.tracker import NullTracker, RunTracker
 
 if TYPE_CHECKING:
-    from recsys_mtl.train.trainer import Trainer, TrainResult
+    from recsys_mtl.train.callbacks import TrainResult
+    from recsys_mtl.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,8 @@ class TrackingCallback(TrainerCallback):
 
     def _log_model(self, trainer: "Trainer") -> bool:
         """Log the checkpoint of the end of this training as the model; False (and a warning) if there is none."""
-        from recsys_mtl.evaluate.loading import CHECKPOINT_DIR, CONFIG_FILE, MODEL_ARTIFACT, SPEC_FILE
-        from recsys_mtl.train.checkpoint import step_number
+        from recsys_mtl.evaluate.loading import MODEL_ARTIFACT
+        from recsys_mtl.train.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, SPEC_FILE, step_number
 
         checkpoint = trainer.checkpoints.latest()
         if checkpoint is None or step_number(checkpoint) != trainer.step or \

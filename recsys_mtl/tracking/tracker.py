@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from recsys_mtl.tracking import spool
-from recsys_mtl.tracking.config import TrackingConfig
+from recsys_mtl.config.tracking import TrackingConfig
 from recsys_mtl.tracking.system_metrics import SystemSampler
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,7 @@
 
 Each rank scores its share of the eval data; predictions are gathered to rank 0,
 which computes the metrics on the full set and sends them to the other ranks.
+`TrainerEvaluation.evaluate` is the trainer's evaluation (mixed into Trainer).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.config.features import FeatureSpec
 from recsys_mtl.data.batch import Batch
+from recsys_mtl.train.distributed import computed_on_rank0
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +115,31 @@ def format_eval_line(step: int, epochs_done: float, total_epochs: int, metrics: 
     per_task = " ".join(f"{name}={m['auc']:.4f}" for name, m in metrics.items())
     done = f"{epochs_done:.0f}" if float(epochs_done).is_integer() else f"{epochs_done:.2f}"
     return f"eval step {step} (epoch {done}/{total_epochs}): mean AUC {mean_auc:.4f}, mean logloss {mean_ll:.4f} | AUC {per_task}"
+
+
+class TrainerEvaluation:
+    """The trainer's evaluation on its eval set, between steps: the pipeline lets go of the model meanwhile."""
+
+    def evaluate(self) -> dict[str, dict[str, float]] | None:
+        if self.eval_data is None:
+            return None
+        self.pipeline.detach()
+        self.dmp.eval()
+        try:
+            batch_size = self.config.data.eval_batch_size or self.config.data.batch_size
+            self.eval_data.set_epoch(0)
+            self.eval_data.load_state_dict(self.eval_data.position_after(0))
+            predictions = predict(self.module.model, self.eval_data, self.spec, batch_size, self.device,
+                                  self.env.world_size)
+        finally:
+            self.dmp.train()
+            self._reattach()
+        # rank 0 holds the whole set; every rank keeps the same last_eval (it goes into the checkpoint)
+        metrics = computed_on_rank0(lambda: task_metrics(*predictions, self.spec.task_names), self.env.world_size)
+        self.last_eval, self._evaluated_at = metrics, self.step
+        if self.env.is_main:
+            epochs_done = self.epoch + (self.step_in_epoch / self._steps_in_epoch if self._steps_in_epoch else 0)
+            log.info(format_eval_line(self.step, epochs_done, self.config.train.epochs, metrics))
+            for cb in self.callbacks:
+                cb.on_eval(self, self.step, self.epoch, metrics)
+        return metrics

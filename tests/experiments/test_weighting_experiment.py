@@ -183,3 +183,24 @@ def test_a_run_config_written_as_text_or_as_numbers_is_the_same_run(tmp_path):
     as_number = exp.run_train_config(cfg, data_dir, "go4align", {"num_groups": 2, "beta": 0.0001}, 0, tmp_path / "r")
     other = exp.run_train_config(cfg, data_dir, "go4align", {"num_groups": 2, "beta": 0.001}, 0, tmp_path / "r")
     assert exp._same_training(as_text, as_number) and not exp._same_training(as_text, other)
+
+
+def test_a_kuairand_validation_dataset_holds_only_train_days(kuairand_src, tmp_path):
+    """split_date / end_date carve a validation split from the train days: no test day (after 20220418) is read."""
+    import pyarrow.dataset as pads
+
+    from recsys_mtl.experiments.weighting import ExperimentDataset, dataset_stamp, prepare_data
+
+    ds = ExperimentDataset(kind="kuairand", dir=str(tmp_path / "kr_valid"), src=str(kuairand_src),
+                           split_date=20220415, end_date=20220418)
+    out = prepare_data(ds)
+    dates = {split: sorted(int(str(d).replace("-", "")) for d in pads.dataset(
+                 out / split, format="parquet", partitioning="hive").to_table(columns=["date"]).column("date")
+                 .unique().to_pylist())
+             for split in ("train", "test")}
+    assert max(dates["train"]) <= 20220415 < min(dates["test"])
+    assert max(dates["test"]) <= 20220418
+    assert dataset_stamp(ds)["split_date"] == 20220415
+    other = ExperimentDataset(kind="kuairand", dir=ds.dir, src=ds.src)  # the default (test) split
+    with pytest.raises(Exception, match="prepared with"):
+        prepare_data(other)

@@ -6,11 +6,15 @@ all T gates as one linear layer.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from recsys_mtl.config.train import ModelConfig
 from recsys_mtl.models.layers import BatchedMLP
+
+if TYPE_CHECKING:  # models take the config's values; only config/ imports the registry
+    from recsys_mtl.config.train import ModelConfig
 
 
 class MMoE(nn.Module):

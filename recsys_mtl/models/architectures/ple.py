@@ -7,11 +7,15 @@ expert, fed with the shared input. All T*K task experts run as one batched MLP.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from recsys_mtl.config.train import ModelConfig
 from recsys_mtl.models.layers import BatchedLinear, BatchedMLP
+
+if TYPE_CHECKING:  # models take the config's values; only config/ imports the registry
+    from recsys_mtl.config.train import ModelConfig
 
 
 class CGCLevel(nn.Module):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from recsys_mtl.config.train import ModelConfig
 from recsys_mtl.models.layers import MLP
+
+if TYPE_CHECKING:  # models take the config's values; only config/ imports the registry
+    from recsys_mtl.config.train import ModelConfig
 
 
 class SharedBottom(nn.Module):
