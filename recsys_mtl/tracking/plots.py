@@ -2,7 +2,8 @@
 
 - `plot_task_heatmap`: a per-task value over steps (task weights, GO4Align group ids);
   tasks on y with their names, steps on x, colorbar; the figure grows with the task count
-  so labels stay readable at 64+ tasks.
+  so labels stay readable at 64+ tasks. Weights use a log colour scale (`log_scale`): on a
+  linear one a few spikes take the whole range and every other weight is one colour.
 - `plot_relative_ne_change`: per-task relative NE change against a baseline, as horizontal
   bars with 95% CI whiskers (one series per compared run).
 """
@@ -38,10 +39,26 @@ def _save(plt, fig, ax, title: str, path: str | Path) -> Path:
     return path
 
 
+def heatmap_norm(values, log_scale: bool):
+    """The colour normalisation of a continuous heatmap: logarithmic between the smallest positive and the
+    largest value (zeros, e.g. an absent task's weight, and non-finite values are left uncoloured), else linear."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    v = np.asarray(values, dtype=float)
+    positive = v[np.isfinite(v) & (v > 0)]
+    if not log_scale or positive.size == 0:
+        finite = v[np.isfinite(v)]
+        return Normalize(*(finite.min(), finite.max()) if finite.size else (0.0, 1.0))
+    lo, hi = float(positive.min()), float(positive.max())
+    return LogNorm(lo, hi if hi > lo else lo * 10)
+
+
 def plot_task_heatmap(values, steps: Sequence[int], task_names: Sequence[str], path: str | Path, *,
-                      title: str = "", discrete: bool = False, colorbar_label: str = "") -> Path:
+                      title: str = "", discrete: bool = False, colorbar_label: str = "",
+                      log_scale: bool = False) -> Path:
     """values: [S, T] (one row per logged step). With `discrete`, integer values (group ids) get one
-    colour each and a labelled colorbar tick per group."""
+    colour each and a labelled colorbar tick per group; with `log_scale`, colours follow log(value) and
+    values <= 0 are left blank (light grey)."""
     plt = _pyplot()
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
@@ -64,7 +81,9 @@ def plot_task_heatmap(values, steps: Sequence[int], task_names: Sequence[str], p
         mesh = ax.pcolormesh(x_edges, y_edges, v.T, cmap=cmap, norm=BoundaryNorm(levels, n), shading="flat")
         cbar = fig.colorbar(mesh, ax=ax, ticks=np.arange(lo, hi + 1), pad=0.01)
     else:
-        mesh = ax.pcolormesh(x_edges, y_edges, v.T, cmap="viridis", shading="flat")
+        cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+        shown = np.ma.masked_where(~np.isfinite(v) | (v <= 0), v) if log_scale else v
+        mesh = ax.pcolormesh(x_edges, y_edges, shown.T, cmap=cmap, norm=heatmap_norm(v, log_scale), shading="flat")
         cbar = fig.colorbar(mesh, ax=ax, pad=0.01)
     cbar.set_label(colorbar_label)
     ax.set_yticks(np.arange(T))

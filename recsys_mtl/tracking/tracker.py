@@ -590,7 +590,7 @@ class RunTracker(NullTracker):
                 path = plots.plot_task_heatmap(
                     hist.rows, hist.steps, hist.names, out_dir / f"{name}.png",
                     title=f"{prefix} per task over steps", discrete=prefix == "train/group",
-                    colorbar_label=prefix.rsplit("/", 1)[-1])
+                    colorbar_label=prefix.rsplit("/", 1)[-1], log_scale=prefix == "train/weight")
                 self._artifacts.append((str(path), "plots"))
         except Exception:  # noqa: BLE001 - a plot must never lose the metrics
             log.exception("could not render tracking plots")

@@ -115,7 +115,7 @@ class WeightingMethod(nn.Module):
         self.last_present.copy_(present)
         return weights
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def check_task_rates(self, names: Sequence[str], base_rates: Any, labels_per_batch: Any,

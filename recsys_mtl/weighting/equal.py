@@ -9,5 +9,5 @@ from recsys_mtl.weighting.base import LabelStats, WeightingMethod, register_weig
 class EqualWeights(WeightingMethod):
     """w_m = 1 for every task with a label in the batch, 0 otherwise. Loss scaling: invariant."""
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         return present.to(losses.dtype)

@@ -196,7 +196,7 @@ class GO4Align(WeightingMethod):
         return (f"{common}, alpha={self.alpha}, ema_decay={self.ema_decay}, max_ratio={self.max_ratio}, "
                 f"min_loss={self.min_loss}")
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         if self.mode == "paper":
             return self._paper(losses, present)
         return self._rec(losses, present, label_stats)
@@ -224,7 +224,7 @@ class GO4Align(WeightingMethod):
         self.gamma.copy_(gamma)
         return weights.to(losses.dtype)
 
-    def _rec(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None) -> torch.Tensor:
+    def _rec(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         if self._fused(losses, self.risk_avg):
             stats = (None,) * 4 if label_stats is None else tuple(label_stats)
             weights = go4align_rec_step(losses, present, *stats, self.risk_avg, self.risk_updates, self.cum_risk,

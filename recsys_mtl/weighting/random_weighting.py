@@ -57,7 +57,7 @@ class RandomLossWeighting(WeightingMethod):
         self.seed = seed
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         draws = counter_normal(self.seed, self.step, self.num_tasks, losses.dtype)
         self.step.add_(1)
         w = torch.softmax(torch.where(present, draws, torch.full_like(draws, float("-inf"))), dim=0)

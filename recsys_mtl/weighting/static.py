@@ -33,6 +33,6 @@ class StaticWeights(WeightingMethod):
         # (checkpoints written before this still hold the key; DCP leaves it unread)
         self.register_buffer("static_weights", torch.tensor([float(v) for v in values]), persistent=False)
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         w = self.static_weights.to(losses.dtype)
         return torch.where(present, w, torch.zeros_like(w))

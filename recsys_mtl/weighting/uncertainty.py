@@ -33,7 +33,7 @@ class UncertaintyWeighting(WeightingMethod):
         self.register_buffer("adam_exp_avg_sq", torch.zeros(num_tasks))
         self.register_buffer("adam_steps", torch.zeros(num_tasks, dtype=torch.long))
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         s = self.log_var
         w = torch.exp(-s)
         weights = torch.where(present, w, torch.zeros_like(w)).to(losses.dtype)
