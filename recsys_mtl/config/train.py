@@ -1,7 +1,8 @@
 """Training config: what `recsys-mtl train CONFIG` reads. Loaded by the one config loader.
 
     data:      {train_path, eval_path, spec, batch_size, eval_batch_size, shuffle, shuffle_buffer_rows, num_workers}
-    model:     {architecture: shared_bottom|mmoe|ple, dense_tower, task_tower, dropout, wide, wide_l2, wide_l2_tasks,
+    model:     {architecture: shared_bottom|mmoe|ple, dense_tower, task_tower, dropout, embedding_dtype: fp32|fp16,
+                wide, wide_l2, wide_l2_tasks,
                 wide_id_scale: {TASK: s},
                 feature_dropout: {FEATURE: p}, head_bias,
                 shared_bottom: {hidden}, mmoe: {num_experts, expert_hidden},
@@ -9,10 +10,11 @@
     sharding:  {tables: {TABLE: table_wise|row_wise|column_wise|data_parallel}, memory_per_rank_gb}
                (tables not listed: the planner decides)
     optim:     {embedding: {type: rowwise_adagrad|adagrad|sgd, lr, eps},
-                dense: {type: adam|adagrad|sgd, lr, weight_decay, wide_lr},
+                dense: {type: adam|adagrad|sgd, lr, weight_decay, wide_lr, clip_norm},
                 schedule: {warmup_steps, decay: none|linear|cosine, min_lr_ratio}}
     weighting: {method: equal, args: {}}
-    train:     {epochs, task_epochs: {TASK: N}, max_steps, eval_every, log_every, seed, device, output_dir,
+    train:     {epochs, task_epochs: {TASK: N}, max_steps, eval_every, log_every, seed, device, precision: fp32|tf32|bf16,
+                output_dir,
                 deterministic, progress_bar, progress_every_s, checkpoint: {every, keep, dir, resume}}
     tracking:  {enabled, tracking_uri, experiment, run_name, train_metrics, train_metrics_every_n_steps,
                 log_model, register_model, ...}   (recsys_mtl/config/tracking.py)
@@ -103,6 +105,10 @@ class ModelConfig:
     dense_tower: list[int] = dataclasses.field(default_factory=lambda: [64])
     task_tower: list[int] = dataclasses.field(default_factory=lambda: [32])
     dropout: float = 0.0
+    # storage of the embedding tables (TorchRec's table data type): fp16 halves their memory and lookup traffic;
+    # the pooled embeddings enter the dense part as float32 (fp16 tables are part of the model: a checkpoint
+    # resumes only with the dtype it was trained with)
+    embedding_dtype: Literal["fp32", "fp16"] = "fp32"
     # wide part (Wide & Deep): every table row also holds one weight per task, summed into that
     # task's logit with a linear term on the dense features; a per-task logistic regression over
     # the ids inside the same tables. Costs T extra floats (rounded up to a multiple of 4) per row.
@@ -191,10 +197,14 @@ class DenseOptimConfig:
     # learning rate of the wide part's dense weights (model.wide), null = lr. The wide part is a
     # logistic regression that starts at 0: at a deep-tower lr it barely moves in a short run
     wide_lr: float | None = None
+    # clip the dense parameters' gradient to this global L2 norm before each dense step (null: no clipping);
+    # the embedding tables' optimizer runs inside backward (FBGEMM) and is not clipped
+    clip_norm: float | None = None
 
     def validate(self, where: Where) -> None:
         _positive(where, "lr", self.lr)
         _positive(where, "wide_lr", self.wide_lr)
+        _positive(where, "clip_norm", self.clip_norm)
         _positive(where, "weight_decay", self.weight_decay, allow_zero=True)
 
 
@@ -266,6 +276,10 @@ class TrainSection:
     log_every: int = 50
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # fp32; tf32: float32 matmuls on TensorFloat-32 tensor cores (CUDA only, fp32 on the CPU); bf16: the dense
+    # tower, architecture, task towers and heads under bfloat16 autocast (CUDA and CPU), with the losses, the
+    # weighting and the metrics in float32. No gradient scaling is needed for bf16 (float32's exponent range)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     output_dir: str = "runs/default"
     deterministic: bool = False  # torch.use_deterministic_algorithms, bitwise-repeatable runs
     progress_bar: bool = True

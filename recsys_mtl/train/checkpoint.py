@@ -67,8 +67,10 @@ def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
         # wide_l2 and feature_dropout act in training only, not on the model's shape or output: a checkpoint
         # trained with other values (or before they existed) loads. An empty per-task map (wide_id_scale: {})
         # is its feature off, the same model as a checkpoint made before the map existed: it is left out
+        # fp32 tables (the default, and every checkpoint from before embedding_dtype) are left out likewise
         "model": {k: v for k, v in to_dict(config.model).items()
-                  if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout") and v != {}},
+                  if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout") and v != {}
+                  and not (k == "embedding_dtype" and v == "fp32")},
         "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
         # the method's name; GO4Align's rec mode adds its mode (its state is not paper mode's)
         "weighting": weighting_signature(config.weighting.method, config.weighting.args),
