@@ -2,7 +2,8 @@
 
 A minimal TorchRec step: the DMP-sharded `MultiTaskModel` (tables fused with their
 optimizer in backward), the dense optimizer, loss = sum of the masked per-task BCE
-losses (equal weights), forward / backward / step on batches already in memory.
+losses (equal weights), forward / backward / step on batches already in memory;
+train.precision applies as in the trainer.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ def build_plain_step(config, spec, env, batches: Sequence) -> Callable[[], torch
     from recsys_mtl.models import MultiTaskModel
     from recsys_mtl.models.multitask import wide_columns
     from recsys_mtl.train.sharding import shard_model
+    from recsys_mtl.train.optimizers import set_precision
     from recsys_mtl.train.trainer import build_dense_optimizer
 
     torch.manual_seed(config.train.seed)
     model = MultiTaskModel(spec, config.model, seed=config.train.seed, device=env.device, embedding_device="meta")
+    set_precision(model, config.train, env.device)  # train.precision, as the trainer applies it
     dmp = shard_model(_EqualWeightsModule(model), spec, config.sharding, config.optim.embedding, env.device,
                       config.data.batch_size, extra_columns=wide_columns(spec, config.model.wide))
     model.init_embeddings_(dmp.state_dict(), prefix="model.")
