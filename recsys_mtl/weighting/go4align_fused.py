@@ -98,5 +98,7 @@ def go4align_rec_step(losses: torch.Tensor, present: torch.Tensor, count: torch.
 
 
 @go4align_rec_step.register_fake
-def _go4align_rec_step_shape(losses, present, count, total, total_sq, binary, risk_avg, *rest):
+def _go4align_rec_step_shape(losses, present, count, total, total_sq, binary, risk_avg, risk_updates, cum_risk,
+                             label_count, label_mean, label_m2, prior, risk, group, gamma, num_groups, beta, alpha,
+                             ema_decay, max_ratio, risk_floor):
     return torch.empty_like(risk_avg)
