@@ -218,3 +218,49 @@ def test_fused_step_compiles_as_one_graph_on_cuda(mode):
         torch.testing.assert_close(step(l, p, s), reference(l, p, s))
         for key, value in reference.state_dict().items():
             torch.testing.assert_close(fused.state_dict()[key], value)
+
+
+_COMPILE_FOR_H100 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from recsys_mtl.weighting import go4align_triton as kernels
+
+def signature(kernel, pointers, ints, floats):
+    kinds = {**pointers, **{n: "i32" for n in ints}, **{n: "fp32" for n in floats}}
+    return {n: kinds.get(n, "constexpr") for n in kernel.arg_names}
+
+paper = signature(kernels.go4align_paper_kernel,
+                  {"present_ptr": "*i1", "group_ptr": "*i64", **{n: "*fp32" for n in
+                   ("losses_ptr", "cum_loss_ptr", "gamma_ptr", "weights_ptr")}},
+                  ("num_tasks", "kk"), ("beta", "min_loss"))
+rec = signature(kernels.go4align_rec_kernel,
+                {"present_ptr": "*i1", "binary_ptr": "*i1", "group_ptr": "*i64",
+                 **{n: "*fp32" for n in kernels.go4align_rec_kernel.arg_names if n.endswith("_ptr")
+                    and n not in ("present_ptr", "binary_ptr", "group_ptr")}},
+                ("num_tasks", "kk"), ("beta", "alpha", "ema_decay", "one_minus_decay", "max_ratio", "risk_floor"))
+target = GPUTarget("cuda", 90, 32)
+for kernel, sig, constants in ((kernels.go4align_paper_kernel, paper, {"BLOCK_T": 16, "BLOCK_K": 4}),
+                               (kernels.go4align_rec_kernel, rec, {"HAS_STATS": True, "BLOCK_T": 16, "BLOCK_K": 4})):
+    compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constants), target=target)
+    assert compiled.asm["cubin"], kernel
+    print("compiled", kernel.__name__)
+"""
+
+
+@pytest.mark.slow
+def test_the_fused_kernels_compile_to_h100_machine_code_without_a_gpu(tmp_path):
+    """The interpreter runs the kernels as Python; this runs Triton's compiler (to sm_90 cubin with the ptxas
+    that triton ships), which refuses what only a GPU build would (types, layouts, loop-carried values)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H100], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["compiled", "go4align_paper_kernel", "compiled", "go4align_rec_kernel"]
