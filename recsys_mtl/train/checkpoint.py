@@ -33,7 +33,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from recsys_mtl.config.loader import ConfigError, to_dict
-from recsys_mtl.weighting import weighting_signature
+from recsys_mtl.weighting import weighting_signature  # the package: every method registered
 
 if TYPE_CHECKING:
     from recsys_mtl.config.features import FeatureSpec

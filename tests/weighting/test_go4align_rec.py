@@ -278,7 +278,7 @@ def test_the_trainer_logs_the_paper_mode_warning_before_training(tmp_path, caplo
     spec = tiny_spec()
     batches = rank_batches(spec, 2, 16, 1, 0)
     cfg = tiny_config(tmp_path, weighting={"method": "go4align", "args": {"mode": "paper"}}, train={"max_steps": 1})
-    with caplog.at_level(logging.WARNING, logger="recsys_mtl.train.trainer"):
+    with caplog.at_level(logging.WARNING):
         Trainer(cfg, spec=spec, train_data=ListSource(batches)).fit()
     warned = [r.getMessage() for r in caplog.records if "GO4Align mode paper" in r.getMessage()]
     labels, mask = torch.cat([b.labels for b in batches]), torch.cat([b.label_mask for b in batches])
