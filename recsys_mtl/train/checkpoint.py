@@ -64,6 +64,7 @@ def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
         "sparse_features": spec.sparse_names,
         "dense_features": spec.dense_names,
         "tasks": spec.task_names,
+        **spec.task_type_signature(),
         # wide_l2 and feature_dropout act in training only, not on the model's shape or output: a checkpoint
         # trained with other values (or before they existed) loads. An empty per-task map (wide_id_scale: {})
         # is its feature off, the same model as a checkpoint made before the map existed: it is left out

@@ -185,6 +185,24 @@ def test_a_run_config_written_as_text_or_as_numbers_is_the_same_run(tmp_path):
     assert exp._same_training(as_text, as_number) and not exp._same_training(as_text, other)
 
 
+def test_an_experiment_with_a_regression_task_tabulates_its_nmse_beside_the_binary_ne(tmp_path):
+    """dataset.regression_tasks adds watch-time targets; the tables rank every task by its normalized error."""
+    cfg = tiny_experiment(tmp_path, methods={"equal": {}, "static": {"weights": [1, 1, 1, 1, 0.5]}})
+    cfg = exp.WeightingExperimentConfig(**{**cfg.__dict__,
+                                           "dataset": exp.ExperimentDataset(**{**cfg.dataset.__dict__,
+                                                                               "regression_tasks": 1})})
+    res = exp.run_experiment(cfg, tmp_path / "out", jobs=0, threads=1)
+    assert res["tasks"][-1] == "watch_time" and res["task_types"] == ["binary"] * 4 + ["regression"]
+    for method in ("equal", "static"):
+        nmse = res["methods"][method]["ne_mean"][-1]  # the regression task's normalized error is its NMSE
+        assert 0.3 < nmse < 2.0
+    assert math.isfinite(res["methods"]["static"]["pooled_bootstrap"]["mean_rel_ne_change"])
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "watch_time (nmse)" in table and "Per-task test NE|NMSE" in table
+    saved = yaml.safe_load((tmp_path / "out" / "runs" / "equal" / "seed0" / "train_config.yaml").read_text())
+    assert saved["data"]["spec"].endswith("feature_spec.yaml")
+
+
 def test_a_kuairand_validation_dataset_holds_only_train_days(kuairand_src, tmp_path):
     """split_date / end_date carve a validation split from the train days: no test day (after 20220418) is read."""
     import pyarrow.dataset as pads
