@@ -146,6 +146,7 @@ class GO4Align(WeightingMethod):
     (the torch path), True also on the CPU under Triton's interpreter (tests).
     """
 
+    when_to_use = "Many heads whose losses differ in scale (binary + regression). `mode: rec` (default) is lagged and bounded; `mode: paper` is the official code and collapses rare binary tasks."
     #: where to take the fused Triton step (go4align_fused.fused_step_applies)
     use_fused_kernel: bool | None = None
 

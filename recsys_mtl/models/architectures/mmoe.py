@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # models take the config's values; only config/ imports the r
 
 
 class MMoE(nn.Module):
+    """Multi-gate mixture of experts (Ma et al. 2018): shared experts, one softmax gate per task."""
+
     def __init__(self, in_dim: int, num_tasks: int, config: ModelConfig) -> None:
         super().__init__()
         cfg = config.mmoe

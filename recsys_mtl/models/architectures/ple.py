@@ -48,6 +48,8 @@ class CGCLevel(nn.Module):
 
 
 class PLE(nn.Module):
+    """Progressive layered extraction (Tang et al. 2020): CGC levels of task-specific and shared experts."""
+
     def __init__(self, in_dim: int, num_tasks: int, config: ModelConfig) -> None:
         super().__init__()
         cfg = config.ple

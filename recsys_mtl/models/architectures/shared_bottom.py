@@ -14,6 +14,8 @@ if TYPE_CHECKING:  # models take the config's values; only config/ imports the r
 
 
 class SharedBottom(nn.Module):
+    """Shared-bottom MLP feeding every task tower: the simplest, fewest parameters."""
+
     def __init__(self, in_dim: int, num_tasks: int, config: ModelConfig) -> None:
         super().__init__()
         self.num_tasks = num_tasks
