@@ -16,7 +16,7 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="existing dataset (default: generate synthetic data into --cache)")
-    p.add_argument("--spec", type=Path, help="feature spec (default: DATA/feature_spec.yaml)")
+    p.add_argument("--spec", type=Path, help="feature spec (default: DATA/_feature_spec.yaml)")
     p.add_argument("--rows", type=int, default=5_000_000)
     p.add_argument("--tasks", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8192)
@@ -49,16 +49,17 @@ def reader_scan(path: Path, spec, batch_size: int, shuffle_buffer_rows: int) -> 
 
 def run(args: argparse.Namespace) -> int:
     from recsys_mtl.config.features import FeatureSpec
+    from recsys_mtl.data.folder import spec_file
     from recsys_mtl.data.stream import _data_files
     from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
 
     path = args.data
     if path is None:
         path = args.cache / f"bench-synth-{args.rows}-{args.tasks}"
-        if not (path / "feature_spec.yaml").exists():
+        if not spec_file(path).exists():
             print(f"generating {args.rows:,} synthetic rows with {args.tasks} tasks into {path} ...", flush=True)
             generate_synthetic(path, SynthConfig(rows=args.rows, tasks=args.tasks), overwrite=True)
-    spec = FeatureSpec.load(args.spec or path / "feature_spec.yaml")
+    spec = FeatureSpec.load(args.spec or spec_file(path))
     files = _data_files([path])
     columns = spec.columns()
     print(f"data: {path} ({len(files)} files), {len(columns)} columns "

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = dsub.add_parser("summary", help="stream a dataset once and print per-task label statistics")
     p.add_argument("path", type=Path, help="Parquet file or folder")
-    p.add_argument("--spec", type=Path, help="feature spec (default: PATH/feature_spec.yaml or its parent's)")
+    p.add_argument("--spec", type=Path, help="feature spec (default: PATH/_feature_spec.yaml or its parent's)")
     p.add_argument("--batch-size", type=int, default=8192)
     p.set_defaults(func=_summary)
 
@@ -43,10 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def find_spec(path: Path, spec: Path | None) -> Path:
     if spec is not None:
         return spec
+    from recsys_mtl.data.folder import SPEC_FILE, spec_file
+
     for folder in (path, path.parent, path.parent.parent):
-        if (folder / "feature_spec.yaml").exists():
-            return folder / "feature_spec.yaml"
-    raise FileNotFoundError(f"{path}: no feature_spec.yaml beside the data; pass --spec")
+        if spec_file(folder).exists():
+            return spec_file(folder)
+    raise FileNotFoundError(f"{path}: no {SPEC_FILE} beside the data; pass --spec")
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -54,18 +56,21 @@ def _synth(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(tasks=args.tasks, rows=args.rows, days=args.days, seed=args.seed,
                       start_date=args.start_date, table_scale=args.table_scale, drift=args.drift)
+    from recsys_mtl.data.folder import SPEC_FILE
+
     out = generate_synthetic(args.out, cfg, overwrite=args.overwrite)
-    print(f"wrote {cfg.rows:,} rows, {cfg.tasks} tasks, {cfg.days} days to {out} (spec: {out / 'feature_spec.yaml'})")
+    print(f"wrote {cfg.rows:,} rows, {cfg.tasks} tasks, {cfg.days} days to {out} (spec: {out / SPEC_FILE})")
     return 0
 
 
 def _kuairand(args: argparse.Namespace) -> int:
+    from recsys_mtl.data.folder import SPEC_FILE
     from recsys_mtl.data.kuairand import convert_kuairand, parse_date
 
     end = parse_date(args.end_date) if args.end_date is not None else None
     out = convert_kuairand(args.src, args.out, overwrite=args.overwrite, split_date=parse_date(args.split_date),
                            end_date=end)
-    print(f"wrote {out / 'train'} and {out / 'test'} (spec: {out / 'feature_spec.yaml'})")
+    print(f"wrote {out / 'train'} and {out / 'test'} (spec: {out / SPEC_FILE})")
     return 0
 
 

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from recsys_mtl.data.errors import DataError
+from recsys_mtl.data.folder import README_FILE, SPEC_FILE
 from recsys_mtl.io import replace_dir
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ def _day(d: int) -> str:
 
 def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
                      split_date: int = SPLIT_DATE, end_date: int | None = None, history: bool = True) -> Path:
-    """Write `out/train/date=YYYY-MM-DD/part-00000.parquet`, `out/test/...` and `out/feature_spec.yaml`.
+    """Write `out/train/date=YYYY-MM-DD/part-00000.parquet`, `out/test/...`, `out/_feature_spec.yaml` and
+    `out/_README.md` (names Parquet readers skip: data/folder.py).
 
     train: `date <= split_date`; test: `split_date < date <= end_date` (default: every later day).
     """
@@ -216,8 +218,8 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
                 folder.mkdir(parents=True)
                 pq.write_table(day, folder / "part-00000.parquet", compression="snappy")
         spec = kuairand_spec(sizes, transforms, stats, split_date)
-        (tmp / "feature_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        (tmp / "README.md").write_text(
+        (tmp / SPEC_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
+        (tmp / README_FILE).write_text(
             "Derived from KuaiRand (Gao et al., CIKM 2022), CC BY-SA 4.0. "
             f"Train: date <= {split_date} ({int(is_train.sum())} rows); test: "
             f"{'later' if end_date is None else f'to {end_date}'} ({int((~is_train).sum())} rows). "

@@ -44,6 +44,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+from recsys_mtl.data.folder import README_FILE, SPEC_FILE, SYNTHETIC_FILE, metadata_file, spec_file
+
 log = logging.getLogger(__name__)
 
 #: experiment configs shipped for `--dataset NAME`
@@ -60,7 +62,7 @@ PREDICTIONS = "predictions.pt"
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentDataset:
-    """Where the prepared data lives (`dir/train`, `dir/test`, `dir/feature_spec.yaml`) and how to make it."""
+    """Where the prepared data lives (`dir/train`, `dir/test`, `dir/_feature_spec.yaml`) and how to make it."""
 
     kind: Literal["kuairand", "synthetic"]
     dir: str
@@ -124,7 +126,7 @@ class WeightingExperimentConfig:
 # ------------------------------------------------------------------------------ data
 
 
-DATASET_STAMP = "dataset.json"  # in a prepared dataset: the settings it was made with
+DATASET_STAMP = "_dataset.json"  # in a prepared dataset: the settings it was made with (a name Parquet readers skip)
 
 
 def dataset_stamp(ds: ExperimentDataset) -> dict[str, Any]:
@@ -138,7 +140,7 @@ def dataset_stamp(ds: ExperimentDataset) -> dict[str, Any]:
 
 def _stamp_of_unstamped(out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
     """The stamp of a dataset prepared before stamps, from what it holds (None: cannot tell)."""
-    synth, readme = out / "synthetic.json", out / "README.md"
+    synth, readme = metadata_file(out, SYNTHETIC_FILE), metadata_file(out, README_FILE)
     if ds.kind == "kuairand" and readme.exists():  # `recsys-mtl data kuairand` writes its split there
         import re
 
@@ -155,13 +157,13 @@ def _stamp_of_unstamped(out: Path, ds: ExperimentDataset) -> dict[str, Any] | No
 
 
 def prepare_data(ds: ExperimentDataset) -> Path:
-    """`ds.dir` with train/, test/ and feature_spec.yaml; made (atomically) if it is not there, and refused if it
+    """`ds.dir` with train/, test/ and _feature_spec.yaml; made (atomically) if it is not there, and refused if it
     was made with other settings."""
     from recsys_mtl.config.loader import ConfigError
 
     out = Path(ds.dir)
-    if (out / "feature_spec.yaml").exists() and (out / "train").is_dir() and (out / "test").is_dir():
-        stamp = out / DATASET_STAMP
+    if spec_file(out).exists() and (out / "train").is_dir() and (out / "test").is_dir():
+        stamp = metadata_file(out, DATASET_STAMP)
         made = json.loads(stamp.read_text()) if stamp.exists() else _stamp_of_unstamped(out, ds)
         if made is not None and {k: made.get(k) for k in dataset_stamp(ds)} != dataset_stamp(ds):
             raise ConfigError(f"dataset.dir {out} was prepared with {made}, and the config now says "
@@ -174,7 +176,7 @@ def prepare_data(ds: ExperimentDataset) -> Path:
             stamp.write_text(json.dumps(dataset_stamp(ds)))
         return out
     if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out}: exists but is not a prepared dataset (no train/, test/, feature_spec.yaml); "
+        raise ConfigError(f"{out}: exists but is not a prepared dataset (no train/, test/, {SPEC_FILE}); "
                           "remove it or point dataset.dir elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
     if ds.kind == "kuairand":
@@ -210,7 +212,7 @@ def train_base_rates(data_dir: Path) -> dict[str, float]:
 
     from recsys_mtl.config.features import FeatureSpec
 
-    spec = FeatureSpec.load(data_dir / "feature_spec.yaml")
+    spec = FeatureSpec.load(spec_file(data_dir))
     table = pads.dataset(data_dir / "train", format="parquet", partitioning="hive").to_table(
         columns=[t.source for t in spec.tasks])
     rates = {}
@@ -259,7 +261,7 @@ def run_train_config(cfg: WeightingExperimentConfig, data_dir: Path, method: str
     data = read_yaml(cfg.train_config) or {}
     apply_overrides(data, list(cfg.set), source=cfg.train_config)
     data.setdefault("data", {}).update(train_path=str(data_dir / "train"), eval_path=None,
-                                       spec=str(data_dir / "feature_spec.yaml"))
+                                       spec=str(spec_file(data_dir)))
     data["weighting"] = {"method": method_name(method), "args": args}
     train = data.setdefault("train", {})
     train.update(seed=seed, output_dir=str(run_dir), progress_bar=False, eval_every=0)

@@ -178,7 +178,7 @@ def test_too_little_data_for_the_slots_is_a_clear_error(tiny):
 def test_hive_date_partitions_are_read(synth_small):
     from recsys_mtl.config import FeatureSpec
 
-    spec = FeatureSpec.load(synth_small / "feature_spec.yaml")
+    spec = FeatureSpec.load(synth_small / "_feature_spec.yaml")
     days = sorted(p.name for p in synth_small.iterdir() if p.name.startswith("date="))
     assert days == ["date=2026-01-01", "date=2026-01-02", "date=2026-01-03"]
     one_day = ParquetStream(synth_small / days[0], spec, 1000, drop_remainder=False)
