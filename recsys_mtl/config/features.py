@@ -64,8 +64,10 @@ class DenseFeature:
     name: str
     column: str | None = None
     transform: Literal["none", "log1p", "standard", "log1p_standard"] = "none"
-    mean: float = 0.0
-    std: float = 1.0
+    # the statistics `standard` subtracts and divides by (of the log1p'd column for log1p_standard): no default,
+    # since a guessed 0 and 1 would leave the feature unscaled without a word
+    mean: float | None = None
+    std: float | None = None
     fill: float = 0.0
 
     @property
@@ -73,8 +75,13 @@ class DenseFeature:
         return self.column or self.name
 
     def validate(self, where: Where) -> None:
-        if self.std <= 0:
+        if self.std is not None and self.std <= 0:
             raise where.child("std").error(f"must be > 0, got {self.std}")
+        if self.transform.endswith("standard") and (self.mean is None or self.std is None):
+            missing = " and ".join(k for k in ("mean", "std") if getattr(self, k) is None)
+            raise where.error(f"transform {self.transform!r} needs the column's mean and std (of log1p(x) for "
+                              f"log1p_standard), and {missing} is not given: `recsys-mtl data infer-spec DATA` "
+                              "computes them, or use transform: none | log1p")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,15 +17,19 @@
     tracking:  {enabled, tracking_uri, experiment, run_name, train_metrics, train_metrics_every_n_steps,
                 log_model, register_model, ...}   (recsys_mtl/config/tracking.py)
 
-Relative paths are relative to the working directory.
+Paths written in a config file are relative to that file (`data.spec: ../feature_specs/x.yaml` next to
+`configs/`), paths given with `--set` to the working directory; both become absolute when loaded, so the
+config saved in a checkpoint means the same wherever it is read. URIs (`s3://...`) are left as they are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any, Literal
 
-from recsys_mtl.config.loader import Where, load_yaml
+from recsys_mtl.config.loader import Where
 from recsys_mtl.config.tracking import TrackingConfig
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
@@ -231,13 +235,18 @@ class WeightingConfig:
     compile: bool = False
 
     def validate(self, where: Where) -> None:
-        from recsys_mtl.weighting import weighting_methods
+        from recsys_mtl.weighting import check_weighting_args, weighting_methods
 
         known = weighting_methods()
         if self.method not in known:
             raise where.child("method").error(
                 f"unknown weighting method {self.method!r}; set it to one of: {', '.join(sorted(known))}"
             )
+        try:
+            check_weighting_args(self.method, self.args)
+        except ValueError as exc:
+            raise where.child("args").error(f"{exc} (args belong to weighting.method; give the new method's with "
+                                            f"--set weighting.args='{{...}}', or {{}} for its defaults)") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,15 +307,60 @@ class TrainConfig:
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
     @classmethod
-    def load(cls, path: str, overrides: list[str] | None = None) -> "TrainConfig":
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
         """Load YAML, then apply `section.key=value` overrides (values parsed as YAML)."""
-        if not overrides:
-            return load_yaml(path, cls)
         from recsys_mtl.config.loader import from_dict, read_yaml
 
         data = read_yaml(path) or {}
+        resolve_paths(data, Path(path).parent)  # the file's own paths: relative to the file
+        if not overrides:
+            return from_dict(cls, data, Where(str(path)))
+        _drop_args_of_another_method(data, overrides)
         apply_overrides(data, overrides, source=str(path))
+        resolve_paths(data, Path.cwd())  # the command line's: relative to the working directory
         return from_dict(cls, data, Where(f"{path} (with overrides)"))
+
+    def check_paths(self) -> None:
+        """ConfigError naming each input path key whose local file or folder is missing (all in one message)."""
+        from recsys_mtl.config.loader import ConfigError
+
+        problems = [f"{key}: {value}: no such file or directory"
+                    for key, value in (("data.spec", self.data.spec), ("data.train_path", self.data.train_path),
+                                       ("data.eval_path", self.data.eval_path), ("train.init_from", self.train.init_from))
+                    if value is not None and "://" not in value and not Path(value).exists()]
+        if problems:
+            raise ConfigError.of(problems)
+
+
+#: (section, ..., key) of every path setting
+PATH_KEYS = (("data", "train_path"), ("data", "eval_path"), ("data", "spec"), ("train", "output_dir"),
+             ("train", "init_from"), ("train", "checkpoint", "dir"))
+
+
+def resolve_paths(data: Any, base: Path) -> None:
+    """Make each relative local path setting in `data` (a config's raw mapping) absolute against `base`, in place;
+    URIs, absolute paths and values of other types (the loader reports those) are left alone."""
+    for *sections, key in PATH_KEYS:
+        node = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+            node[key] = os.path.abspath(base / value)
+
+
+def _drop_args_of_another_method(data: Any, overrides: list[str]) -> None:
+    """`--set weighting.method=X` without `weighting.args`: the file's args were written for its own method, so
+    they go (X starts from its defaults) instead of failing as X's arguments."""
+    keys = [item.partition("=")[0] for item in overrides]
+    weighting = data.get("weighting") if isinstance(data, dict) else None
+    if "weighting.method" not in keys or not isinstance(weighting, dict) or "args" not in weighting:
+        return
+    if any(key == "weighting.args" or key.startswith("weighting.args.") or key == "weighting" for key in keys):
+        return
+    new_method = next(item.partition("=")[2] for item in reversed(overrides) if item.startswith("weighting.method="))
+    if new_method.strip() != str(weighting.get("method", "equal")):
+        del weighting["args"]
 
 
 def apply_overrides(data: dict, overrides: list[str], source: str = "<config>") -> None:
@@ -351,4 +405,6 @@ __all__ = [
     "CheckpointConfig",
     "SHARDING_TYPES",
     "apply_overrides",
+    "resolve_paths",
+    "PATH_KEYS",
 ]

@@ -31,11 +31,12 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from recsys_mtl.config.features import FeatureSpec
-from recsys_mtl.data.arrow import ArrowConverter, Columns
+from recsys_mtl.data.arrow import ArrowConverter, Columns, _array, _min_max
 from recsys_mtl.data.batch import Batch
 from recsys_mtl.data.errors import DataError
 
@@ -103,6 +104,33 @@ def _discover(path: str | Path | list, spec: FeatureSpec) -> tuple[ds.Dataset, l
             if rows:
                 units.append(RowGroup(frag.path, i, rows))
     return dataset, units, fragments
+
+
+def _id_statistics(meta: pq.RowGroupMetaData, column: str) -> tuple[int, int] | None:
+    """(min, max) of an integer id column (or a list column's items) from a row group's statistics; None when the
+    writer stored none (or the column is not integer: the schema check reports that)."""
+    leaves = [meta.column(i) for i in range(meta.num_columns)
+              if meta.column(i).path_in_schema == column or meta.column(i).path_in_schema.startswith(column + ".")]
+    if len(leaves) != 1:
+        return None
+    stats = leaves[0].statistics
+    if stats is None or not stats.has_min_max or stats.physical_type not in ("INT32", "INT64"):
+        return None
+    if stats.null_count == stats.num_values and stats.num_values:  # all null: nothing to check here
+        return None
+    return int(stats.min), int(stats.max)
+
+
+def _check_id_range(features: list, low: int, high: int, spec: FeatureSpec, where: str) -> None:
+    for f in features:
+        size = spec.tables[f.table].num_embeddings
+        if low < 0:
+            raise DataError(f"{where}: column {f.source!r} (sparse feature {f.name!r}) has negative id {low}; "
+                            f"expected ids in [0, {size}) or hashed: true")
+        if high >= size:
+            raise DataError(f"{where}: column {f.source!r} (sparse feature {f.name!r}) has id {high} beyond table "
+                            f"{f.table!r} of size {size}; expected ids in [0, {size}), a larger num_embeddings, "
+                            "or hashed: true")
 
 
 def _comparable(t: pa.DataType) -> pa.DataType:
@@ -191,6 +219,34 @@ class ParquetStream:
                 f"{batch_size} rows for each of {slots} reader slots ({world_size} ranks x "
                 f"{max(num_workers, 1)} workers); {fix}"
             )
+
+    def check_ids(self) -> None:
+        """DataError if any id of a table-indexed (not hashed) sparse column lies outside its table, before any
+        training: each row group's Parquet min/max statistics where the writer stored them, else a read of that
+        row group's id columns (the message is the one the reader would give when it reached the row)."""
+        features = [f for f in self.spec.sparse if not f.hashed]
+        by_column: dict[str, list] = {}
+        for f in features:
+            by_column.setdefault(f.source, []).append(f)
+        for unit in self.units:
+            meta = self._fragments[unit.path].metadata.row_group(unit.index)
+            unread = []
+            for column, feats in by_column.items():
+                low_high = _id_statistics(meta, column)
+                if low_high is None:
+                    unread.append(column)
+                    continue
+                _check_id_range(feats, *low_high, self.spec, f"{unit.path} (row group {unit.index})")
+            if unread:
+                table = self._fragments[unit.path].subset(row_group_ids=[unit.index]).to_table(columns=unread)
+                for column in unread:
+                    values = _array(table.column(column))
+                    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+                        values = values.flatten()
+                    if len(values) > values.null_count:  # nulls are the reader's own error
+                        low, high = _min_max(values)
+                        _check_id_range(by_column[column], low, high, self.spec,
+                                        f"{unit.path} (row group {unit.index})")
 
     # -- planning ------------------------------------------------------------------------
     @property

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.register_model:
         args.overrides = args.overrides + [f"tracking.register_model={args.register_model}"]
     config = TrainConfig.load(args.config, args.overrides)  # fail fast, once, before launching anything
+    config.check_paths()
     if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(args.config, args.overrides, args.nproc)
 

@@ -1,6 +1,7 @@
 """Task weighting: per-task losses L[T] -> detached weights w[T]. See base.py for the API."""
 
-from recsys_mtl.weighting.base import WeightingMethod, build_weighting, register_weighting, weighting_methods
+from recsys_mtl.weighting.base import (WeightingMethod, build_weighting, check_weighting_args, register_weighting,
+                                      weighting_methods)
 from recsys_mtl.weighting.dwa import DynamicWeightAverage
 from recsys_mtl.weighting.equal import EqualWeights
 from recsys_mtl.weighting.famo import FAMO
@@ -16,6 +17,7 @@ from recsys_mtl.weighting.uncertainty import UncertaintyWeighting
 __all__ = [
     "WeightingMethod",
     "build_weighting",
+    "check_weighting_args",
     "register_weighting",
     "weighting_methods",
     "DynamicWeightAverage",
