@@ -157,7 +157,9 @@ class ParquetStream:
         rank, world_size: this process's place among the data-parallel ranks.
         num_workers: DataLoader worker processes (0: read in this process).
         seed: seeds the per-epoch unit shuffle and the shuffle buffer.
-        shuffle: shuffle row-group order each epoch.
+        shuffle: shuffle row-group order each epoch, and the rows inside each row group (a time-sorted file
+            would otherwise train in time order within its row groups); `shuffle_rows=False` keeps the rows of a
+            row group in file order (the reader before it shuffled them; `bench data` measures the difference).
         shuffle_buffer_rows: if > 0, also permute rows within windows of this many rows.
         drop_remainder: give every rank the same number of full batches (training); False keeps
             every row, the last batch of each slot may be short (evaluation on one rank).
@@ -179,6 +181,7 @@ class ParquetStream:
         shuffle_buffer_rows: int = 0,
         drop_remainder: bool = True,
         pin_memory: bool = False,
+        shuffle_rows: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -195,12 +198,14 @@ class ParquetStream:
         self.num_workers = num_workers
         self.seed = seed
         self.shuffle = shuffle
+        self.shuffle_rows = shuffle and shuffle_rows
         self.window = -(-shuffle_buffer_rows // batch_size) * batch_size if shuffle_buffer_rows else 0
         self.drop_remainder = drop_remainder
         self.pin_memory = pin_memory
         self.columns = spec.columns()
         self.dataset, self.units, fragments = _discover(path, spec)
         self._fragments = {f.path: f for f in fragments}
+        self._unit_number = {(u.path, u.index): i for i, u in enumerate(self.units)}  # seeds its row shuffle
         self.num_rows = sum(u.num_rows for u in self.units)
         self.fingerprint = hashlib.sha1(
             "|".join(f"{u.path}:{u.index}:{u.num_rows}" for u in self.units).encode()
@@ -307,12 +312,13 @@ class ParquetStream:
             "num_workers": self.num_workers,
             "seed": self.seed,
             "shuffle": self.shuffle,
+            "shuffle_rows": self.shuffle_rows,
             "window": self.window,
             "fingerprint": self.fingerprint,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("batch_size", "world_size", "num_workers", "seed", "shuffle", "window", "fingerprint"):
+        for key in ("batch_size", "world_size", "num_workers", "seed", "shuffle", "shuffle_rows", "window", "fingerprint"):
             mine = self.position_after(0)[key]
             if key in state and state[key] != mine:
                 what = "the dataset's files or row groups changed" if key == "fingerprint" else f"{key} was {state[key]}, the stream has {mine}"
@@ -323,7 +329,7 @@ class ParquetStream:
             raise DataError(f"cannot restore the data position: batch {self.batch} is beyond the epoch's {len(self)} batches")
 
     # -- reading ---------------------------------------------------------------------------
-    def _read(self, unit: RowGroup) -> Columns:
+    def _read(self, unit: RowGroup, epoch: int) -> Columns:
         where = f"{unit.path} (row group {unit.index})"
         try:
             table = self._fragments[unit.path].subset(row_group_ids=[unit.index]).to_table(
@@ -331,9 +337,13 @@ class ParquetStream:
             )
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{where}: cannot read: {exc}") from None
-        return self._converter.convert(table, where)
+        cols = self._converter.convert(table, where)
+        if self.shuffle_rows:  # the same order for the same (seed, epoch, row group): a resume cuts the same rows
+            cols = cols.take(_rng(self.seed, epoch, self._unit_number[(unit.path, unit.index)], 0x0120)
+                             .permutation(cols.n))
+        return cols
 
-    def _rows(self, units: list[RowGroup], start: int, stop: int) -> Iterator[Columns]:
+    def _rows(self, units: list[RowGroup], start: int, stop: int, epoch: int) -> Iterator[Columns]:
         """Rows [start, stop) of the concatenation of `units`, as Columns pieces.
 
         The next row group is decoded and converted on a read-ahead thread (Arrow and numpy
@@ -349,11 +359,11 @@ class ParquetStream:
         if not wanted:
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-read-ahead") as pool:
-            future = pool.submit(self._read, wanted[0][0])
+            future = pool.submit(self._read, wanted[0][0], epoch)
             for i, (unit, a, b) in enumerate(wanted):
                 cols = future.result()
                 if i + 1 < len(wanted):
-                    future = pool.submit(self._read, wanted[i + 1][0])
+                    future = pool.submit(self._read, wanted[i + 1][0], epoch)
                 yield cols if (a, b) == (0, cols.n) else cols.slice(a, b)
 
     def iter_slot(self, slot: int, epoch: int, start_batch: int) -> Iterator[Batch]:
@@ -372,7 +382,7 @@ class ParquetStream:
             skip = start - w0
             for wstart in range(w0, end, self.window):
                 wend = min(wstart + self.window, end)
-                block = Columns.concat(list(self._rows(units, wstart, wend)))
+                block = Columns.concat(list(self._rows(units, wstart, wend, epoch)))
                 block = block.take(_rng(self.seed, epoch, slot, wstart // self.window).permutation(block.n))
                 for s in range(skip, block.n, B):
                     yield block.slice(s, min(s + B, block.n)).to_batch(keys)
@@ -380,7 +390,7 @@ class ParquetStream:
             return
         pending: list[Columns] = []
         have = 0
-        for piece in self._rows(units, start, end):
+        for piece in self._rows(units, start, end, epoch):
             while piece.n:
                 take = min(B - have, piece.n)
                 pending.append(piece.slice(0, take) if take < piece.n else piece)
