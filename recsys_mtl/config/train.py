@@ -243,7 +243,7 @@ class WeightingConfig:
                 f"unknown weighting method {self.method!r}; set it to one of: {', '.join(sorted(known))}"
             )
         try:
-            check_weighting_args(self.method, self.args)
+            check_weighting_args(self.method, self.args, require_all=False)  # the experiment derives some later
         except ValueError as exc:
             raise where.child("args").error(f"{exc} (args belong to weighting.method; give the new method's with "
                                             f"--set weighting.args='{{...}}', or {{}} for its defaults)") from None
