@@ -44,7 +44,8 @@ class TableSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SparseFeature:
-    """An id feature. Single-valued: an integer column. Multi-valued: a list<integer> column."""
+    """An id feature. Single-valued: an integer column. Multi-valued: a list<integer> column. With `hashed: true`
+    the column may hold strings (or lists of strings) instead: each distinct value is hashed into the table."""
 
     name: str
     table: str
@@ -189,12 +190,17 @@ class FeatureSpec:
 
         for f in self.sparse:
             t = field(f.source, f"sparse feature {f.name!r}")
+            is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+            item = t.value_type if is_list else t
+            if _is_string(item) and not f.hashed and is_list == f.multi_valued:
+                raise ConfigError(f"{source}: column {f.source!r} (sparse feature {f.name!r}) holds string ids, "
+                                  "which are hashed into the table: set hashed: true")
             if f.multi_valued:
-                ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
-                expected = "a list of integers"
+                ok = is_list and (pa.types.is_integer(item) or (f.hashed and _is_string(item)))
+                expected = "a list of integers (or of strings, with hashed: true)"
             else:
-                ok = pa.types.is_integer(t)
-                expected = "integers"
+                ok = pa.types.is_integer(t) or (f.hashed and _is_string(t))
+                expected = "integers (or strings, with hashed: true)"
             if not ok:
                 raise ConfigError(
                     f"{source}: column {f.source!r} (sparse feature {f.name!r}) has type {t}, expected {expected}"
@@ -215,6 +221,13 @@ class FeatureSpec:
                 t = field(task.weight_column, f"sample weight of task {task.name!r}")
                 if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
                     raise ConfigError(f"{source}: column {task.weight_column!r} (weight of task {task.name!r}) has type {t}, expected numbers")
+
+
+def _is_string(t: pa.DataType) -> bool:
+    """String or binary ids, plain or dictionary-encoded (the reader hashes them: data/arrow.py string_hashes)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
 __all__ = ["FeatureSpec", "SparseFeature", "DenseFeature", "TaskSpec", "TableSpec"]

@@ -76,7 +76,11 @@ def _discover(path: str | Path | list, spec: FeatureSpec) -> tuple[ds.Dataset, l
     files = _data_files(paths)
     base = str(paths[0]) if len(paths) == 1 and paths[0].is_dir() else None
     try:
-        dataset = ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base)
+        # string ids come as Arrow dictionaries straight from Parquet's dictionary pages: each distinct value is
+        # hashed once per row group (data/arrow.py); integer columns are unaffected
+        hashed = sorted({f.source for f in spec.sparse if f.hashed})
+        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=hashed))
+        dataset = ds.dataset(files, format=fmt, partitioning="hive", partition_base_dir=base)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{', '.join(map(str, paths))}: cannot open as a Parquet dataset: {exc}") from None
     fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
