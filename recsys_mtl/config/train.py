@@ -307,17 +307,22 @@ class TrainConfig:
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
     @classmethod
-    def load(cls, path: str | Path, overrides: list[str] | None = None) -> "TrainConfig":
-        """Load YAML, then apply `section.key=value` overrides (values parsed as YAML)."""
+    def load(cls, path: str | Path, overrides: list[str] | None = None, *,
+             relative_to_file: bool = True) -> "TrainConfig":
+        """Load YAML, then apply `section.key=value` overrides (values parsed as YAML). `relative_to_file=False`
+        keeps relative paths (the file's and the overrides') as written (a config saved with a checkpoint: its paths were absolute,
+        or, from older versions or configs built in code, relative to the working directory of the run)."""
         from recsys_mtl.config.loader import from_dict, read_yaml
 
         data = read_yaml(path) or {}
-        resolve_paths(data, Path(path).parent)  # the file's own paths: relative to the file
+        if relative_to_file:
+            resolve_paths(data, Path(path).parent)  # the file's own paths: relative to the file
         if not overrides:
             return from_dict(cls, data, Where(str(path)))
         _drop_args_of_another_method(data, overrides)
         apply_overrides(data, overrides, source=str(path))
-        resolve_paths(data, Path.cwd())  # the command line's: relative to the working directory
+        if relative_to_file:
+            resolve_paths(data, Path.cwd())  # the command line's: relative to the working directory
         return from_dict(cls, data, Where(f"{path} (with overrides)"))
 
     def check_paths(self) -> None:
