@@ -7,6 +7,7 @@ DuckDB-style glob (`DIR/**/*.parquet`) reads only Parquet files, so a folder tha
     DIR/_feature_spec.yaml     the feature spec (data.spec: DIR/_feature_spec.yaml)
     DIR/_synthetic.json        the generator's settings (data synth)
     DIR/_README.md             where the data came from (data kuairand)
+    DIR/_feature_spec_play_time.yaml   the spec with play time as a regression task (data kuairand)
     DIR/date=YYYY-MM-DD/...    Parquet (data synth), or DIR/train/date=..., DIR/test/date=... (data kuairand)
 
 Folders written before this layout hold the same files without the `_`; `metadata_file` still finds them.
@@ -22,10 +23,10 @@ README_FILE = "_README.md"
 
 
 def metadata_file(folder: str | Path, name: str) -> Path:
-    """`folder/name`, or the same file without its `_` prefix if only that exists (a folder written before the
-    `_` names)."""
+    """`folder/_name` (`name` given with or without its `_`), or the file without the `_` if only that exists
+    (a folder written before the `_` names)."""
     folder = Path(folder)
-    current = folder / name
+    current = folder / ("_" + name.removeprefix("_"))
     legacy = folder / name.removeprefix("_")
     return legacy if not current.exists() and legacy.exists() else current
 

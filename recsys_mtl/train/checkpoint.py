@@ -33,6 +33,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from recsys_mtl.config.loader import ConfigError, to_dict
+from recsys_mtl.weighting import weighting_signature  # the package: every method registered
 
 if TYPE_CHECKING:
     from recsys_mtl.config.features import FeatureSpec
@@ -63,13 +64,15 @@ def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
         "sparse_features": spec.sparse_names,
         "dense_features": spec.dense_names,
         "tasks": spec.task_names,
+        **spec.task_type_signature(),
         # wide_l2 and feature_dropout act in training only, not on the model's shape or output: a checkpoint
         # trained with other values (or before they existed) loads. An empty per-task map (wide_id_scale: {})
         # is its feature off, the same model as a checkpoint made before the map existed: it is left out
         "model": {k: v for k, v in to_dict(config.model).items()
                   if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout") and v != {}},
         "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
-        "weighting": config.weighting.method,
+        # the method's name; GO4Align's rec mode adds its mode (its state is not paper mode's)
+        "weighting": weighting_signature(config.weighting.method, config.weighting.args),
     }
 
 

@@ -175,7 +175,8 @@ class TrainerCheckpoints:
         labelled = torch.zeros(self.spec.num_tasks, dtype=torch.float64)
         self.train_data.set_epoch(0)
         self.train_data.load_state_dict(self.train_data.position_after(0))
-        for batch in itertools.islice(iter(self.train_data), min(num_batches, len(self.train_data))):
+        batches = min(num_batches, len(self.train_data))
+        for batch in itertools.islice(iter(self.train_data), batches):
             positives += (batch.labels * batch.label_mask).sum(0).double().cpu()
             labelled += batch.label_mask.sum(0).double().cpu()
         self.train_data.load_state_dict(self.train_data.position_after(0))
@@ -184,6 +185,10 @@ class TrainerCheckpoints:
             dist.all_reduce(stats)
             positives, labelled = stats.cpu().split(self.spec.num_tasks)
         rates = torch.where(labelled > 0, positives / labelled.clamp(min=1), torch.full_like(labelled, 0.5))
+        if self.env.is_main:  # e.g. GO4Align's paper mode on rare tasks; labelled sums every rank's batches
+            for message in self.weighting.check_task_rates(self.spec.task_names, rates, labelled / max(1, batches),
+                                                           getattr(self.spec, "task_types", None)):
+                log.warning(message)
         self.module.model.set_head_bias_from_rates_(rates.float())
 
 

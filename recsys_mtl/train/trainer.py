@@ -153,7 +153,8 @@ class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEval
 
         global_batch = self.config.data.batch_size * self.env.world_size
         return StreamingTaskMetrics(
-            self.spec.task_names, self.config.data.batch_size, window_rows=max(tr.train_metrics_window_rows, global_batch),
+            self.spec.task_names, self.config.data.batch_size, task_types=self.spec.task_types,
+            window_rows=max(tr.train_metrics_window_rows, global_batch),
             auc_window_rows=max(tr.train_metrics_auc_window_rows, global_batch), world_size=self.env.world_size,
             rank=self.env.rank, process_group=dist.group.WORLD, device=self.device)
 
@@ -251,8 +252,8 @@ class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEval
         elif not resumed:
             if self.config.model.head_bias == "prior":
                 self.init_head_bias()
-            else:  # "zero": p = 0.5, instead of the layer's random init
-                self.module.model.set_head_bias_from_rates_(torch.full((self.spec.num_tasks,), 0.5))
+            else:  # "zero": p = 0.5 (regression: 0), instead of the layer's random init
+                self.module.model.zero_head_bias_()
             if self.env.is_main:
                 (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
         def start_callbacks() -> None:  # rank 0 only; a failure (e.g. the tracking store) stops every rank

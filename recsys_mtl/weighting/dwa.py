@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from recsys_mtl.weighting.base import WeightingMethod, check_number, register_weighting
+from recsys_mtl.weighting.base import LabelStats, WeightingMethod, check_number, register_weighting
 
 
 @register_weighting("dwa")
@@ -32,7 +32,7 @@ class DynamicWeightAverage(WeightingMethod):
         self.register_buffer("loss_prev2", torch.zeros(num_tasks))  # L(t-2)
         self.register_buffer("seen", torch.zeros(num_tasks, dtype=torch.long))
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         dt = self.loss_prev.dtype
         present = present & (losses.to(dt) > self.min_loss)  # no signal this step: left out, state unmoved
         ratio = torch.where(self.seen >= 2, self.loss_prev / self.loss_prev2.clamp_min(1e-12), torch.ones_like(self.loss_prev))

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import torch
 
-from recsys_mtl.weighting.base import WeightingMethod, check_number, register_weighting
+from recsys_mtl.weighting.base import LabelStats, WeightingMethod, check_number, register_weighting
 from recsys_mtl.weighting.masked_adam import masked_adam_step_
 
 EPS = 1e-8
@@ -50,7 +50,7 @@ class FAMO(WeightingMethod):
         z = torch.softmax(torch.where(present, self.logits, torch.full_like(self.logits, float("-inf"))), dim=0)
         return torch.where(present, z, torch.zeros_like(z))
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         dt = self.logits.dtype
         loss = losses.to(dt)
         z = self._masked_softmax(present)

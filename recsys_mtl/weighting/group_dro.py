@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from recsys_mtl.weighting.base import WeightingMethod, check_number, register_weighting
+from recsys_mtl.weighting.base import LabelStats, WeightingMethod, check_number, register_weighting
 
 
 @register_weighting("group_dro")
@@ -25,7 +25,7 @@ class GroupDRO(WeightingMethod):
         self.step_size = check_number("GroupDRO", "step_size", step_size, low=0.0, low_inclusive=False)
         self.register_buffer("log_q", torch.zeros(num_tasks))
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         dt = self.log_q.dtype
         self.log_q.add_(torch.where(present, self.step_size * losses.to(dt), torch.zeros((), dtype=dt, device=losses.device)))
         logits = torch.where(present, self.log_q, torch.full_like(self.log_q, float("-inf")))

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from recsys_mtl.weighting.base import WeightingMethod, register_weighting
+from recsys_mtl.weighting.base import LabelStats, WeightingMethod, register_weighting
 
 _M32 = 0xFFFFFFFF
 
@@ -57,7 +57,7 @@ class RandomLossWeighting(WeightingMethod):
         self.seed = seed
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         draws = counter_normal(self.seed, self.step, self.num_tasks, losses.dtype)
         self.step.add_(1)
         w = torch.softmax(torch.where(present, draws, torch.full_like(draws, float("-inf"))), dim=0)

@@ -98,10 +98,10 @@ def test_a_missing_input_path_names_its_key(tmp_path):
 
 def test_switching_the_weighting_method_with_set_drops_the_other_methods_args():
     demo = REPO / "configs" / "demo.yaml"  # its header says: --set weighting.method=equal
-    assert TrainConfig.load(demo).weighting.args == {"num_groups": 4}
+    assert TrainConfig.load(demo).weighting.args == {"mode": "rec", "num_groups": 4}
     assert TrainConfig.load(demo, ["weighting.method=equal"]).weighting.args == {}
     assert TrainConfig.load(demo, ["weighting.method=famo"]).weighting.args == {}
-    assert TrainConfig.load(demo, ["weighting.method=go4align"]).weighting.args == {"num_groups": 4}
+    assert TrainConfig.load(demo, ["weighting.method=go4align"]).weighting.args == {"mode": "rec", "num_groups": 4}
     given = TrainConfig.load(demo, ["weighting.method=go4align", "weighting.args={num_groups: 2}"])
     assert given.weighting.args == {"num_groups": 2}
 
