@@ -101,6 +101,10 @@ class PLEConfig:
         _layer_sizes(where, "expert_hidden", self.expert_hidden, allow_empty=False)
 
 
+#: the built-in architectures' sections of configs written before `model.args`
+LEGACY_ARCHITECTURE_SECTIONS = ("shared_bottom", "mmoe", "ple")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     architecture: str = "mmoe"
@@ -131,17 +135,35 @@ class ModelConfig:
     # "prior": start each head's bias at the log-odds of its task's label rate in the first training
     # batches, so early steps do not spend (and Adagrad accumulators do not absorb) the bias shift; "zero": 0
     head_bias: Literal["prior", "zero"] = "prior"
+    # the architecture's constructor arguments (models/architectures/*, e.g. mmoe: num_experts, expert_hidden);
+    # checked against its signature when the config loads
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # configs written before `args`: one section per built-in architecture; the chosen one's section is read as its
+    # args (architecture_args), so old configs and checkpoints load unchanged
     shared_bottom: SharedBottomConfig = dataclasses.field(default_factory=SharedBottomConfig)
     mmoe: MMoEConfig = dataclasses.field(default_factory=MMoEConfig)
     ple: PLEConfig = dataclasses.field(default_factory=PLEConfig)
 
-    def validate(self, where: Where) -> None:
-        from recsys_mtl.models.architectures import ARCHITECTURES
+    def architecture_args(self) -> dict[str, Any]:
+        """The chosen architecture's arguments: `args` over its old-style section (`model.mmoe: {...}`), the one
+        compatibility shim for configs and checkpoints from before `args` (their model signature matches)."""
+        from recsys_mtl.config.loader import to_dict
 
-        if self.architecture not in ARCHITECTURES:
+        section = getattr(self, self.architecture, None) if self.architecture in LEGACY_ARCHITECTURE_SECTIONS else None
+        return {**(to_dict(section) if section is not None else {}), **self.args}
+
+    def validate(self, where: Where) -> None:
+        from recsys_mtl.models.architectures.registry import architectures, check_architecture_args
+
+        known = architectures()
+        if self.architecture not in known:
             raise where.child("architecture").error(
-                f"unknown architecture {self.architecture!r}; set it to one of: {', '.join(sorted(ARCHITECTURES))}"
+                f"unknown architecture {self.architecture!r}; set it to one of: {', '.join(sorted(known))}"
             )
+        try:
+            check_architecture_args(self.architecture, self.args)
+        except ValueError as exc:
+            raise where.child("args").error(str(exc)) from None
         _layer_sizes(where, "dense_tower", self.dense_tower)
         _layer_sizes(where, "task_tower", self.task_tower)
         if not 0.0 <= self.dropout < 1.0:
