@@ -73,6 +73,8 @@ class WeightingMethod(nn.Module):
 
     #: config name, set by `@register_weighting("name")`
     name: ClassVar[str] = ""
+    #: one line for the README's plug-in table: when to reach for this method
+    when_to_use: ClassVar[str] = ""
     #: True if the method wants the same batch's losses re-evaluated after the optimizer step
     #: (FAMO); the trainer then calls `post_step(losses_after, present)` with no method branches.
     needs_post_step_losses: ClassVar[bool] = False

@@ -141,6 +141,8 @@ class GO4Align(WeightingMethod):
     rec mode, `risk` (the risks the latest weights used).
     """
 
+    when_to_use = "Many heads whose losses differ in scale (binary + regression). `mode: rec` (default) is lagged and bounded; `mode: paper` is the official code and collapses rare binary tasks."
+
     def __init__(self, num_tasks: int, num_groups: int | None = None, beta: float | None = None, mode: str = "rec",
                  alpha: float | None = None, ema_decay: float | None = None, max_ratio: float | None = None,
                  min_loss: float = 1e-6) -> None:

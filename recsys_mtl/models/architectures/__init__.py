@@ -7,11 +7,12 @@ built-in ones.
 
 from __future__ import annotations
 
+# registered in this order (the README's table follows it): the simplest first
+from recsys_mtl.models.architectures.shared_bottom import SharedBottom
 from recsys_mtl.models.architectures.mmoe import MMoE
 from recsys_mtl.models.architectures.ple import PLE
 from recsys_mtl.models.architectures.registry import (architectures, build_architecture, check_architecture_args,
                                                       register_architecture)
-from recsys_mtl.models.architectures.shared_bottom import SharedBottom
 
 #: config name -> class (a snapshot of the registry once the built-in ones are registered)
 ARCHITECTURES = architectures()

@@ -17,6 +17,8 @@ from recsys_mtl.models.layers import BatchedMLP
 
 @register_architecture("mmoe")
 class MMoE(nn.Module):
+    """Multi-gate mixture of experts (Ma et al. 2018): shared experts, one softmax gate per task."""
+
     def __init__(self, in_dim: int, num_tasks: int, *, num_experts: int = 4, expert_hidden: Sequence[int] = (128, 64),
                  dropout: float = 0.0) -> None:
         super().__init__()

@@ -47,6 +47,8 @@ class CGCLevel(nn.Module):
 
 @register_architecture("ple")
 class PLE(nn.Module):
+    """Progressive layered extraction (Tang et al. 2020): CGC levels of task-specific and shared experts."""
+
     def __init__(self, in_dim: int, num_tasks: int, *, levels: int = 2, shared_experts: int = 2, task_experts: int = 1,
                  expert_hidden: Sequence[int] = (64,), dropout: float = 0.0) -> None:
         super().__init__()

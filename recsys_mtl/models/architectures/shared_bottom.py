@@ -13,6 +13,8 @@ from recsys_mtl.models.layers import MLP
 
 @register_architecture("shared_bottom")
 class SharedBottom(nn.Module):
+    """Shared-bottom MLP feeding every task tower: the simplest, fewest parameters."""
+
     def __init__(self, in_dim: int, num_tasks: int, *, hidden: Sequence[int] = (256, 128), dropout: float = 0.0) -> None:
         super().__init__()
         self.num_tasks = num_tasks
