@@ -66,13 +66,14 @@ def build_plain_step(config, spec, env, batches: Sequence) -> Callable[[], torch
 def synthetic_batches(out: Path, tasks: int, batch_size: int, num_batches: int, table_scale: float, env, seed: int = 0):
     """Generate `num_batches` x `batch_size` synthetic rows with `tasks` tasks into `out`; (spec, batches)."""
     from recsys_mtl.config.features import FeatureSpec
+    from recsys_mtl.data.folder import spec_file
     from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
     from recsys_mtl.train.trainer import build_parquet_source
 
     rows = batch_size * num_batches
     data = generate_synthetic(out, SynthConfig(tasks=tasks, rows=rows, days=1, seed=seed, table_scale=table_scale,
                                                rows_per_file=max(rows, 1), row_group_size=max(rows, 1)))
-    spec = FeatureSpec.load(data / "feature_spec.yaml")
+    spec = FeatureSpec.load(spec_file(data))
     stream = build_parquet_source(str(data), spec, batch_size, env, seed=seed, shuffle=False, shuffle_buffer_rows=0,
                                   num_workers=0, drop_remainder=True)
     stream.set_epoch(0)

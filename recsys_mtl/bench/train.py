@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dlrm: 26 tables of 1M rows x 128, 64 tasks, batch 8192 (for a GPU); "
                         "its values apply to the options below that are not given")
     p.add_argument("--config", help=f"training config (model, optimizers); default {d['config']}")
-    p.add_argument("--data", type=Path, default=None, help="Parquet dataset with feature_spec.yaml (default: generate)")
+    p.add_argument("--data", type=Path, default=None, help="Parquet dataset with _feature_spec.yaml (default: generate)")
     p.add_argument("--rows", type=int, help=f"rows to generate when --data is not given (default {d['rows']:,})")
     p.add_argument("--tasks", type=int, help=f"tasks to generate when --data is not given (default {d['tasks']})")
     p.add_argument("--table-scale", type=float, help=f"table size factor for generated data (default {d['table_scale']})")
@@ -169,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
     from recsys_mtl.bench.model_step import bench_data
     from recsys_mtl.config.features import FeatureSpec
     from recsys_mtl.config.loader import ConfigError
+    from recsys_mtl.data.folder import spec_file
     from recsys_mtl.train.commands import quiet_library_logs
     from recsys_mtl.train.distributed import init_distributed
     from recsys_mtl.train.trainer import build_parquet_source
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         tmp = Path(tmp)
         data = bench_data(args.data, tmp, rows=args.rows, tasks=args.tasks, table_scale=args.table_scale)
-        spec_path = data / "feature_spec.yaml"
+        spec_path = spec_file(data)
         if args.preset:
             p = PRESETS[args.preset]
             spec_path = one_table_per_feature(spec_path, tmp / "spec.yaml", p["table_rows"], p["table_dim"])

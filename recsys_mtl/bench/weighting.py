@@ -220,10 +220,11 @@ def benchmark_step_fn(config: str, batch_size: int, num_batches: int, table_scal
     def step_fn(t: int) -> Callable[[], Any]:
         from recsys_mtl.bench.model_step import build_plain_step, synthetic_batches
         from recsys_mtl.config.train import TrainConfig
+        from recsys_mtl.data.folder import SPEC_FILE
         from recsys_mtl.train.distributed import init_distributed
 
         data = workdir / f"tasks{t}"
-        cfg = TrainConfig.load(config, [f"data.train_path={data}", f"data.spec={data / 'feature_spec.yaml'}",
+        cfg = TrainConfig.load(config, [f"data.train_path={data}", f"data.spec={data / SPEC_FILE}",
                                         "data.eval_path=null", f"data.batch_size={batch_size}", f"train.device={device}"])
         env = init_distributed(cfg.train.device)
         spec, batches = synthetic_batches(data, t, batch_size, num_batches, table_scale, env)

@@ -18,7 +18,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.config.features import FeatureSpec
-from recsys_mtl.models.architectures import ARCHITECTURES
+from recsys_mtl.models.architectures import architectures, build_architecture
 from recsys_mtl.models.embedding_init import init_embedding_state_
 from recsys_mtl.models.layers import MLP, BatchedLinear, BatchedMLP
 
@@ -77,12 +77,12 @@ class MultiTaskModel(nn.Module):
                  device: torch.device | str | None = None,
                  embedding_device: torch.device | str | None = None) -> None:
         super().__init__()
-        if config.architecture not in ARCHITECTURES:
-            from recsys_mtl.config.loader import ConfigError
+        from recsys_mtl.config.loader import ConfigError
 
+        if config.architecture not in architectures():
             raise ConfigError(
                 f"model.architecture: unknown architecture {config.architecture!r}; "
-                f"set it to one of: {', '.join(sorted(ARCHITECTURES))}"
+                f"set it to one of: {', '.join(sorted(architectures()))}"
             )
         self.spec = spec
         self.seed = seed
@@ -120,7 +120,12 @@ class MultiTaskModel(nn.Module):
             self.dense_tower = MLP(spec.num_dense, config.dense_tower, config.dropout) if spec.num_dense else None
             dense_out = self.dense_tower.out_dim if self.dense_tower is not None else 0
             emb_out = sum(spec.tables[f.table].embedding_dim for f in spec.sparse)
-            self.architecture = ARCHITECTURES[config.architecture](emb_out + dense_out, self.num_tasks, config)
+            args = config.architecture_args()
+            try:
+                self.architecture = build_architecture(config.architecture, emb_out + dense_out, self.num_tasks, args,
+                                                       config.dropout)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"model.args: cannot build {config.architecture!r} with {args}: {exc}") from None
             self.task_towers = BatchedMLP(self.num_tasks, self.architecture.out_dim, config.task_tower, config.dropout)
             self.heads = BatchedLinear(self.num_tasks, self.task_towers.out_dim, 1)
             self.wide_dense = nn.Linear(spec.num_dense, self.num_tasks) if config.wide and spec.num_dense else None

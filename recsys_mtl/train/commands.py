@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the machine that hosts the rendezvous, "
                           "the same on every machine)")
     config = TrainConfig.load(args.config, args.overrides)  # fail fast, once, before launching anything
+    config.check_paths()
     if ((args.nproc or 1) > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(args.config, args.overrides, args.nproc or 1, args.nnodes, args.rdzv_endpoint,
                                args.rdzv_id)

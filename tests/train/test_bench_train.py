@@ -54,7 +54,7 @@ def test_preset_fills_only_the_options_not_given():
 
 
 def test_one_table_per_feature_keeps_every_id_in_range(synth_small, tmp_path):
-    spec = FeatureSpec.load(one_table_per_feature(synth_small / "feature_spec.yaml", tmp_path / "spec.yaml", 2000, 8))
+    spec = FeatureSpec.load(one_table_per_feature(synth_small / "_feature_spec.yaml", tmp_path / "spec.yaml", 2000, 8))
     assert len(spec.tables) == len(spec.sparse) and all(t.num_embeddings == 2000 for t in spec.tables.values())
     assert {f.table for f in spec.sparse} == {f"t_{f.name}" for f in spec.sparse}
     # the stream checks every id against its table: reading all of it is the test

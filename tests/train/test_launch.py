@@ -37,7 +37,7 @@ def parquet(tmp_path_factory) -> Path:
 
 def train_cmd(data: Path, out: Path, *overrides: str, nproc: int = 1) -> list[str]:
     cmd = [sys.executable, "-m", "recsys_mtl.cli", "train", str(CONFIG),
-           f"--set=data.train_path={data}", f"--set=data.spec={data / 'feature_spec.yaml'}",
+           f"--set=data.train_path={data}", f"--set=data.spec={data / '_feature_spec.yaml'}",
            f"--set=train.output_dir={out}"]
     cmd += [f"--set={o}" for o in overrides]
     if nproc > 1:
@@ -215,7 +215,7 @@ def test_a_second_run_in_a_busy_output_dir_is_refused_and_killing_the_launcher_s
 def test_an_error_found_inside_the_nproc_workers_exits_2_with_the_message_and_no_traceback(parquet, tmp_path):
     import yaml
 
-    spec = yaml.safe_load((parquet / "feature_spec.yaml").read_text())
+    spec = yaml.safe_load((parquet / "_feature_spec.yaml").read_text())
     spec["tables"]["user"]["num_embeddings"] = 3_000_000_000  # known only once the workers plan the sharding
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(spec))
     cmd = train_cmd(parquet, tmp_path / "out", f"data.spec={tmp_path / 'big.yaml'}", "sharding.tables={user: table_wise}",
