@@ -54,7 +54,7 @@ def _data(args: argparse.Namespace) -> Path:
     from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
 
     data = args.out / "data"
-    stamp = data / "demo_data.txt"
+    stamp = data / "_demo_data.txt"  # a name Parquet readers skip
     want = f"rows={args.rows} tasks={args.tasks} table_scale={args.table_scale} days=4\n"
     if stamp.exists() and stamp.read_text() == want:
         print(f"[1/5] reusing synthetic data in {data}", flush=True)
@@ -70,13 +70,14 @@ def _data(args: argparse.Namespace) -> Path:
 
 def _train(args, data: Path, store: str, artifacts: Path, method: str, weighting_args: dict) -> str:
     from recsys_mtl.config.train import TrainConfig
+    from recsys_mtl.data.folder import spec_file
     from recsys_mtl.tracking.callback import TrackingCallback
     from recsys_mtl.train.trainer import Trainer
 
     out = args.out / "runs" / method
     shutil.rmtree(out, ignore_errors=True)
     overrides = [f"data.train_path={data / 'train'}", f"data.eval_path={data / 'eval'}",
-                 f"data.spec={data / 'feature_spec.yaml'}", f"train.output_dir={out}",
+                 f"data.spec={spec_file(data)}", f"train.output_dir={out}",
                  f"weighting.method={method}", f"weighting.args={weighting_args}",
                  f"tracking.tracking_uri={store}", f"tracking.artifact_location={artifacts.as_uri()}",
                  f"tracking.run_name={method}"]

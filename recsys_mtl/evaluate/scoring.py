@@ -27,30 +27,36 @@ def score_eval_set(model: torch.nn.Module, spec, data_path: str | Path,
 
 
 def eval_set_groups(data_path: str | Path, column: str, spec, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[N] int64 group ids from `column` of every row of `data_path`, in the order `score_eval_set` scores them (files
-    in path order, rows in file order), checked against the scored labels of the first task so a different order
-    cannot pass unnoticed. A missing column, a non-integer one or a null id is an error naming the column."""
+    """[N] int64 group ids from `column` of every row of `data_path`, in the order `score_eval_set` scores them (the
+    reader's files in path order, rows in file order), checked against the scored labels of the first task so a
+    different order cannot pass unnoticed. Integer ids are kept; string ids become dictionary indices. A missing
+    column, another type or a null id is an error naming the column."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.dataset as pads
+    import pyarrow.compute as pc
 
     from recsys_mtl.config.loader import ConfigError
     from recsys_mtl.data.arrow import binary_labels, regression_labels
-    from recsys_mtl.data.stream import _data_files
+    from recsys_mtl.data.stream import _discover
 
-    files = _data_files([Path(p) for p in ([data_path] if isinstance(data_path, (str, Path)) else data_path)])
-    dataset = pads.dataset(files, format="parquet")
+    dataset, _, fragments = _discover(data_path, spec)
     first = spec.head_tasks[0]
     if column not in dataset.schema.names:
         raise ConfigError(f"{data_path}: GAUC group column {column!r} (evaluation.gauc_group) is missing; the data "
                           f"has: {', '.join(dataset.schema.names)}")
-    table = dataset.to_table(columns=list(dict.fromkeys([column, first.source])))
-    ids = table.column(column)
-    if not pa.types.is_integer(ids.type):
-        raise ConfigError(f"{data_path}: GAUC group column {column!r} has type {ids.type}, expected integer ids")
+    cols = list(dict.fromkeys([column, first.source]))
+    table = pa.concat_tables([frag.to_table(schema=dataset.schema, columns=cols) for frag in fragments])
+    ids = table.column(column).combine_chunks()
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
     if ids.null_count:
         raise ConfigError(f"{data_path}: GAUC group column {column!r} has {ids.null_count} null ids; expected an id "
                           "on every row")
+    if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type) or pa.types.is_binary(ids.type):
+        ids = pc.dictionary_encode(ids).indices
+    elif not pa.types.is_integer(ids.type):
+        raise ConfigError(f"{data_path}: GAUC group column {column!r} has type {ids.type}, expected integer or string "
+                          "ids")
     label_col = table.column(first.source).combine_chunks()
     if first.is_regression:
         y, labelled = regression_labels(label_col, first, str(data_path))
@@ -60,7 +66,7 @@ def eval_set_groups(data_path: str | Path, column: str, spec, labels: torch.Tens
     if len(y) != len(labels) or not (np.array_equal(labelled, mask[:, 0].numpy())
                                      and np.array_equal(y[labelled], labels[:, 0].numpy()[labelled])):
         raise RuntimeError(f"{data_path}: the rows of column {column!r} are not in the order the eval set was scored")
-    return torch.from_numpy(np.array(ids.combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)))  # writable
+    return torch.from_numpy(np.array(ids.cast(pa.int64()).to_numpy(zero_copy_only=False)))  # a writable copy
 
 
 __all__ = ["score_eval_set", "eval_set_groups"]
