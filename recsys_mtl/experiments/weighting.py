@@ -286,11 +286,25 @@ def train_base_rates(data_dir: Path, spec_name: str = SPEC_FILE) -> dict[str, fl
 
     spec = FeatureSpec.load(metadata_file(data_dir, spec_name))
     table = pads.dataset(data_dir / "train", format="parquet", partitioning="hive").to_table(
-        columns=[t.source for t in spec.tasks])
+        columns=[t.source for t in spec.head_tasks])
     rates = {}
-    for t in spec.tasks:
+    for t in spec.head_tasks:
         col = table.column(t.source).cast("float64")
         rates[t.name] = float(pc.mean(col).as_py() or 0.0)
+    if spec.has_cascades:  # a child's rate over its parent-positive rows, a product's over every parent label
+        import numpy as np
+
+        from recsys_mtl.data.arrow import binary_labels, cascade_label_plan, cascade_labels_
+
+        labels = np.full((table.num_rows, spec.num_tasks), -1, dtype=np.int8)
+        for j, t in enumerate(spec.head_tasks):
+            if not t.is_regression:
+                labels[:, j] = binary_labels(table.column(t.source).combine_chunks(), t, str(data_dir / "train"))
+        cascade_labels_(labels, cascade_label_plan(spec))
+        for j, t in enumerate(spec.tasks):
+            if not t.is_regression:
+                labelled = labels[:, j] >= 0
+                rates[t.name] = float(labels[labelled, j].mean()) if labelled.any() else 0.0
     return rates
 
 

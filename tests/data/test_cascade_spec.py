@@ -94,3 +94,19 @@ def test_a_chain_product_is_labelled_from_its_parent_product(tmp_path):
     assert labels[:, 1].tolist() == [1, -1, -1, -1, -1, -1]  # buy: where cart (itself known where click is 1) is 1
     assert labels[:, 4].tolist() == [1, 0, 1, 0, -1, -1]  # click AND cart
     assert labels[:, 3].tolist() == [1, 0, -1, 0, -1, -1]  # click AND cart AND buy
+
+
+def test_experiment_base_rates_of_a_cascade_are_the_childs_conditional_and_the_products_joint_rate(tmp_path):
+    from recsys_mtl.experiments.weighting import train_base_rates
+
+    spec, path = tiny_spec(tmp_path, tasks=CASCADE)
+    (tmp_path / "train").mkdir()
+    table = tiny_table(0, 400)
+    pq.write_table(table, tmp_path / "train" / "part.parquet")
+    rates = train_base_rates(tmp_path, path.name)
+    click = table.column("click").to_numpy()
+    buy = table.column("is_buy").to_numpy(zero_copy_only=False)  # NaN where null
+    clicked = (click == 1) & ~np.isnan(buy)
+    assert rates["buy"] == pytest.approx(buy[clicked].mean())
+    product_labelled = (click == 0) | clicked
+    assert rates["click_buy"] == pytest.approx(((click == 1) & (buy == 1))[product_labelled].mean())
