@@ -26,25 +26,21 @@ def score_eval_set(model: torch.nn.Module, spec, data_path: str | Path,
     return logits[:n], labels[:n], mask[:n]
 
 
-def eval_set_groups(data_path: str | Path, column: str, spec, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[N] int64 group ids from `column` of every row of `data_path`, in the order `score_eval_set` scores them (the
-    reader's files in path order, rows in file order), checked against the scored labels of the first task so a
-    different order cannot pass unnoticed. Integer ids are kept; string ids become dictionary indices. A missing
-    column, another type or a null id is an error naming the column."""
+def _group_table(data_path: str | Path, column: str, spec, extra: list[str]):
+    """`column` (checked: present, integer or string ids, no nulls) as int64 ids, and the `extra` columns, of every
+    row in position order (the reader's files sorted by path, rows in file order)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from recsys_mtl.config.loader import ConfigError
-    from recsys_mtl.data.arrow import binary_labels, regression_labels
     from recsys_mtl.data.stream import _discover
 
     dataset, _, fragments = _discover(data_path, spec)
-    first = spec.head_tasks[0]
     if column not in dataset.schema.names:
         raise ConfigError(f"{data_path}: GAUC group column {column!r} (evaluation.gauc_group) is missing; the data "
                           f"has: {', '.join(dataset.schema.names)}")
-    cols = list(dict.fromkeys([column, first.source]))
+    cols = list(dict.fromkeys([column, *extra]))
     table = pa.concat_tables([frag.to_table(schema=dataset.schema, columns=cols) for frag in fragments])
     ids = table.column(column).combine_chunks()
     if pa.types.is_dictionary(ids.type):
@@ -57,6 +53,25 @@ def eval_set_groups(data_path: str | Path, column: str, spec, labels: torch.Tens
     elif not pa.types.is_integer(ids.type):
         raise ConfigError(f"{data_path}: GAUC group column {column!r} has type {ids.type}, expected integer or string "
                           "ids")
+    return np.array(ids.cast(pa.int64()).to_numpy(zero_copy_only=False)), table  # a writable copy
+
+
+def group_ids_by_position(data_path: str | Path, column: str, spec):
+    """[rows] int64 group ids indexed by row position in the data set (what a stream's `batch_row_positions`
+    gives): integer ids kept, string ids as dictionary indices."""
+    return _group_table(data_path, column, spec, [])[0]
+
+
+def eval_set_groups(data_path: str | Path, column: str, spec, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N] int64 group ids of `column` for the rows `score_eval_set` scored (in its order: files sorted by path, rows
+    in file order), checked against the scored labels of the first task so a different order cannot pass
+    unnoticed. A missing column, another type than integer or string ids, or a null id is an error naming it."""
+    import numpy as np
+
+    from recsys_mtl.data.arrow import binary_labels, regression_labels
+
+    first = spec.head_tasks[0]
+    ids, table = _group_table(data_path, column, spec, [first.source])
     label_col = table.column(first.source).combine_chunks()
     if first.is_regression:
         y, labelled = regression_labels(label_col, first, str(data_path))
@@ -66,7 +81,7 @@ def eval_set_groups(data_path: str | Path, column: str, spec, labels: torch.Tens
     if len(y) != len(labels) or not (np.array_equal(labelled, mask[:, 0].numpy())
                                      and np.array_equal(y[labelled], labels[:, 0].numpy()[labelled])):
         raise RuntimeError(f"{data_path}: the rows of column {column!r} are not in the order the eval set was scored")
-    return torch.from_numpy(np.array(ids.cast(pa.int64()).to_numpy(zero_copy_only=False)))  # a writable copy
+    return torch.from_numpy(ids)
 
 
-__all__ = ["score_eval_set", "eval_set_groups"]
+__all__ = ["score_eval_set", "eval_set_groups", "group_ids_by_position"]

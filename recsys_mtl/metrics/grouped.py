@@ -11,7 +11,8 @@ Memory: exact GAUC sorts every labelled (task, row) by (task, group, score): it 
 the label of each labelled row, 8 + 4 + 4 = 16 bytes per row and task (int64 group, float32 score, float32 label),
 plus the sort's index (8 bytes). Unlike NE or a histogram AUC it has no fixed-size sufficient statistic: the
 per-group rank sums need every score of the group. A bounded-memory variant would keep a per-group score histogram
-(groups x bins), which is exact only up to ties within a bin.
+(groups x bins), which is exact only up to ties within a bin. `GroupedScores` keeps those rows while a streaming
+evaluation runs (8 + T * (4 * models + 1) bytes per row) and gathers them from every process.
 """
 
 from __future__ import annotations
@@ -88,4 +89,63 @@ def grouped_auc(scores, labels, mask=None, groups=None, weights=None, *, task_ty
                       rows=np.bincount(seg_task, np.bincount(seg, None, n_seg) * both, T).astype(np.int64))
 
 
-__all__ = ["GroupedAUC", "grouped_auc"]
+
+class GroupedScores:
+    """The rows exact GAUC needs, kept while a streaming evaluation goes (`update` per batch), for one or more
+    models scored on the same rows: per labelled-anywhere row its group id (int64) and, per task, the score of each
+    model (float32), the label (int8, -1 = unlabelled). That is 8 + T * (4 * models + 1) bytes per row: GAUC has no
+    fixed-size statistic (a group's rank sum needs all its scores). Processes' rows are gathered to rank 0
+    (`gather_`) before `gauc`."""
+
+    def __init__(self, n_models: int = 1, task_types=None) -> None:
+        self.n_models = n_models
+        self.task_types = task_types  # regression tasks' rows are not kept (no GAUC)
+        self._groups: list[np.ndarray] = []
+        self._scores: list[list[np.ndarray]] = [[] for _ in range(n_models)]
+        self._labels: list[np.ndarray] = []
+
+    def update(self, groups, logits, labels: torch.Tensor, mask: torch.Tensor) -> None:
+        """`groups` [B] ids; `logits` [B, T] or a sequence of one [B, T] per model; `labels`, `mask` [B, T]."""
+        logits = [logits] if isinstance(logits, torch.Tensor) else list(logits)
+        if len(logits) != self.n_models:
+            raise ValueError(f"GroupedScores.update: {len(logits)} models' logits, expected {self.n_models}")
+        m = mask.detach().cpu().numpy().astype(bool)
+        if self.task_types is not None:
+            m = m & np.array([t != "regression" for t in self.task_types], dtype=bool)[None, :]
+        keep = m.any(axis=1)  # rows with no label for any task add nothing
+        self._groups.append(_numpy(groups, "groups", np.int64)[keep])
+        for k, x in enumerate(logits):
+            self._scores[k].append(x.detach().float().cpu().numpy()[keep])
+        y = labels.detach().cpu().numpy()
+        self._labels.append(np.where(m, y, -1).astype(np.int8)[keep])
+
+    def _arrays(self) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        if not self._groups:
+            raise ValueError("GroupedScores: no rows")
+        return (np.concatenate(self._groups), [np.concatenate(s) for s in self._scores],
+                np.concatenate(self._labels))
+
+    def gather_(self, group=None) -> "GroupedScores":
+        """Every process's rows on rank 0 (the others keep theirs); a collective, called on every rank."""
+        import torch.distributed as dist
+
+        local = self._arrays() if self._groups else None
+        parts: list | None = [None] * dist.get_world_size(group) if dist.get_rank(group) == 0 else None
+        dist.gather_object(local, parts, dst=0, group=group)
+        if parts is not None:
+            parts = [p for p in parts if p is not None]
+            self._groups = [p[0] for p in parts]
+            self._scores = [[p[1][k] for p in parts] for k in range(self.n_models)]
+            self._labels = [p[2] for p in parts]
+        return self
+
+    def gauc(self, model: int = 0) -> GroupedAUC:
+        groups, scores, labels = self._arrays()
+        mask = labels >= 0
+        return grouped_auc(scores[model], np.where(mask, labels, 0), mask, groups, task_types=self.task_types)
+
+    def bytes(self) -> int:
+        return sum(a.nbytes for a in self._groups + self._labels) + sum(a.nbytes for s in self._scores for a in s)
+
+
+__all__ = ["GroupedAUC", "grouped_auc", "GroupedScores"]

@@ -41,7 +41,7 @@ def synthetic_data(out: Path, rows: int, seed: int) -> tuple[Path, Path, Path, d
     from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
 
     data = out / "data"
-    if not (data / "feature_spec.yaml").exists():
+    if _spec_file(data) is None:
         generate_synthetic(data, SynthConfig(tasks=8, rows=rows, days=4, seed=seed, table_scale=0.01,
                                              post_click_all_labels=True), overwrite=True)
     days = sorted(p for p in data.iterdir() if p.name.startswith("date="))
@@ -51,14 +51,19 @@ def synthetic_data(out: Path, rows: int, seed: int) -> tuple[Path, Path, Path, d
                 shutil.copytree(p, out / split / p.name)
     setup = {"parent": "click", "child": "conversion", "all_label": "conversion_all",
              "config": str(REPO / "results" / "cascades" / "synthetic.yaml"), "set": []}
-    return out / "train", out / "test", data / "feature_spec.yaml", setup
+    return out / "train", out / "test", _spec_file(data), setup
+
+
+def _spec_file(data: Path) -> Path | None:
+    """The spec a data folder holds (`_feature_spec.yaml`, or `feature_spec.yaml` as older conversions wrote)."""
+    return next((p for p in (data / "_feature_spec.yaml", data / "feature_spec.yaml") if p.exists()), None)
 
 
 def kuairand_data(out: Path, src: Path) -> tuple[Path, Path, Path, dict]:
     from recsys_mtl.data.kuairand import convert_kuairand
 
     data = out / "data"
-    if not (data / "feature_spec.yaml").exists():
+    if _spec_file(data) is None:
         convert_kuairand(src, data, overwrite=True)
     setup = {"parent": "is_click", "child": "long_view", "all_label": "long_view",
              "config": str(REPO / "configs" / "kuairand.yaml"),
@@ -66,7 +71,7 @@ def kuairand_data(out: Path, src: Path) -> tuple[Path, Path, Path, dict]:
              "set": ["train.task_epochs={is_click: 4, long_view: 4, is_forward: 4, is_profile_enter: 6, "
                      "is_click_long_view: 4}"],
              "static": [1, 1, 1, 1, 1, 3, 1]}
-    return data / "train", data / "test", data / "feature_spec.yaml", setup
+    return data / "train", data / "test", _spec_file(data), setup
 
 
 def variant_spec(spec_path: Path, setup: dict, variant: str, out: Path) -> Path:

@@ -67,3 +67,53 @@ def test_a_regression_task_has_no_gauc():
     got = grouped_auc(np.zeros((4, 2)), np.array([[0, 3.5], [1, 2.0], [0, 1.0], [1, 0.5]]), None,
                       np.zeros(4, dtype=np.int64), task_types=["binary", "regression"])
     assert got.gauc[0] == 0.5 and np.isnan(got.gauc[1])
+
+
+def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from recsys_mtl.metrics.grouped import GroupedScores
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        groups, scores, labels, mask = _rows()
+        mine = slice(0, 130) if rank == 0 else slice(130, None)
+        collector = GroupedScores(n_models=2, task_types=["binary", "binary", "regression"])
+        for start in range(mine.start or 0, mine.stop or len(groups), 50):  # batches, as a stream gives them
+            rows = slice(start, min(start + 50, mine.stop or len(groups)))
+            collector.update(torch.tensor(groups[rows]), [torch.tensor(scores[rows]), -torch.tensor(scores[rows])],
+                             torch.tensor(labels[rows]), torch.tensor(mask[rows]))
+        collector.gather_()
+        if rank == 0:
+            np.save(os.path.join(out_dir, "gauc.npy"), np.stack([collector.gauc(0).gauc, collector.gauc(1).gauc]))
+    finally:
+        dist.destroy_process_group()
+
+
+def _rows():
+    rng = np.random.default_rng(11)
+    N = 300
+    groups = rng.integers(0, 30, N)
+    scores = rng.standard_normal((N, 3)).astype(np.float32)
+    labels = (rng.random((N, 3)) < 0.4).astype(np.float32)
+    labels[:, 2] = rng.random(N) * 5  # a regression task: no GAUC
+    mask = rng.random((N, 3)) < 0.7
+    return groups, scores, labels, mask
+
+
+def test_streamed_rows_gathered_from_two_processes_give_the_gauc_of_all_rows(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    groups, scores, labels, mask = _rows()
+    got = np.load(tmp_path / "gauc.npy")
+    binary = labels.copy()
+    binary[:, 2] = 0
+    want = direct_gauc(scores[:, :2].astype(np.float64), binary[:, :2], mask[:, :2], groups)
+    np.testing.assert_allclose(got[0, :2], want, rtol=1e-12)
+    np.testing.assert_allclose(got[1, :2], 1 - want, rtol=1e-12)  # the negated scores: the other model
+    assert np.isnan(got[:, 2]).all()
