@@ -22,7 +22,7 @@ def cascade_data(tmp_path_factory) -> tuple[Path, Path]:
     cfg = SynthConfig(tasks=8, rows=768, days=3, seed=0, rows_per_file=256, row_group_size=ROW_GROUP,
                       table_scale=0.0001)
     data = generate_synthetic(tmp_path_factory.mktemp("cascade") / "data", cfg)
-    spec = yaml.safe_load((data / "feature_spec.yaml").read_text())
+    spec = yaml.safe_load((data / "_feature_spec.yaml").read_text())
     for task in spec["tasks"]:
         if task["name"] == "conversion":
             task["depends_on"] = "click"
