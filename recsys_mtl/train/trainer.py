@@ -49,12 +49,11 @@ from recsys_mtl.train.lock import OutputDirLock
 from recsys_mtl.train.progress import Progress
 from recsys_mtl.train.schedule import LrSchedule
 from recsys_mtl.train.sharding import describe_plan, shard_model
+from recsys_mtl.train.train_log import TRAIN_LOG, keep_steps_up_to
 from recsys_mtl.train.train_module import MultiTaskTrainModule
 from recsys_mtl.weighting import WeightingMethod, build_weighting
 
 log = logging.getLogger(__name__)
-
-TRAIN_LOG = "train_log.jsonl"
 
 
 class BatchSource(Protocol):
@@ -442,13 +441,7 @@ class Trainer:
 
     # -- logging -----------------------------------------------------------------------------
     def _truncate_train_log(self, step: int) -> None:
-        path = self.output_dir / TRAIN_LOG
-        if not path.exists():
-            return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        keep_steps_up_to(self.output_dir / TRAIN_LOG, step)
 
     def _flush_records(self) -> list[dict[str, Any]]:
         """One host sync for the whole window: stack the pending step tensors and write them out."""

@@ -267,3 +267,18 @@ def test_a_retry_after_kill_9_marks_the_killed_attempts_run_killed(tmp_path, day
     status = {r.info.run_id: r.info.status for r in client.search_runs([experiment])}
     assert status.pop(orphan.info.run_id) == "KILLED"
     assert list(status.values()) == ["FINISHED"]
+
+
+def test_a_damaged_state_file_is_one_line_naming_it_and_what_to_do(tmp_path, days, capsys):
+    from recsys_mtl.cli import main
+
+    config = make_config(tmp_path, days)
+    pipeline = DailyPipeline.load(config, echo=lambda *_: None)
+    state = tmp_path / "work" / "state" / "2026-01-01" / "train.json"
+    for damage in (b'{"run_id": "ab', b"\xff\xfe", b"[1, 2]"):
+        pipeline.store.put("2026-01-01", "train", {"run_id": "x"})
+        state.write_bytes(damage)  # a copy cut short, a disk error, an edit
+        assert main(["pipeline", "status", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"recsys-mtl: error: {state}: pipeline state file is damaged (") and "\n" not in err
+        assert err.endswith("delete it to run the train step of 2026-01-01 again (or restore it from a backup)")
