@@ -77,6 +77,9 @@ class _Models:
             if self.tracking_uri is None and not Path("mlflow.db").exists():
                 raise FileNotFoundError(f"no mlflow.db in {Path.cwd()}; pass --tracking-uri")
             self.tracking_uri = self.tracking_uri or default_tracking_uri()
+            from recsys_mtl.tracking.sqlite_store import check_sqlite_store
+
+            check_sqlite_store(self.tracking_uri, "--tracking-uri", must_exist=True, writable=False)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 

@@ -259,19 +259,23 @@ class RunTracker(NullTracker):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(config.http_timeout_s))
         from mlflow.tracking import MlflowClient  # lazy: `import mlflow` costs seconds
 
+        from recsys_mtl.tracking.sqlite_store import check_sqlite_store, quiet_sqlalchemy_dump
+
+        check_sqlite_store(uri, "tracking.tracking_uri")
         work_dir = Path(work_dir).resolve()
         spool_dir = work_dir / SPOOL_DIRNAME
         try:
-            client = MlflowClient(tracking_uri=uri)
-            exp = client.get_experiment_by_name(config.experiment)
-            if exp is None:
-                exp_id = client.create_experiment(config.experiment,
-                                                  artifact_location=config.resolved_artifact_location())
-            else:
-                exp_id = exp.experiment_id
-            run = _reopen(client, continue_run_id, exp_id, config.experiment) if continue_run_id else None
-            if run is None:
-                run = client.create_run(exp_id, run_name=run_name)
+            with quiet_sqlalchemy_dump():  # the one line below says what failed
+                client = MlflowClient(tracking_uri=uri)
+                exp = client.get_experiment_by_name(config.experiment)
+                if exp is None:
+                    exp_id = client.create_experiment(config.experiment,
+                                                      artifact_location=config.resolved_artifact_location())
+                else:
+                    exp_id = exp.experiment_id
+                run = _reopen(client, continue_run_id, exp_id, config.experiment) if continue_run_id else None
+                if run is None:
+                    run = client.create_run(exp_id, run_name=run_name)
         except Exception as exc:  # noqa: BLE001 - any store error
             reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             raise TrackingUnavailable(
