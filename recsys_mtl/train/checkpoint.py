@@ -17,6 +17,7 @@ tensor is loaded.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from recsys_mtl.config.loader import ConfigError
+from recsys_mtl.train.distributed import computed_on_rank0
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,37 @@ _TMP_PREFIX = ".tmp-"
 
 RESUME_ADVICE = ("Resume with the config (and feature spec) it was trained with, or start fresh: set "
                  "train.checkpoint.resume: false or point train.checkpoint.dir (or train.output_dir) at a new directory.")
+
+
+class DiskFull(OSError):
+    """A checkpoint could not be written for want of space; the earlier ones are intact."""
+
+    exit_code = 1  # the CLI prints it as one line
+
+
+def _free_bytes(directory: Path) -> int:
+    for path in (directory, *directory.parents):
+        if path.exists():
+            return shutil.disk_usage(path).free
+    return 0
+
+
+def _is_disk_full(exc: BaseException, free: int, newest: Path | None) -> bool:
+    """ENOSPC/EDQUOT anywhere in `exc` (DCP wraps each rank's error), or torch's zip writer's own message for a
+    short write ('unexpected pos', 'file write failed') when less is free than the newest checkpoint takes."""
+    errors = [e for e, _ in exc.failures.values()] if isinstance(exc, CheckpointException) else [exc]
+    seen: list[BaseException] = []
+    while errors:
+        e = errors.pop()
+        if e is None or e in seen:
+            continue
+        seen.append(e)
+        errors += [e.__cause__, e.__context__]
+    if any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in seen):
+        return True
+    short_write = any(m in str(e) for e in seen for m in ("unexpected pos", "file write failed", "No space left"))
+    needed = sum(f.stat().st_size for f in newest.iterdir() if f.is_file()) if newest else 1 << 20
+    return short_write and free < needed
 
 
 class CheckpointMismatchError(ConfigError):
@@ -180,34 +213,60 @@ class CheckpointManager:
             dcp.save(_without_empty_dicts(state), checkpoint_id=str(tmp))
         except CheckpointException as exc:
             _raise_interrupt(exc)
+            self._raise_if_disk_full(exc, step, tmp)
             raise
         self._barrier()
-        if self.rank == 0:
-            for file_name, text in {SIGNATURE: json.dumps(signature, indent=1, sort_keys=True), **(files or {})}.items():
-                with open(tmp / file_name, "w") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-            _fsync_dir(tmp)
-            if final.exists():  # same step saved again (e.g. the end of a resumed run)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.directory)
-            _write_atomic(self.directory / LATEST, name + "\n")
-            # removed: checkpoints not of this run (an earlier run's, see start_fresh, and any of a higher step, which
-            # this run, whose steps only grow, did not write: a fresh run that died before removing the earlier
-            # run's leaves them), then this run's beyond the newest `keep`
-            ours = []
-            for old in self.complete_checkpoints():
-                if old != final and (old in self._earlier_run or step_number(old) > step):
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    ours.append(old)
-            for old in ours[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+
+        def commit() -> None:  # rank 0; its failure (a full disk) reaches every rank instead of hanging them
+            try:
+                self._commit(step, name, tmp, final, signature, files)
+            except OSError as exc:
+                self._raise_if_disk_full(exc, step, tmp)
+                raise
+
+        computed_on_rank0(commit, self.world_size)
         self._earlier_run = []
         self._barrier()
         return final
+
+    def _raise_if_disk_full(self, exc: BaseException, step: int, tmp: Path) -> None:
+        """A save that failed for want of space: remove its partial folder (rank 0) and raise DiskFull."""
+        free = _free_bytes(self.directory)
+        newest = self.latest()
+        if not _is_disk_full(exc, free, newest):
+            return
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskFull(
+            f"checkpoint step {step} not saved: the disk holding {self.directory} is full ({free / 2**20:.1f} MiB "
+            f"free); the earlier checkpoints are intact ({f'newest {newest.name}' if newest else 'none yet'}): free "
+            "space (or set train.checkpoint.dir elsewhere), then run the same command to resume") from None
+
+    def _commit(self, step: int, name: str, tmp: Path, final: Path, signature: dict[str, Any],
+                files: dict[str, str] | None) -> None:
+        """Rank 0: the side files into the temp folder, then the folder and `latest` into place, then rotation."""
+        for file_name, text in {SIGNATURE: json.dumps(signature, indent=1, sort_keys=True), **(files or {})}.items():
+            with open(tmp / file_name, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # same step saved again (e.g. the end of a resumed run)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+        _write_atomic(self.directory / LATEST, name + "\n")
+        # removed: checkpoints not of this run (an earlier run's, see start_fresh, and any of a higher step, which
+        # this run, whose steps only grow, did not write: a fresh run that died before removing the earlier
+        # run's leaves them), then this run's beyond the newest `keep`
+        ours = []
+        for old in self.complete_checkpoints():
+            if old != final and (old in self._earlier_run or step_number(old) > step):
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                ours.append(old)
+        for old in ours[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
     # -- loading -------------------------------------------------------------------------
     def check_signature(self, path: Path, signature: dict[str, Any], advice: str = RESUME_ADVICE,
@@ -319,4 +378,4 @@ def unpack(data: Any) -> Any:
     raise TypeError(f"unexpected checkpoint object {type(data).__name__}")
 
 
-__all__ = ["CheckpointManager", "CheckpointMismatchError", "RESUME_ADVICE", "METRICS_KEY", "RNG_KEY", "pack", "unpack", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointManager", "CheckpointMismatchError", "DiskFull", "RESUME_ADVICE", "METRICS_KEY", "RNG_KEY", "pack", "unpack", "rng_state", "set_rng_state"]

@@ -5,6 +5,7 @@ A kill during an append leaves a partial last line; a resume drops it (with a wa
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -37,6 +38,21 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def append_records(path: Path, records: list[dict]) -> None:
+    """Append step records; a full disk is one line (DiskFull) saying the checkpoints are intact."""
+    try:
+        with open(path, "a") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        from recsys_mtl.train.checkpoint import DiskFull
+
+        raise DiskFull(f"{path}: the disk is full, training stopped; the checkpoints written so far are intact: free "
+                       "space, then run the same command to resume") from None
+
+
 def keep_steps_up_to(path: Path, step: int) -> None:
     """Rewrite `path` (atomically) with its records of steps <= `step`: the resumed run logs the later ones again."""
     if not path.exists():
@@ -47,4 +63,4 @@ def keep_steps_up_to(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["TRAIN_LOG", "keep_steps_up_to", "read_records"]
+__all__ = ["TRAIN_LOG", "append_records", "keep_steps_up_to", "read_records"]

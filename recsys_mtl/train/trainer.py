@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import json
 import logging
 import os
 import random
@@ -49,7 +48,7 @@ from recsys_mtl.train.lock import OutputDirLock
 from recsys_mtl.train.progress import Progress
 from recsys_mtl.train.schedule import LrSchedule
 from recsys_mtl.train.sharding import describe_plan, shard_model
-from recsys_mtl.train.train_log import TRAIN_LOG, keep_steps_up_to
+from recsys_mtl.train.train_log import TRAIN_LOG, append_records, keep_steps_up_to
 from recsys_mtl.train.train_module import MultiTaskTrainModule
 from recsys_mtl.weighting import WeightingMethod, build_weighting
 
@@ -461,9 +460,7 @@ class Trainer:
             records = records[:diverged + 1]  # the log ends at the first non-finite step
         self.last_loss = records[-1]["loss"]
         if self.env.is_main:
-            with open(self.output_dir / TRAIN_LOG, "a") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
+            append_records(self.output_dir / TRAIN_LOG, records)
             for cb in self.callbacks:
                 cb.on_log(self, records)
         if diverged is not None:  # the losses are global: every rank stops here
