@@ -15,9 +15,10 @@ What a run holds:
 - each evaluation: `eval/{ne,auc,logloss,calibration,count}/<task>`, `eval/mean_ne`, `eval/mean_auc`;
 - system metrics (`system/...`), heatmaps `plots/train_weight.png`, `plots/train_group.png`;
 - a training resumed from a checkpoint continues the same run (`tracking.continue_run`): its first params stay,
-  changed ones are listed in a tag, the resume steps are in `recsys_mtl.resumed_at_steps`, and steps logged
-  between the checkpoint and the interruption appear twice in a metric's history (the later value is the
-  resumed process's);
+  changed ones are listed in a tag, the resume steps are in `recsys_mtl.resumed_at_steps`; each step's metrics
+  are in the run once, even after a kill -9: everything up to a checkpoint is delivered (or spooled, fsynced)
+  before the checkpoint commits, and a resumed process does not log again a (metric, step) the store already
+  holds from the interrupted one (that one's value stays; system metrics are sampled by time and excluded);
 - at the end: the model as `model/` (config.yaml, feature_spec.yaml and the final DCP
   checkpoint directory `model/checkpoint/`, as saved by every rank), `train_log.jsonl`,
   and a model-registry version when `tracking.register_model` is set.
@@ -106,6 +107,15 @@ class TrackingCallback(TrainerCallback):
             if vals:
                 out[f"eval/mean_{key}"] = sum(vals) / len(vals)
         self.tracker.log_metrics(step, out)
+
+    def on_checkpoint(self, trainer: "Trainer", step: int) -> None:
+        """Every metric up to `step` is delivered or in the fsynced spool before the checkpoint commits: a kill -9
+        after it loses none of them (a resume starts after `step` and does not log them again)."""
+        timeout = 2 * trainer.config.tracking.http_timeout_s + 10  # one delivery attempt, then the spool write
+        spool = self.tracker.spool_path
+        if not self.tracker.flush(timeout=timeout) and not (spool is not None and spool.exists()):
+            log.warning("tracking: the metrics up to step %d were not all delivered before its checkpoint (the "
+                        "store is slow); a kill now may lose some of them", step)
 
     # -- end ---------------------------------------------------------------------------------
     def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None:

@@ -80,6 +80,8 @@ class TrainerCallback:
     def on_eval(self, trainer: "Trainer", step: int, epoch: int, metrics: dict[str, dict[str, float]]) -> None: ...
     def on_train_metrics(self, trainer: "Trainer", step: int, metrics: dict[str, torch.Tensor]) -> None:
         """Streaming per-task metrics ({"ne": [T], "ne_lifetime": [T], ...}, recsys_mtl.metrics.streaming)."""
+    def on_checkpoint(self, trainer: "Trainer", step: int) -> None:
+        """Step `step` is about to be checkpointed: what was reported up to it should be made durable now."""
     def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None: ...
     def on_train_error(self, trainer: "Trainer", exc: BaseException) -> None:
         """`fit` is raising `exc` (an error, Ctrl-C or SIGTERM); called before it propagates."""
@@ -335,6 +337,8 @@ class Trainer:
             dist.all_gather_object(per_rank, local)
         state[RNG_KEY] = pack([rng for rng, _ in per_rank])
         state[METRICS_KEY] = pack([metrics for _, metrics in per_rank])
+        for cb in self.callbacks if self.env.is_main else ():  # callbacks written before the hook lack it
+            getattr(cb, "on_checkpoint", lambda *_: None)(self, self.step)
         path = self.checkpoints.save(self.step, state, self.signature, files=self._self_description)
         self._saved_step = self.step
         if self.env.is_main:
