@@ -94,6 +94,9 @@ class _Models:
             local, run_id = resolve_model_dir(self.client, self.tracking_uri, ref, self.tmp / ref.replace("/", "_"))
         except MlflowException as exc:
             raise FileNotFoundError(f"{ref}: not found in the tracking store {self.tracking_uri} ({exc.message})") from None
+        from recsys_mtl.tracking.model_manifest import verify_run_model
+
+        verify_run_model(self.client, run_id, local, ref)  # before torch reads any of it (DCP metadata is a pickle)
         return load_model(local, config, source=ref, overrides=overrides, flags=flags), run_id
 
 

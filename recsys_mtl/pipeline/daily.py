@@ -188,15 +188,21 @@ class DailyPipeline:
 
         from recsys_mtl.evaluate.loading import MODEL_ARTIFACT, local_artifact_dir
 
-        run = MlflowClient(self.tracking_uri).get_run(run_id)
+        from recsys_mtl.tracking.model_manifest import verify_run_model
+
+        client = MlflowClient(self.tracking_uri)
+        run = client.get_run(run_id)
         local = local_artifact_dir(run.info.artifact_uri)
         if local is None or not (local / MODEL_ARTIFACT).is_dir():
             import mlflow.artifacts
 
-            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT,
-                                                            dst_path=str(self.work / "models" / run_id),
-                                                            tracking_uri=self.tracking_uri))
-        return local / MODEL_ARTIFACT
+            model_dir = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT,
+                                                                 dst_path=str(self.work / "models" / run_id),
+                                                                 tracking_uri=self.tracking_uri))
+        else:
+            model_dir = local / MODEL_ARTIFACT
+        verify_run_model(client, run_id, model_dir, f"run {run_id}'s model")
+        return model_dir
 
     def _scores(self, model_dir: str, data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], int]:
         """Probabilities, labels, mask, task names, and how many logits are NaN or infinite (a sigmoid hides
@@ -216,9 +222,12 @@ class DailyPipeline:
         from recsys_mtl.metrics.offline import compare_models, task_metrics
         from recsys_mtl.tracking.tracker import RunTracker
 
+        from recsys_mtl.tracking.model_manifest import verify_run_model
+
         train = self.store.get(date, "train")
         eval_date = train["eval_date"]
         data = self.partitions[eval_date]
+        verify_run_model(self._registry().client, train["run_id"], train["model_dir"], f"{date}'s candidate")
         cand, labels, mask, tasks, non_finite = self._scores(train["model_dir"], data)
         exact = task_metrics(cand, labels, mask)
         record: dict[str, Any] = {

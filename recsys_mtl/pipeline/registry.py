@@ -58,6 +58,10 @@ class ChampionRegistry:
             import mlflow.artifacts
 
             checkpoint = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=self.client.tracking_uri)
+        from recsys_mtl.tracking.model_manifest import verify_run_model
+
+        # checked whenever the champion is looked up: it is then warm-started from and scored
+        verify_run_model(self.client, mv.run_id, checkpoint, f"{self.model_name} version {mv.version}")
         return Champion(version=str(mv.version), run_id=mv.run_id, checkpoint=str(checkpoint))
 
     def register(self, run_id: str, source: str, checkpoint: str, date: str) -> str:
