@@ -282,3 +282,19 @@ def test_a_damaged_state_file_is_one_line_naming_it_and_what_to_do(tmp_path, day
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"recsys-mtl: error: {state}: pipeline state file is damaged (") and "\n" not in err
         assert err.endswith("delete it to run the train step of 2026-01-01 again (or restore it from a backup)")
+
+
+@pytest.mark.parametrize("click, like, accepted", [
+    (0.051, -0.2, False),  # a guarded task past tolerance: rejected, however much the mean improves
+    (0.049, -0.2, True),  # within tolerance
+    (-0.1, 0.3, True),  # an unguarded task may get worse
+])
+def test_the_gate_rejects_a_guarded_task_past_its_tolerance(click, like, accepted):
+    from recsys_mtl.pipeline.config import GateConfig
+    from recsys_mtl.pipeline.gate import decide
+
+    gate = GateConfig(guarded_tasks=["click"], tolerance=0.05)
+    decision = decide(["click", "like"], [click, like], (click + like) / 2, gate)
+    assert decision.accepted == accepted
+    if not accepted:
+        assert decision.reason == f"guarded task(s) worse than tolerance 5.0000%: click {click:+.4%}"
