@@ -11,6 +11,7 @@ import dataclasses
 import logging
 from typing import Sequence
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -30,40 +31,48 @@ class LabelCoverage:
     rows: int
     labelled: list[int]  # exact, over every row
     sampled_rows: int  # rows whose labels were read for the positive rates
-    sampled_positives: list[int]
+    sampled_positives: list[int]  # 0 for regression tasks
 
     def positives_per_batch(self, batch_rows: int) -> list[float]:
         return [p / max(self.sampled_rows, 1) * batch_rows for p in self.sampled_positives]
 
 
 def label_coverage(units: Sequence, spec: FeatureSpec, max_rows: int = MAX_ROWS_READ) -> LabelCoverage:
-    """`units`: the row groups of a dataset (objects with `path`, `index`, `num_rows`, as ParquetStream.units)."""
+    """`units`: the row groups of a dataset (objects with `path`, `index`, `num_rows`, as ParquetStream.units).
+    Integer label columns are counted from their null counts; float ones from their data (a NaN is unlabelled too,
+    and statistics do not count NaNs)."""
     columns = [t.source for t in spec.tasks]
     rows = sum(u.num_rows for u in units)
     labelled = [0] * len(columns)
     stride = max(1, -(-rows // max_rows))  # read every stride-th row group: at most ~max_rows rows, spread out
-    to_read = {i: set() for i in range(0, len(units), stride)}  # row group -> its columns without statistics
-    metadata: dict[str, pq.FileMetaData] = {}
+    to_read = {i: set() for i in range(0, len(units), stride)}  # row group -> its columns counted from the data
+    files: dict[str, pq.ParquetFile] = {}
     for i, unit in enumerate(units):
-        if unit.path not in metadata:
-            metadata[unit.path] = pq.ParquetFile(unit.path).metadata
-        group = metadata[unit.path].row_group(unit.index)
+        if unit.path not in files:
+            files[unit.path] = pq.ParquetFile(unit.path)
+        schema = files[unit.path].schema_arrow
+        group = files[unit.path].metadata.row_group(unit.index)
         stats = {group.column(c).path_in_schema: group.column(c).statistics for c in range(group.num_columns)}
         for t, name in enumerate(columns):
-            if stats.get(name) is not None and stats[name].has_null_count:
+            floating = pa.types.is_floating(schema.field(name).type)
+            if not floating and stats.get(name) is not None and stats[name].has_null_count:
                 labelled[t] += unit.num_rows - stats[name].null_count
-            else:  # no statistics: counted from the data
+            else:
                 to_read.setdefault(i, set()).add(t)
     read_rows, positives = 0, [0] * len(columns)
-    for i, unstated in sorted(to_read.items()):
+    for i, from_data in sorted(to_read.items()):
         unit = units[i]
-        table = pq.ParquetFile(unit.path).read_row_group(unit.index, columns=columns)
+        table = files[unit.path].read_row_group(unit.index, columns=columns)
         read_rows += unit.num_rows
         for t, name in enumerate(columns):
             col = table.column(name)
-            positives[t] += int(pc.sum(col).as_py() or 0)
-            if t in unstated:
-                labelled[t] += len(col) - col.null_count
+            present = pc.is_valid(col)
+            if pa.types.is_floating(col.type):
+                present = pc.and_(present, pc.invert(pc.is_nan(col)))
+            if t in from_data:
+                labelled[t] += int(pc.sum(present).as_py() or 0)
+            if not spec.tasks[t].is_regression:
+                positives[t] += int(pc.sum(pc.equal(col, 1)).as_py() or 0)
     return LabelCoverage(spec.task_names, columns, rows, labelled, read_rows, positives)
 
 
@@ -80,8 +89,10 @@ def check_labels(units: Sequence, spec: FeatureSpec, where: str, global_batch: i
         if unlabelled == "error":
             raise DataError(f"{message}. Fix the data, or drop the task from the feature spec ({SETTING}: error)")
         log.warning("%s. Set %s: error to stop instead", message, SETTING)
-    rare = [f"{name} {per:.2g}" for name, per, n in zip(coverage.task_names, coverage.positives_per_batch(global_batch),
-                                                         coverage.labelled) if n and per < 1]
+    rare = [f"{name} {per:.2g}" for task, name, per, n in zip(spec.tasks, coverage.task_names,
+                                                               coverage.positives_per_batch(global_batch),
+                                                               coverage.labelled)
+            if n and per < 1 and not task.is_regression]
     if rare:
         log.warning("%s: under one positive label per global batch of %d rows on average (from %d rows read): %s; "
                     "such tasks see batches without a positive most steps (their loss, gradient and weight are "

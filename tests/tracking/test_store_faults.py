@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from recsys_mtl.config.loader import ConfigError
-from recsys_mtl.tracking.config import TrackingConfig
+from recsys_mtl.config.tracking import TrackingConfig
 from recsys_mtl.tracking.tracker import RunTracker
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from recsys_mtl.train import Trainer
-from recsys_mtl.train.train_log import TRAIN_LOG
+from recsys_mtl.train.step_log import TRAIN_LOG
 
 from tests.models.batches import ListSource, rank_batches, tiny_spec
 from tests.train.helpers import tiny_config
@@ -26,7 +26,7 @@ def test_a_train_log_cut_mid_line_by_a_kill_is_dropped_with_a_warning_and_the_re
     log_file = tmp_path / "cut" / TRAIN_LOG
     with open(log_file, "a") as f:
         f.write('{"step": 4, "epoch": 0, "loss": 0.6')  # killed while appending step 4
-    with caplog.at_level("WARNING", logger="recsys_mtl.train.train_log"):
+    with caplog.at_level("WARNING", logger="recsys_mtl.train.step_log"):
         Trainer(tiny_config(tmp_path / "cut", train={"epochs": 2}), spec=spec, train_data=ListSource(batches)).fit()
     assert f"{log_file}: dropped 1 unreadable line(s) (line 4; a write cut short by a kill)" in caplog.text
     assert logged(tmp_path / "cut") == logged(tmp_path / "straight")
