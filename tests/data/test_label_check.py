@@ -74,3 +74,19 @@ def test_unlabelled_tasks_error_stops_the_training_before_it_starts_in_one_line(
     assert err.startswith(f"recsys-mtl: error: {broken_labels}: task(s) like (column 'like') have no labelled row")
     assert err.endswith("Fix the data, or drop the task from the feature spec (data.unlabelled_tasks: error)")
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_float_label_column_of_nans_counts_as_unlabelled(broken_labels, tmp_path):
+    """Float 0/1 label columns mark unlabelled rows with NaN, which Parquet's null counts do not see."""
+    import shutil
+
+    root = tmp_path / "nan"
+    shutil.copytree(broken_labels, root)
+    for path in sorted(root.rglob("*.parquet")):
+        table = pq.read_table(path)
+        click = table.schema.get_field_index("click")
+        table = table.set_column(click, "click", pa.array([float("nan")] * len(table), pa.float32()))
+        pq.write_table(table, path, row_group_size=256)
+    stream, spec = stream_of(root)
+    coverage = label_coverage(stream.units, spec)
+    assert coverage.labelled[spec.task_names.index("click")] == 0
