@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 
 from recsys_mtl.config.features import FeatureSpec
 from recsys_mtl.data.errors import DataError
@@ -37,8 +37,10 @@ class LabelCoverage:
         return [p / max(self.sampled_rows, 1) * batch_rows for p in self.sampled_positives]
 
 
-def label_coverage(units: Sequence, spec: FeatureSpec, max_rows: int = MAX_ROWS_READ) -> LabelCoverage:
-    """`units`: the row groups of a dataset (objects with `path`, `index`, `num_rows`, as ParquetStream.units).
+def label_coverage(units: Sequence, spec: FeatureSpec, max_rows: int = MAX_ROWS_READ,
+                   fragments: Mapping[str, Any] | None = None) -> LabelCoverage:
+    """`units`: the row groups of a dataset (objects with `path`, `index`, `num_rows`, as ParquetStream.units);
+    `fragments`: its Parquet fragments by path (ParquetStream.fragments: any pyarrow filesystem), else local files.
     Integer label columns are counted from their null counts; float ones from their data (a NaN is unlabelled too,
     and statistics do not count NaNs)."""
     columns = [t.source for t in spec.tasks]
@@ -46,11 +48,11 @@ def label_coverage(units: Sequence, spec: FeatureSpec, max_rows: int = MAX_ROWS_
     labelled = [0] * len(columns)
     stride = max(1, -(-rows // max_rows))  # read every stride-th row group: at most ~max_rows rows, spread out
     to_read = {i: set() for i in range(0, len(units), stride)}  # row group -> its columns counted from the data
-    files: dict[str, pq.ParquetFile] = {}
+    files = dict(fragments) if fragments is not None else {}
     for i, unit in enumerate(units):
         if unit.path not in files:
-            files[unit.path] = pq.ParquetFile(unit.path)
-        schema = files[unit.path].schema_arrow
+            files[unit.path] = next(iter(ds.dataset(unit.path, format="parquet").get_fragments()))
+        schema = files[unit.path].physical_schema
         group = files[unit.path].metadata.row_group(unit.index)
         stats = {group.column(c).path_in_schema: group.column(c).statistics for c in range(group.num_columns)}
         for t, name in enumerate(columns):
@@ -62,7 +64,7 @@ def label_coverage(units: Sequence, spec: FeatureSpec, max_rows: int = MAX_ROWS_
     read_rows, positives = 0, [0] * len(columns)
     for i, from_data in sorted(to_read.items()):
         unit = units[i]
-        table = files[unit.path].read_row_group(unit.index, columns=columns)
+        table = files[unit.path].subset(row_group_ids=[unit.index]).to_table(columns=columns)
         read_rows += unit.num_rows
         for t, name in enumerate(columns):
             col = table.column(name)
@@ -76,10 +78,11 @@ def label_coverage(units: Sequence, spec: FeatureSpec, max_rows: int = MAX_ROWS_
     return LabelCoverage(spec.task_names, columns, rows, labelled, read_rows, positives)
 
 
-def check_labels(units: Sequence, spec: FeatureSpec, where: str, global_batch: int, unlabelled: str = "warn") -> LabelCoverage:
+def check_labels(units: Sequence, spec: FeatureSpec, where: str, global_batch: int, unlabelled: str = "warn",
+                 fragments: Mapping[str, Any] | None = None) -> LabelCoverage:
     """Warn (or, with `unlabelled` == "error", raise DataError) for tasks with no labelled row in `units`; warn
     for tasks with under one positive per global batch on average."""
-    coverage = label_coverage(units, spec)
+    coverage = label_coverage(units, spec, fragments=fragments)
     empty = [f"{name} (column {col!r})" for name, col, n in zip(coverage.task_names, coverage.columns, coverage.labelled)
              if n == 0]
     if empty:

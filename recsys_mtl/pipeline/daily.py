@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from recsys_mtl.config.loader import ConfigError, load_yaml
+from recsys_mtl.data.folder import spec_file
 from recsys_mtl.pipeline.config import DailyPipelineConfig
 from recsys_mtl.pipeline.gate import decide
 from recsys_mtl.pipeline.registry import ChampionRegistry
@@ -57,7 +58,7 @@ class DailyPipeline:
         self.work = Path(config.work_dir)
         self.store = StepStore(self.work / "state")
         self.partitions = self._discover()
-        spec = config.spec or str(Path(config.data[0]) / "feature_spec.yaml")
+        spec = config.spec or str(spec_file(config.data[0]))
         self.spec_path = spec
         self.tracking_uri = config.tracking.resolved_uri()
         self._check_guarded_tasks()

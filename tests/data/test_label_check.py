@@ -39,13 +39,13 @@ def broken_labels(tmp_path_factory) -> Path:
 
 
 def stream_of(root: Path) -> tuple[ParquetStream, FeatureSpec]:
-    spec = FeatureSpec.load(root / "feature_spec.yaml")
+    spec = FeatureSpec.load(root / "_feature_spec.yaml")
     return ParquetStream(root, spec, 64, shuffle=False), spec
 
 
 def test_labelled_rows_come_from_statistics_or_the_data_and_match_a_count(broken_labels):
     stream, spec = stream_of(broken_labels)
-    coverage = label_coverage(stream.units, spec)
+    coverage = label_coverage(stream.units, spec, fragments=stream.fragments)
     table = pq.read_table(sorted(broken_labels.rglob("*.parquet")), columns=[t.source for t in spec.tasks])
     assert coverage.rows == 2048
     assert coverage.labelled == [len(table) - table.column(t.source).null_count for t in spec.tasks]
@@ -67,7 +67,7 @@ def test_unlabelled_tasks_error_stops_the_training_before_it_starts_in_one_line(
     from recsys_mtl.cli import main
 
     code = main(["train", str(REPO / "configs" / "test_tiny.yaml"), f"--set=data.train_path={broken_labels}",
-                 f"--set=data.spec={broken_labels / 'feature_spec.yaml'}", f"--set=train.output_dir={tmp_path / 'out'}",
+                 f"--set=data.spec={broken_labels / '_feature_spec.yaml'}", f"--set=train.output_dir={tmp_path / 'out'}",
                  "--set=data.unlabelled_tasks=error"])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the log lines of the build
     assert code == 2
@@ -88,5 +88,5 @@ def test_a_float_label_column_of_nans_counts_as_unlabelled(broken_labels, tmp_pa
         table = table.set_column(click, "click", pa.array([float("nan")] * len(table), pa.float32()))
         pq.write_table(table, path, row_group_size=256)
     stream, spec = stream_of(root)
-    coverage = label_coverage(stream.units, spec)
+    coverage = label_coverage(stream.units, spec, fragments=stream.fragments)
     assert coverage.labelled[spec.task_names.index("click")] == 0

@@ -51,7 +51,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def settings(data: Path, out: Path, uri: str, flush_interval_s: float) -> list[str]:
-    return [f"data.train_path={data}", f"data.spec={data / 'feature_spec.yaml'}", "data.batch_size=32",
+    return [f"data.train_path={data}", f"data.spec={data / '_feature_spec.yaml'}", "data.batch_size=32",
             f"train.output_dir={out}", f"train.checkpoint.every={CHECKPOINT_EVERY}", "tracking.enabled=true",
             f"tracking.tracking_uri={uri}", f"tracking.artifact_location={out.parent / 'artifacts'}",
             "tracking.train_metrics_every_n_steps=1", f"tracking.flush_interval_s={flush_interval_s}",
