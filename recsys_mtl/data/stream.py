@@ -313,6 +313,11 @@ class ParquetStream:
                         _check_id_range(by_column[column], low, high, self.spec,
                                         f"{unit.path} (row group {unit.index})")
 
+    @property
+    def fragments(self) -> dict:
+        """The dataset's Parquet fragments by path (their footers are read once, here)."""
+        return self._fragments
+
     # -- planning ------------------------------------------------------------------------
     @property
     def slots_per_rank(self) -> int:
