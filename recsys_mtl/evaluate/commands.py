@@ -161,6 +161,11 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
             differ = [n for n, a, b in zip(names, kinds(base.spec), kinds(loaded.spec)) if a != b]
             raise ConfigError(f"--baseline {args.baseline}: task(s) {differ} have another type or label transform "
                               "than the model's: compare models that predict the same targets")
+    gauc_group = getattr(args, "gauc_group", None) or loaded.config.evaluation.gauc_group
+    if gauc_group:  # a bad column is found before anything is scored
+        from recsys_mtl.evaluate.scoring import check_group_column
+
+        check_group_column(args.data, gauc_group, loaded.spec)
     print(f"scoring {args.data} with {loaded.source} (checkpoint {loaded.checkpoint.name}, {len(names)} tasks)",
           flush=True)
     logits, labels, mask = score_eval_set(loaded.model, loaded.spec, args.data, args.batch_size)
@@ -175,7 +180,6 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
             raise ConfigError(f"--baseline {args.baseline}: its feature spec reads other labels from {args.data} than "
                               "the model's: compare models whose specs name the same label columns")
 
-    gauc_group = getattr(args, "gauc_group", None) or loaded.config.evaluation.gauc_group
     groups = None
     if gauc_group:
         from recsys_mtl.evaluate.scoring import eval_set_groups

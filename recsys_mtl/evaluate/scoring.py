@@ -26,12 +26,13 @@ def score_eval_set(model: torch.nn.Module, spec, data_path: str | Path,
     return logits[:n], labels[:n], mask[:n]
 
 
-def _group_table(data_path: str | Path, column: str, spec, extra: list[str]):
-    """`column` (checked: present, integer or string ids, no nulls) as int64 ids, and the `extra` columns, of every
-    row in position order (the reader's files sorted by path, rows in file order)."""
-    import numpy as np
+def check_group_column(data_path: str | Path, column: str, spec) -> None:
+    """Before any scoring: `column` exists in the data and holds integer or string ids (from the schema alone)."""
+    _group_dataset(data_path, column, spec)
+
+
+def _group_dataset(data_path: str | Path, column: str, spec):
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     from recsys_mtl.config.loader import ConfigError
     from recsys_mtl.data.stream import _discover
@@ -40,6 +41,23 @@ def _group_table(data_path: str | Path, column: str, spec, extra: list[str]):
     if column not in dataset.schema.names:
         raise ConfigError(f"{data_path}: GAUC group column {column!r} (evaluation.gauc_group) is missing; the data "
                           f"has: {', '.join(dataset.schema.names)}")
+    t = dataset.schema.field(column).type
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)):
+        raise ConfigError(f"{data_path}: GAUC group column {column!r} has type {t}, expected integer or string ids")
+    return dataset, fragments
+
+
+def _group_table(data_path: str | Path, column: str, spec, extra: list[str]):
+    """`column` (checked: present, integer or string ids, no nulls) as int64 ids, and the `extra` columns, of every
+    row in position order (the reader's files sorted by path, rows in file order)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from recsys_mtl.config.loader import ConfigError
+
+    dataset, fragments = _group_dataset(data_path, column, spec)
     cols = list(dict.fromkeys([column, *extra]))
     table = pa.concat_tables([frag.to_table(schema=dataset.schema, columns=cols) for frag in fragments])
     ids = table.column(column).combine_chunks()
@@ -48,11 +66,8 @@ def _group_table(data_path: str | Path, column: str, spec, extra: list[str]):
     if ids.null_count:
         raise ConfigError(f"{data_path}: GAUC group column {column!r} has {ids.null_count} null ids; expected an id "
                           "on every row")
-    if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type) or pa.types.is_binary(ids.type):
+    if not pa.types.is_integer(ids.type):  # string ids (the type is checked above)
         ids = pc.dictionary_encode(ids).indices
-    elif not pa.types.is_integer(ids.type):
-        raise ConfigError(f"{data_path}: GAUC group column {column!r} has type {ids.type}, expected integer or string "
-                          "ids")
     return np.array(ids.cast(pa.int64()).to_numpy(zero_copy_only=False)), table  # a writable copy
 
 
@@ -84,4 +99,4 @@ def eval_set_groups(data_path: str | Path, column: str, spec, labels: torch.Tens
     return torch.from_numpy(ids)
 
 
-__all__ = ["score_eval_set", "eval_set_groups", "group_ids_by_position"]
+__all__ = ["score_eval_set", "eval_set_groups", "group_ids_by_position", "check_group_column"]
