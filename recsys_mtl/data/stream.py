@@ -163,11 +163,9 @@ def _discover(path: str | Path | list, spec: FeatureSpec) -> tuple[ds.Dataset, l
     return dataset, units, fragments
 
 
-def _id_statistics(meta: pq.RowGroupMetaData, column: str) -> tuple[int, int] | None:
-    """(min, max) of an integer id column (or a list column's items) from a row group's statistics; None when the
-    writer stored none (or the column is not integer: the schema check reports that)."""
-    leaves = [meta.column(i) for i in range(meta.num_columns)
-              if meta.column(i).path_in_schema == column or meta.column(i).path_in_schema.startswith(column + ".")]
+def _id_statistics(leaves: list[pq.ColumnChunkMetaData]) -> tuple[int, int] | None:
+    """(min, max) of an integer id column (or a list column's items) from its row-group chunk's statistics; None
+    when the writer stored none (or the column is not integer: the schema check reports that)."""
     if len(leaves) != 1:
         return None
     stats = leaves[0].statistics
@@ -293,9 +291,13 @@ class ParquetStream:
             by_column.setdefault(f.source, []).append(f)
         for unit in self.units:
             meta = self._fragments[unit.path].metadata.row_group(unit.index)
+            leaves: dict[str, list] = {}  # top-level column -> its leaf chunks (a list column has one)
+            for i in range(meta.num_columns):
+                chunk = meta.column(i)
+                leaves.setdefault(chunk.path_in_schema.split(".")[0], []).append(chunk)
             unread = []
             for column, feats in by_column.items():
-                low_high = _id_statistics(meta, column)
+                low_high = _id_statistics(leaves.get(column, []))
                 if low_high is None:
                     unread.append(column)
                     continue
