@@ -11,7 +11,7 @@ A *model directory* (what a tracked run logs as its `model/` artifact) holds:
 the resolved config and feature spec the trainer saved with it (a checkpoint older than that
 needs the training config given separately). Tables sharded over any number of ranks
 (table-, row-, column-wise) are read back into plain tensors by DCP's resharding load.
-`resolve_model_dir` finds the model directory of an MLflow run id or a `models:/NAME/VERSION` URI.
+`resolve_model_dir` finds the model directory of an MLflow run id or a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI.
 """
 
 from __future__ import annotations
@@ -138,13 +138,18 @@ def local_artifact_dir(artifact_uri: str) -> Path | None:
 
 
 def resolve_model_dir(client, tracking_uri: str, ref: str, dst: str | Path) -> tuple[Path, str | None]:
-    """(local model directory, run id) for a run id or `models:/NAME/VERSION`; downloads into `dst` unless local."""
+    """(local model directory, run id) for a run id, `models:/NAME/VERSION` or `models:/NAME@ALIAS`; downloads into
+    `dst` unless local."""
     run_id, artifact_uri = None, None
     if ref.startswith("models:/"):
         name, _, version = ref[len("models:/"):].partition("/")
-        if not version:
-            raise ValueError(f"{ref}: expected models:/NAME/VERSION")
-        mv = client.get_model_version(name, version)
+        if version:
+            mv = client.get_model_version(name, version)
+        elif "@" in name:
+            name, _, alias = name.partition("@")
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            raise ValueError(f"{ref}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
         run_id, artifact_uri = mv.run_id, mv.source
     else:
         run_id = ref

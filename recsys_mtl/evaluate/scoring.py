@@ -1,29 +1,94 @@
-"""Score a whole eval set with a loaded model: logits, labels and mask of every row, in file order."""
+"""Score an eval set with loaded models.
+
+- `score_statistics`: streaming. Each process reads its share of the row groups once, runs every model on
+  each batch (forward only, inference mode) and adds the batch to a `StreamingEvaluator`; the processes'
+  statistics are summed by one all-reduce at the end. Memory does not depend on the number of rows.
+- `score_eval_set`: the exact reference path (`evaluate --exact`): logits, labels and mask of every row in memory.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
 
-def score_eval_set(model: torch.nn.Module, spec, data_path: str | Path,
-                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every row of `data_path` once, [N, T] each (reader in eval mode: one slot, no shuffle,
-    `drop_remainder=False`). `predict` pads the last batch with unlabelled rows; they are cut off."""
+def eval_stream(spec, data_path: str | Path, batch_size: int, rank: int = 0, world_size: int = 1):
+    """Every row once, in file order, this rank's row groups (no shuffle, no loader workers, short last batch)."""
     from recsys_mtl.data.stream import ParquetStream
-    from recsys_mtl.train.evaluation import predict
 
-    stream = ParquetStream(str(data_path), spec, batch_size, rank=0, world_size=1, num_workers=0, seed=0,
+    stream = ParquetStream(str(data_path), spec, batch_size, rank=rank, world_size=world_size, num_workers=0, seed=0,
                            shuffle=False, shuffle_buffer_rows=0, drop_remainder=False)
     if stream.num_rows == 0:
         from recsys_mtl.data.errors import DataError
 
         raise DataError(f"{data_path}: the eval set has no rows; expected at least one labelled row to score")
     stream.set_epoch(0)
+    return stream
+
+
+def task_kinds(spec) -> tuple[list[str], list[str]]:
+    """(task types, label transforms) of a feature spec; specs without task types are all binary."""
+    types = list(getattr(spec, "task_types", None) or ["binary"] * spec.num_tasks)
+    transforms = [getattr(t, "transform", None) or "none" for t in spec.tasks]
+    return types, transforms
+
+
+def evaluator_for(spec, **kwargs):
+    from recsys_mtl.metrics.streaming_eval import StreamingEvaluator
+
+    types, transforms = task_kinds(spec)
+    return StreamingEvaluator(types, transforms=transforms, **kwargs)
+
+
+def _same_reader(a, b) -> bool:
+    """Whether two specs read the same columns into the same tensors (then one read serves both models)."""
+    return a == b
+
+
+@torch.inference_mode()
+def score_statistics(models: Sequence[torch.nn.Module], specs: Sequence, data_path: str | Path, batch_size: int, *,
+                     n_boot: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
+                     on_batch: Callable[[int], None] | None = None):
+    """Streaming statistics of `models` (1, or candidate then baseline) on the same rows of `data_path`.
+
+    Models whose specs differ each get their own reader over the same files (row order is the same); their
+    labels must agree. With `world_size` > 1 this rank reads its row groups and the statistics are all-reduced:
+    every rank returns the totals. `on_batch(rows)` is called after each batch (progress)."""
+    if len(models) not in (1, 2) or len(specs) != len(models):
+        raise ValueError("score_statistics: one model, or a candidate and a baseline, each with its spec")
+    streams = [eval_stream(specs[0], data_path, batch_size, rank, world_size)]
+    if len(models) == 2 and not _same_reader(specs[0], specs[1]):
+        streams.append(eval_stream(specs[1], data_path, batch_size, rank, world_size))
+    evaluator = evaluator_for(specs[0], n_models=len(models), n_boot=n_boot if len(models) == 2 else 0, seed=seed)
+    positions = streams[0].batch_row_positions()
+    for batches in zip(*streams):
+        batch = batches[0]
+        if len(batches) == 2 and not (batches[1].labels.equal(batch.labels)
+                                      and batches[1].label_mask.equal(batch.label_mask)):
+            from recsys_mtl.config.loader import ConfigError
+
+            raise ConfigError(f"the baseline's feature spec reads other labels from {data_path} than the model's: "
+                              "compare models whose specs name the same label columns")
+        inputs = batches if len(batches) == len(models) else batches * len(models)  # one read for both models
+        logits = [model(b.dense, b.sparse) for model, b in zip(models, inputs)]
+        evaluator.update(logits, batch.labels, batch.label_mask, next(positions))
+        if on_batch is not None:
+            on_batch(batch.batch_size)
+    return evaluator.all_reduce_() if world_size > 1 else evaluator
+
+
+def score_eval_set(model: torch.nn.Module, spec, data_path: str | Path,
+                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every row of `data_path` once, [N, T] each, in memory (the exact path). `predict` pads the last batch with
+    unlabelled rows; they are cut off."""
+    from recsys_mtl.train.evaluation import predict
+
+    stream = eval_stream(spec, data_path, batch_size)
     logits, labels, mask = predict(model, stream, spec, batch_size, torch.device("cpu"), 1)
     n = stream.num_rows
     return logits[:n], labels[:n], mask[:n]
 
 
-__all__ = ["score_eval_set"]
+__all__ = ["eval_stream", "evaluator_for", "score_statistics", "score_eval_set", "task_kinds"]

@@ -65,7 +65,12 @@ def quiet_library_logs() -> None:
 
 
 def launch_torchrun(config: str, overrides: list[str], nproc: int) -> int:
-    """torchrun in this process (its agent stops the workers on SIGTERM/SIGINT); returns the exit code.
+    """`train CONFIG --set ...` under torchrun in this process; returns the exit code."""
+    return launch_command(["train", config] + [f"--set={o}" for o in overrides], nproc, "training")
+
+
+def launch_command(argv: list[str], nproc: int, what: str) -> int:
+    """`recsys-mtl ARGV` as N torchrun workers (its agent stops them on SIGTERM/SIGINT); returns the exit code.
 
     A worker's own error (a config error: exit 2) has already been printed by the worker; torchrun's
     traceback about the failed child is not repeated on top of it.
@@ -75,8 +80,8 @@ def launch_torchrun(config: str, overrides: list[str], nproc: int) -> int:
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
 
-    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "recsys_mtl.cli", "train", config]
-                      + [f"--set={o}" for o in overrides])
+    # "--" ends torchrun's options: its parser would take --run, --nproc (prefixes of its own) as ambiguous
+    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "recsys_mtl.cli", "--"] + list(argv))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     # torchrun gives each worker 1 thread (and warns) unless told; share the machine's cores instead
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
@@ -84,7 +89,7 @@ def launch_torchrun(config: str, overrides: list[str], nproc: int) -> int:
         torchrun(args)
     except ChildFailedError as exc:
         codes = {rank: f.exitcode for rank, f in sorted(exc.failures.items())}
-        print(f"recsys-mtl: training failed (exit codes by rank: {codes}); the workers' errors are above",
+        print(f"recsys-mtl: {what} failed (exit codes by rank: {codes}); the workers' errors are above",
               file=sys.stderr)
         return 2 if 2 in codes.values() else 1
     except SignalException as exc:
