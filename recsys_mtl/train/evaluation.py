@@ -1,7 +1,9 @@
-"""Evaluation during training: exact per-task AUC, NE and log loss over the whole eval set.
+"""Evaluation during training: per-task AUC, NE, log loss and calibration over the whole eval set.
 
-Each rank scores its share of the eval data; predictions are gathered to rank 0,
-which computes the metrics on the full set and sends them to the other ranks.
+Each rank scores its share of the eval data into streaming per-task statistics
+(recsys_mtl.metrics.streaming_eval: sums and fine logit histograms); one all-reduce
+sums them, so every rank holds the same metrics and nothing is gathered row by row.
+`predict` (every row's logits, gathered to rank 0) stays for callers that need the rows.
 """
 
 from __future__ import annotations
@@ -18,6 +20,39 @@ from recsys_mtl.config.features import FeatureSpec
 from recsys_mtl.data.batch import Batch
 
 log = logging.getLogger(__name__)
+
+
+def metrics_by_task(evaluator, task_names: list[str]) -> dict[str, dict[str, float]]:
+    """task -> {auc, ne, logloss, calibration, count} (binary), {nmse, mse, rmse, mae, mae_raw, count} (regression)
+    from a StreamingEvaluator's statistics."""
+    m = evaluator.task_metrics()
+    out = {}
+    regression = evaluator.regression_metrics() if "regression" in evaluator.task_types else None
+    for t, (name, kind) in enumerate(zip(task_names, evaluator.task_types)):
+        if kind == "regression":
+            out[name] = {key: float(getattr(regression, key)[t]) for key in ("nmse", "mse", "rmse", "mae", "mae_raw")}
+            out[name].update(auc=float("nan"), ne=float("nan"), logloss=float("nan"))  # keys the eval line and callbacks read
+        else:
+            out[name] = {"auc": float(m.auc[t]), "ne": float(m.ne[t]), "logloss": float(m.logloss[t]),
+                         "calibration": float(m.calibration[t])}
+        out[name]["count"] = int(m.n_labelled[t])
+    return out
+
+
+@torch.no_grad()
+def eval_statistics(model: torch.nn.Module, batches: Sized, spec: FeatureSpec, batch_size: int, device: torch.device,
+                    world_size: int):
+    """Streaming per-task statistics of the whole eval set, summed over the ranks (every rank gets the totals).
+
+    `model(dense, sparse) -> logits`; ranks may hold different numbers of eval rows: short batches are padded
+    and missing batches filled with empty ones, all masked out (sharded lookups are collective)."""
+    from recsys_mtl.evaluate.scoring import evaluator_for
+
+    evaluator = evaluator_for(spec, device=device)
+    for batch in _equal_count(batches, spec, batch_size, world_size, device):
+        batch = pad_batch(batch, batch_size).to(device)
+        evaluator.update(model(batch.dense, batch.sparse), batch.labels, batch.label_mask)
+    return evaluator.all_reduce_() if world_size > 1 else evaluator
 
 
 def task_metrics(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,

@@ -44,7 +44,7 @@ from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, METRICS_K
                                         CheckpointManager, pack, rng_state, set_rng_state, unpack)
 from recsys_mtl.train.distributed import DistEnv, computed_on_rank0, init_distributed
 from recsys_mtl.train.interrupt import Stopped, StopSignals
-from recsys_mtl.train.evaluation import format_eval_line, predict, task_metrics
+from recsys_mtl.train.evaluation import eval_statistics, format_eval_line, metrics_by_task
 from recsys_mtl.train.lock import OutputDirLock
 from recsys_mtl.train.progress import Progress
 from recsys_mtl.train.schedule import LrSchedule
@@ -498,13 +498,13 @@ class Trainer:
             batch_size = self.config.data.eval_batch_size or self.config.data.batch_size
             self.eval_data.set_epoch(0)
             self.eval_data.load_state_dict(self.eval_data.position_after(0))
-            predictions = predict(self.module.model, self.eval_data, self.spec, batch_size, self.device,
-                                  self.env.world_size)
+            statistics = eval_statistics(self.module.model, self.eval_data, self.spec, batch_size, self.device,
+                                         self.env.world_size)
         finally:
             self.dmp.train()
             self._reattach()
-        # rank 0 holds the whole set; every rank keeps the same last_eval (it goes into the checkpoint)
-        metrics = computed_on_rank0(lambda: task_metrics(*predictions, self.spec.task_names), self.env.world_size)
+        # all-reduced statistics: every rank computes the same last_eval (it goes into the checkpoint)
+        metrics = metrics_by_task(statistics, self.spec.task_names)
         self.last_eval, self._evaluated_at = metrics, self.step
         if self.env.is_main:
             epochs_done = self.epoch + (self.step_in_epoch / self._steps_in_epoch if self._steps_in_epoch else 0)
