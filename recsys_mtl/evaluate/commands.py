@@ -194,7 +194,7 @@ def _evaluate(args: argparse.Namespace, tmp: Path, rank: int = 0, world_size: in
     out = args.out or tmp / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_report.txt").write_text(table + "\n")
-    (out / "eval_metrics.json").write_text(json.dumps(report.to_metrics("eval"), indent=1, sort_keys=True) + "\n")
+    (out / "eval_metrics.json").write_text(json.dumps(_metrics_record(report), indent=1, sort_keys=True) + "\n")
     plot = report.save_ne_change_plot(out / "ne_change_vs_baseline.png") if report.comparison is not None else None
     if plot is not None and args.out:
         print(f"plot: {plot}")
@@ -224,6 +224,19 @@ def _evaluate(args: argparse.Namespace, tmp: Path, rank: int = 0, world_size: in
         print(f"logged to eval run {eval_run} (experiment {experiment!r}"
               + (f", nested under run {run_id})" if run_id else ")"))
     return EvalOutcome(report, run_id, eval_run, spooled)
+
+
+def _metrics_record(report) -> dict[str, Any]:
+    """What eval_metrics.json holds: the logged metrics, and with a baseline the 95% intervals per task."""
+    record: dict[str, Any] = {"metrics": report.to_metrics("eval")}
+    c = report.comparison
+    if c is not None:
+        record["intervals"] = {
+            f"eval/{name}/{task}": [float(lo), float(hi)]
+            for name, ci in (("delta_ne", c.delta_ne_ci), ("delta_auc", c.delta_auc_ci), ("rel_ne_change", c.rel_ne_change_ci))
+            for task, (lo, hi) in zip(report.task_names, ci)}
+        record["intervals"]["eval/mean_rel_ne_change"] = list(c.mean_rel_ne_change_ci)
+    return record
 
 
 def _exact_report(args: argparse.Namespace, loaded, base):

@@ -248,9 +248,10 @@ class StreamingEvaluator:
     def _update_bootstrap(self, row_positions, shared, losses, bins, flat_class_task, hist_w) -> None:
         positions = row_positions.cpu().numpy() if isinstance(row_positions, torch.Tensor) else row_positions
         B, T = shared[0].shape
-        weights = torch.from_numpy(replicate_weights(self.seed, self.n_boot, positions)).to(self.device, torch.float32)
-        per_replicate = torch.matmul(weights, torch.stack(shared + losses))  # [3 + models, R, T]
-        self.replicate_sums += per_replicate.transpose(0, 1).to(torch.float64)
+        weights = torch.from_numpy(replicate_weights(self.seed, self.n_boot, positions)).to(self.device, torch.float64)
+        # float64: a float32 product accumulates ~sqrt(B) eps of error, which moved CI bounds by 1e-6 between batchings
+        per_replicate = torch.matmul(weights, torch.stack(shared + losses).double())  # [3 + models, R, T]
+        self.replicate_sums += per_replicate.transpose(0, 1)
         bucket = torch.from_numpy(row_buckets(self.seed, positions, self.boot_buckets)).to(self.device)
         # [class, bucket, task, coarse bin] with the coarse bins nested in the fine ones
         base = ((flat_class_task.view(B, T) // T) * self.boot_buckets + bucket[:, None]) * T + self._task_index
