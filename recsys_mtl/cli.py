@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "recsys_mtl.tracking.commands",
     "recsys_mtl.pipeline.commands",
     "recsys_mtl.evaluate.commands",
+    "recsys_mtl.evaluate.predict",
     "recsys_mtl.experiments.commands",
 ]
 

@@ -336,6 +336,20 @@ class ParquetStream:
         if pending:
             yield Columns.concat(pending).to_batch(keys)
 
+    def row_groups_of_rank(self, epoch: int | None = None) -> list[RowGroup]:
+        """The row groups this rank reads in `epoch` (all its slots), in reading order."""
+        slots, _ = self._plan(self.epoch if epoch is None else epoch)
+        first = self.rank * self.slots_per_rank
+        return [u for slot in slots[first:first + self.slots_per_rank] for u in slot]
+
+    def read_row_group(self, unit: RowGroup, columns: list[str]) -> pa.Table:
+        """`columns` of one row group as an Arrow table (any columns of the file, not only the spec's)."""
+        try:
+            return self._fragments[unit.path].subset(row_group_ids=[unit.index]).to_table(columns=columns,
+                                                                                          use_threads=True)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{unit.path} (row group {unit.index}): cannot read: {exc}") from None
+
     def batch_row_positions(self, epoch: int | None = None) -> Iterator[np.ndarray]:
         """The position of each row in the whole data set (files sorted by path, row groups in order), batch by
         batch, for the batches this rank yields in `epoch` from its first: the same row has the same position

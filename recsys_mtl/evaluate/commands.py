@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_mtl.argtypes import at_least_one
+from recsys_mtl.evaluate.loading import ModelRefs, is_path_ref
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,44 +68,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=at_least_one("processes"), default=None,
                    help="score with N processes on this machine through torchrun (default: 1)")
     p.set_defaults(func=run)
-
-
-def _is_path(ref: str) -> bool:
-    return Path(ref).exists() or os.sep in ref and not ref.startswith("models:/")
-
-
-class _Models:
-    """Resolves model references (run id, models:/NAME/VERSION, path) to loaded models."""
-
-    def __init__(self, tracking_uri: str | None, tmp: Path) -> None:
-        self.tracking_uri, self.tmp = tracking_uri, tmp
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            from recsys_mtl.tracking.config import default_tracking_uri
-
-            if self.tracking_uri is None and not Path("mlflow.db").exists():
-                raise FileNotFoundError(f"no mlflow.db in {Path.cwd()}; pass --tracking-uri")
-            self.tracking_uri = self.tracking_uri or default_tracking_uri()
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
-        return self._client
-
-    def load(self, ref: str, config: str | None, is_path: bool, overrides: list[str], flags: tuple[str, str]):
-        from recsys_mtl.evaluate.loading import load_model, resolve_model_dir
-
-        if is_path:
-            return load_model(ref, config, overrides=overrides, flags=flags), None
-        from mlflow.exceptions import MlflowException
-
-        try:
-            local, run_id = resolve_model_dir(self.client, self.tracking_uri, ref, self.tmp / ref.replace("/", "_"))
-        except MlflowException as exc:
-            raise FileNotFoundError(f"{ref}: not found in the tracking store {self.tracking_uri} ({exc.message})") from None
-        return load_model(local, config, source=ref, overrides=overrides, flags=flags), run_id
 
 
 @dataclasses.dataclass
@@ -165,14 +128,14 @@ def _join_workers() -> tuple[int, int]:
 
 
 def _evaluate(args: argparse.Namespace, tmp: Path, rank: int = 0, world_size: int = 1) -> EvalOutcome:
-    models = _Models(args.tracking_uri, tmp)
+    models = ModelRefs(args.tracking_uri, tmp)
     ref = args.run or args.checkpoint
     loaded, run_id = models.load(ref, args.config, is_path=args.checkpoint is not None, overrides=args.overrides,
                                  flags=("--config", "--set"))
     names = loaded.spec.task_names
     base, baseline_run = None, None
     if args.baseline:  # loaded (and checked) before anything is scored
-        base, baseline_run = models.load(args.baseline, args.baseline_config, is_path=_is_path(args.baseline),
+        base, baseline_run = models.load(args.baseline, args.baseline_config, is_path=is_path_ref(args.baseline),
                                          overrides=args.baseline_overrides, flags=("--baseline-config", "--baseline-set"))
         if base.spec.task_names != names:
             from recsys_mtl.config.loader import ConfigError
@@ -290,7 +253,7 @@ def _durable_spool_dir() -> Path:
     return state / "recsys-mtl" / "eval" / SPOOL_DIRNAME
 
 
-def _log_eval_run(models: _Models, experiment: str, run_id: str | None, loaded, args, baseline_run, report,
+def _log_eval_run(models: ModelRefs, experiment: str, run_id: str | None, loaded, args, baseline_run, report,
                   out: Path, plot: Path | None) -> tuple[str, Path | None]:
     """The eval run's id, and its spool file if the store did not take everything."""
     from recsys_mtl.tracking.config import TrackingConfig

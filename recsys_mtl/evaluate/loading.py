@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -168,5 +169,43 @@ def resolve_model_dir(client, tracking_uri: str, ref: str, dst: str | Path) -> t
                                    tracking_uri=tracking_uri)), run_id
 
 
-__all__ = ["MODEL_ARTIFACT", "CONFIG_FILE", "SPEC_FILE", "CHECKPOINT_DIR", "LoadedModel", "load_model",
+def is_path_ref(ref: str) -> bool:
+    """Whether a model reference names a local folder (else a run id or a models:/ URI)."""
+    return Path(ref).exists() or os.sep in ref and not ref.startswith("models:/")
+
+
+class ModelRefs:
+    """Resolves model references (run id, models:/NAME/VERSION, models:/NAME@ALIAS, path) to loaded models;
+    `load` returns (LoadedModel, the run id or None)."""
+
+    def __init__(self, tracking_uri: str | None, tmp: Path) -> None:
+        self.tracking_uri, self.tmp = tracking_uri, tmp
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            from recsys_mtl.tracking.config import default_tracking_uri
+
+            if self.tracking_uri is None and not Path("mlflow.db").exists():
+                raise FileNotFoundError(f"no mlflow.db in {Path.cwd()}; pass --tracking-uri")
+            self.tracking_uri = self.tracking_uri or default_tracking_uri()
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def load(self, ref: str, config: str | None, is_path: bool, overrides: list[str], flags: tuple[str, str]):
+        if is_path:
+            return load_model(ref, config, overrides=overrides, flags=flags), None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            local, run_id = resolve_model_dir(self.client, self.tracking_uri, ref, self.tmp / ref.replace("/", "_"))
+        except MlflowException as exc:
+            raise FileNotFoundError(f"{ref}: not found in the tracking store {self.tracking_uri} ({exc.message})") from None
+        return load_model(local, config, source=ref, overrides=overrides, flags=flags), run_id
+
+
+__all__ = ["ModelRefs", "is_path_ref", "MODEL_ARTIFACT", "CONFIG_FILE", "SPEC_FILE", "CHECKPOINT_DIR", "LoadedModel", "load_model",
            "resolve_model_dir", "local_artifact_dir"]
