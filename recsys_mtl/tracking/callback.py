@@ -140,6 +140,10 @@ class TrackingCallback(TrainerCallback):
             src = checkpoint / name if (checkpoint / CONFIG_FILE).is_file() else work / name
             t.log_artifact(src, MODEL_ARTIFACT)
         t.log_artifact(checkpoint, f"{MODEL_ARTIFACT}/{CHECKPOINT_DIR}/{checkpoint.name}")  # the name keeps the step
+        from recsys_mtl.evaluate.pyfunc import write_mlmodel
+
+        # the model folder is also an MLflow pyfunc model (mlflow.pyfunc.load_model, mlflow models serve)
+        t.log_artifact(write_mlmodel(work / "pyfunc", trainer.spec, run_id=self.run_id), MODEL_ARTIFACT)
         t.set_tags({"recsys_mtl.model": MODEL_ARTIFACT, "recsys_mtl.checkpoint": checkpoint.name})
         return True
 
