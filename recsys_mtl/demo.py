@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import time
@@ -91,7 +92,7 @@ def _train(args, data: Path, store: str, artifacts: Path, method: str, weighting
     except BaseException:
         callback.close("FAILED")
         raise
-    aucs = [m["auc"] for m in (result.eval_metrics or {}).values() if m["auc"] == m["auc"]]
+    aucs = [m["auc"] for m in (result.eval_metrics or {}).values() if m.get("auc", math.nan) == m.get("auc")]
     print(f"      {method}: {result.steps} steps in {time.perf_counter() - t0:.0f}s "
           f"({result.samples_per_second:,.0f} samples/s), held-out mean AUC {sum(aucs) / max(len(aucs), 1):.4f}, "
           f"MLflow run {callback.run_id}", flush=True)

@@ -21,6 +21,7 @@ A null label means "no label for this task on this row": it is masked, not 0.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -79,16 +80,57 @@ class DenseFeature:
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """A binary task. Labels are 0/1; null means unlabelled for that row."""
+    """A task and its label column; null means unlabelled for that row.
+
+    binary (the default): labels 0/1, loss `bce`.
+    regression: a numeric label, clipped to `clip` (raw scale), then transformed (`none` | `log1p`); loss `mse` or
+    `huber` (with `delta`) on the transformed label, and the head predicts the transformed label.
+    """
 
     name: str
     label: str | None = None
-    loss: Literal["bce"] = "bce"
+    type: Literal["binary", "regression"] = "binary"
+    loss: Literal["bce", "mse", "huber"] | None = None  # None: bce for binary, mse for regression
     weight_column: str | None = None
+    transform: Literal["none", "log1p"] = "none"
+    delta: float = 1.0
+    clip: list[float] | None = None
 
     @property
     def source(self) -> str:
         return self.label or self.name
+
+    @property
+    def is_regression(self) -> bool:
+        return self.type == "regression"
+
+    @property
+    def loss_name(self) -> str:
+        """The loss this task trains with (its default when `loss` is not given)."""
+        return self.loss or ("mse" if self.is_regression else "bce")
+
+    def validate(self, where: Where) -> None:
+        if self.is_regression:
+            if self.loss_name not in ("mse", "huber"):
+                raise where.child("loss").error(f"task {self.name!r} is a regression task: expected loss 'mse' or "
+                                                f"'huber', got {self.loss!r}")
+            if not self.delta > 0 or not math.isfinite(self.delta):
+                raise where.child("delta").error(f"task {self.name!r}: expected a finite number > 0, got {self.delta}")
+            if self.clip is not None:
+                if len(self.clip) != 2 or not all(math.isfinite(v) for v in self.clip) or self.clip[0] >= self.clip[1]:
+                    raise where.child("clip").error(f"task {self.name!r}: expected [low, high] with finite low < high, "
+                                                    f"got {self.clip}")
+                if self.transform == "log1p" and self.clip[0] < 0:
+                    raise where.child("clip").error(f"task {self.name!r}: low {self.clip[0]} is negative under "
+                                                    "transform log1p, which takes labels >= 0")
+            return
+        if self.loss_name != "bce":
+            raise where.child("loss").error(f"task {self.name!r} is binary: expected loss 'bce', got {self.loss!r} "
+                                            "(set type: regression for mse or huber)")
+        for key, default in (("transform", "none"), ("delta", 1.0), ("clip", None)):
+            if getattr(self, key) != default:
+                raise where.child(key).error(f"task {self.name!r} is binary: {key} applies to regression tasks only "
+                                             "(set type: regression)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +150,22 @@ class FeatureSpec:
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    @property
+    def task_types(self) -> list[str]:
+        """"binary" or "regression" per task, in task order."""
+        return [t.type for t in self.tasks]
+
+    @property
+    def has_regression(self) -> bool:
+        return any(t.is_regression for t in self.tasks)
+
+    def task_type_signature(self) -> dict[str, dict[str, str]]:
+        """What a checkpoint must agree on about task types: {} for all-binary specs (as before types existed),
+        else each regression task's type and transform (its head predicts that scale)."""
+        if not self.has_regression:
+            return {}
+        return {"task_types": {t.name: f"regression/{t.transform}" for t in self.tasks if t.is_regression}}
 
     @property
     def sparse_names(self) -> list[str]:
@@ -199,10 +257,14 @@ class FeatureSpec:
                 raise ConfigError(f"{source}: column {f.source!r} (dense feature {f.name!r}) has type {t}, expected numbers")
         for task in self.tasks:
             t = field(task.source, f"label of task {task.name!r}")
-            if not (pa.types.is_integer(t) or pa.types.is_boolean(t)):
+            if task.is_regression:
+                if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)):
+                    raise ConfigError(f"{source}: column {task.source!r} (label of regression task {task.name!r}) has "
+                                      f"type {t}, expected numbers (null = unlabelled)")
+            elif not (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_floating(t)):
                 raise ConfigError(
                     f"{source}: column {task.source!r} (label of task {task.name!r}) has type {t}, "
-                    "expected binary integers (0/1, null = unlabelled)"
+                    "expected binary labels (0/1 integers, booleans or floats; null = unlabelled)"
                 )
             if task.weight_column:
                 t = field(task.weight_column, f"sample weight of task {task.name!r}")

@@ -15,7 +15,7 @@
     train:     {epochs, task_epochs: {TASK: N}, max_steps, eval_every, log_every, seed, device, output_dir,
                 deterministic, progress_bar, progress_every_s, checkpoint: {every, keep, dir, resume}}
     tracking:  {enabled, tracking_uri, experiment, run_name, train_metrics, train_metrics_every_n_steps,
-                log_model, register_model, ...}   (recsys_mtl/tracking/config.py)
+                log_model, register_model, ...}   (recsys_mtl/config/tracking.py)
 
 Relative paths are relative to the working directory.
 """
@@ -26,7 +26,7 @@ import dataclasses
 from typing import Any, Literal
 
 from recsys_mtl.config.loader import Where, load_yaml
-from recsys_mtl.tracking.config import TrackingConfig
+from recsys_mtl.config.tracking import TrackingConfig
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
 ShardingChoice = Literal["table_wise", "row_wise", "column_wise", "data_parallel"]

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start-date", default="2026-01-01")
     p.add_argument("--table-scale", type=float, default=1.0, help="shrink every embedding table by this factor")
     p.add_argument("--drift", type=float, default=0.0, help="per-day drift of task relationships (default 0)")
+    p.add_argument("--regression-tasks", type=int, default=0,
+                   help="watch-time-like regression targets (log-normal seconds) after the binary tasks, 0-16 "
+                        "(default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(func=_synth)
 
@@ -53,9 +56,11 @@ def _synth(args: argparse.Namespace) -> int:
     from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
 
     cfg = SynthConfig(tasks=args.tasks, rows=args.rows, days=args.days, seed=args.seed,
-                      start_date=args.start_date, table_scale=args.table_scale, drift=args.drift)
+                      start_date=args.start_date, table_scale=args.table_scale, drift=args.drift,
+                      regression_tasks=args.regression_tasks)
     out = generate_synthetic(args.out, cfg, overwrite=args.overwrite)
-    print(f"wrote {cfg.rows:,} rows, {cfg.tasks} tasks, {cfg.days} days to {out} (spec: {out / 'feature_spec.yaml'})")
+    tasks = f"{cfg.tasks} tasks" + (f" + {cfg.regression_tasks} regression tasks" if cfg.regression_tasks else "")
+    print(f"wrote {cfg.rows:,} rows, {tasks}, {cfg.days} days to {out} (spec: {out / 'feature_spec.yaml'})")
     return 0
 
 

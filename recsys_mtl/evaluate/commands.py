@@ -5,18 +5,20 @@
     recsys-mtl evaluate --checkpoint runs/x/checkpoints --data data/eval [--set k=v ...] [--exact]
 
 The model is loaded on CPU, unsharded, from its DCP checkpoint (however many ranks saved it).
-Metrics (NE, AUC, calibration = sum(p) / sum(y), log loss) are over labelled rows only. By default
-they stream: per-task sums and fine logit histograms for AUC (within 1e-4 of exact), memory
-independent of the number of rows; with a baseline, both models score each batch and per-task
-deltas get 95% CIs from a Poisson bootstrap keyed by row position. `--nproc N` runs N processes
-(torchrun), each scoring its row groups; their statistics are summed, so results equal one
-process's to float tolerance. `--exact` keeps every row in memory (one process): exact AUC and a
-paired bootstrap over row buckets, the reference for small sets.
+Metrics (binary tasks: NE, AUC, calibration = sum(p) / sum(y), log loss; regression tasks: NMSE = MSE /
+label variance, MSE, RMSE, MAE on the transformed label, MAE on the raw scale) are over labelled rows only.
+By default they stream: per-task sums and fine logit histograms for AUC (within 1e-4 of exact), memory
+independent of the number of rows; with a baseline, both models score each batch and per-task deltas of
+the normalized error (NE, or NMSE) and AUC get 95% CIs from a Poisson bootstrap keyed by row position.
+`--nproc N` runs N processes (torchrun), each scoring its row groups; their statistics are summed, so
+results equal one process's to float tolerance. `--exact` keeps every row in memory (one process): exact
+AUC and a paired bootstrap over row buckets, the reference for small sets.
 
 Logging: when the model comes from an MLflow run, a new *eval run* is created in that run's
 experiment, nested under it (`mlflow.parentRunId`), holding `eval/<metric>/<task>` (at the
 checkpoint's step), the report table, and with a baseline `eval/delta_ne/<task>`,
-`eval/rel_ne_change/<task>`, `eval/mean_rel_ne_change` and `plots/ne_change_vs_baseline.png`.
+`eval/rel_ne_change/<task>` (regression tasks: `eval/delta_nmse/<task>`, `eval/rel_nmse_change/<task>`),
+`eval/mean_rel_ne_change` (over all tasks' normalized errors) and `plots/ne_change_vs_baseline.png`.
 The training run itself is not changed, so one model evaluated on several data sets gives
 several eval runs, each tagged with its data's fingerprint. `--no-log` logs nothing.
 """
@@ -142,6 +144,13 @@ def _evaluate(args: argparse.Namespace, tmp: Path, rank: int = 0, world_size: in
 
             raise ConfigError(f"--baseline {args.baseline} has tasks {base.spec.task_names}, the model has {names}: "
                               "compare models of the same tasks, in the same order")
+        kinds = lambda spec: [(t.type, t.transform) for t in spec.tasks]  # noqa: E731
+        if kinds(base.spec) != kinds(loaded.spec):
+            from recsys_mtl.config.loader import ConfigError
+
+            differ = [n for n, a, b in zip(names, kinds(base.spec), kinds(loaded.spec)) if a != b]
+            raise ConfigError(f"--baseline {args.baseline}: task(s) {differ} have another type or label transform "
+                              "than the model's: compare models that predict the same targets")
     if rank == 0:
         what = f" with baseline {base.source}" if base is not None else ""
         how = "exact, in memory" if args.exact else f"streaming, {world_size} process{'es' * (world_size > 1)}"
@@ -218,7 +227,8 @@ def _exact_report(args: argparse.Namespace, loaded, base):
                               "the model's: compare models whose specs name the same label columns")
     return evaluate_predictions(logits, labels, mask, loaded.spec.task_names, from_logits=True,
                                 baseline_predictions=baseline_logits, baseline=args.baseline, n_boot=args.n_boot,
-                                seed=args.seed)
+                                seed=args.seed, task_types=loaded.spec.task_types,
+                                label_transforms=[t.transform for t in loaded.spec.tasks])
 
 
 def _streaming_report(args: argparse.Namespace, loaded, base, rank: int, world_size: int):
@@ -256,7 +266,7 @@ def _durable_spool_dir() -> Path:
 def _log_eval_run(models: ModelRefs, experiment: str, run_id: str | None, loaded, args, baseline_run, report,
                   out: Path, plot: Path | None) -> tuple[str, Path | None]:
     """The eval run's id, and its spool file if the store did not take everything."""
-    from recsys_mtl.tracking.config import TrackingConfig
+    from recsys_mtl.config.tracking import TrackingConfig
     from recsys_mtl.tracking.tracker import RunTracker
 
     client = models.client

@@ -22,12 +22,12 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from recsys_mtl.train.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, SPEC_FILE  # the files a checkpoint carries
+# the files a checkpoint and a model directory carry
+from recsys_mtl.train.checkpoint import CHECKPOINT_DIR, CHECKPOINTS_DIR, CONFIG_FILE, SPEC_FILE
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
-CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclasses.dataclass
@@ -75,8 +75,7 @@ def load_model(path: str | Path, config_path: str | Path | None = None, source: 
     from recsys_mtl.config.loader import ConfigError
     from recsys_mtl.config.train import TrainConfig
     from recsys_mtl.models import MultiTaskModel
-    from recsys_mtl.train.checkpoint import DCP_ERRORS, CheckpointManager, describe_dcp_error
-    from recsys_mtl.train.trainer import model_signature
+    from recsys_mtl.train.checkpoint import DCP_ERRORS, CheckpointManager, describe_dcp_error, model_signature
 
     config_flag, set_flag = flags
     path = Path(path)
@@ -187,7 +186,7 @@ class ModelRefs:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            from recsys_mtl.tracking.config import default_tracking_uri
+            from recsys_mtl.config.tracking import default_tracking_uri
 
             if self.tracking_uri is None and not Path("mlflow.db").exists():
                 raise FileNotFoundError(f"no mlflow.db in {Path.cwd()}; pass --tracking-uri")

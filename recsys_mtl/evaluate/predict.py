@@ -12,7 +12,7 @@ process the rows keep the input's order (files sorted by path). The output appea
 written into a hidden folder beside `--out` and renamed into place when complete, so an interrupted run
 leaves no partial output. A non-empty `--out` is refused unless `--overwrite`.
 
-Batch scoring and the MLflow pyfunc model (recsys_mtl.evaluate.pyfunc) share `score_table`.
+Batch scoring and the MLflow pyfunc model (recsys_mtl.evaluate.pyfunc) share `scoring.score_table`.
 """
 
 from __future__ import annotations
@@ -25,11 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from recsys_mtl.argtypes import at_least_one
-
-PREDICTION_PREFIX = "pred_"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,55 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=at_least_one("rows"), default=8192)
     p.add_argument("--tracking-uri", help="default: sqlite:///mlflow.db in the current directory")
     p.set_defaults(func=run)
-
-
-# ---------------------------------------------------------------- scoring an Arrow table
-
-
-def prediction_columns(spec) -> list[str]:
-    return [PREDICTION_PREFIX + name for name in spec.task_names]
-
-
-def features_only(spec):
-    """The spec without its tasks: the columns a model reads to score (labels are not needed)."""
-    import dataclasses
-
-    return dataclasses.replace(spec, tasks=[])
-
-
-def to_predictions(logits, spec) -> np.ndarray:
-    """[B, T] logits -> predictions: sigmoid for binary tasks, the label transform undone for regression tasks."""
-    import torch
-
-    from recsys_mtl.evaluate.scoring import task_kinds
-
-    types, transforms = task_kinds(spec)
-    out = torch.sigmoid(logits.float())
-    for t, (kind, transform) in enumerate(zip(types, transforms)):
-        if kind == "regression":
-            out[:, t] = torch.expm1(logits[:, t]) if transform == "log1p" else logits[:, t]
-    return out.numpy()
-
-
-def score_table(model, spec, table, where: str, batch_size: int = 8192) -> np.ndarray:
-    """[rows, T] float32 predictions of an Arrow table holding the spec's feature columns (others are ignored).
-
-    A missing feature column or one of the wrong type is a one-line ConfigError naming it (and `where`)."""
-    import torch
-
-    from recsys_mtl.data.arrow import ArrowConverter
-
-    features = features_only(spec)
-    features.check_schema(table.schema, where)
-    columns = ArrowConverter(features).convert(table, where)
-    keys = features.sparse_names
-    out = np.empty((columns.n, spec.num_tasks), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, columns.n, batch_size):
-            stop = min(start + batch_size, columns.n)
-            batch = columns.slice(start, stop).to_batch(keys)
-            out[start:stop] = to_predictions(model(batch.dense, batch.sparse), spec)
-    return out
 
 
 # ---------------------------------------------------------------- the command
@@ -158,6 +105,7 @@ def predict(args: argparse.Namespace, out: Path, tmp: Path, rank: int, world_siz
     from recsys_mtl.config.loader import ConfigError
     from recsys_mtl.data.stream import ParquetStream
     from recsys_mtl.evaluate.loading import ModelRefs, is_path_ref
+    from recsys_mtl.evaluate.scoring import features_only, prediction_columns, score_table
 
     loaded, _ = ModelRefs(args.tracking_uri, tmp).load(args.model, None, is_path=is_path_ref(args.model), overrides=[],
                                                        flags=("--config", "--set"))
@@ -235,4 +183,4 @@ def _replace(partial: Path, out: Path) -> None:
         partial.rename(out)
 
 
-__all__ = ["PREDICTION_PREFIX", "prediction_columns", "score_table", "to_predictions", "features_only"]
+__all__ = ["predict", "register", "run"]

@@ -25,7 +25,7 @@ def input_signature(spec):
     from mlflow.types import ColSpec, Schema
     from mlflow.types.schema import Array
 
-    from recsys_mtl.evaluate.predict import prediction_columns
+    from recsys_mtl.evaluate.scoring import prediction_columns
 
     inputs = [ColSpec(Array("long") if f.multi_valued else "long", f.source) for f in spec.sparse]
     inputs += [ColSpec("double", f.source) for f in spec.dense]
@@ -60,7 +60,7 @@ class MultiTaskPyfuncModel:
         import pandas as pd
         import pyarrow as pa
 
-        from recsys_mtl.evaluate.predict import prediction_columns, score_table
+        from recsys_mtl.evaluate.scoring import prediction_columns, score_table
 
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)

@@ -4,6 +4,7 @@
   each batch (forward only, inference mode) and adds the batch to a `StreamingEvaluator`; the processes'
   statistics are summed by one all-reduce at the end. Memory does not depend on the number of rows.
 - `score_eval_set`: the exact reference path (`evaluate --exact`): logits, labels and mask of every row in memory.
+- `score_table`: predictions of an Arrow table (`recsys-mtl predict`, the MLflow pyfunc model).
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
+
+from recsys_mtl.metrics.streaming_eval import evaluator_for, task_kinds
+
+#: the prediction column of task t is PREDICTION_PREFIX + t (`predict`'s output, the pyfunc model's)
+PREDICTION_PREFIX = "pred_"
 
 
 def eval_stream(spec, data_path: str | Path, batch_size: int, rank: int = 0, world_size: int = 1):
@@ -26,20 +33,6 @@ def eval_stream(spec, data_path: str | Path, batch_size: int, rank: int = 0, wor
         raise DataError(f"{data_path}: the eval set has no rows; expected at least one labelled row to score")
     stream.set_epoch(0)
     return stream
-
-
-def task_kinds(spec) -> tuple[list[str], list[str]]:
-    """(task types, label transforms) of a feature spec; specs without task types are all binary."""
-    types = list(getattr(spec, "task_types", None) or ["binary"] * spec.num_tasks)
-    transforms = [getattr(t, "transform", None) or "none" for t in spec.tasks]
-    return types, transforms
-
-
-def evaluator_for(spec, **kwargs):
-    from recsys_mtl.metrics.streaming_eval import StreamingEvaluator
-
-    types, transforms = task_kinds(spec)
-    return StreamingEvaluator(types, transforms=transforms, **kwargs)
 
 
 def _same_reader(a, b) -> bool:
@@ -91,4 +84,48 @@ def score_eval_set(model: torch.nn.Module, spec, data_path: str | Path,
     return logits[:n], labels[:n], mask[:n]
 
 
-__all__ = ["eval_stream", "evaluator_for", "score_statistics", "score_eval_set", "task_kinds"]
+def prediction_columns(spec) -> list[str]:
+    return [PREDICTION_PREFIX + name for name in spec.task_names]
+
+
+def features_only(spec):
+    """The spec without its tasks: the columns a model reads to score (labels are not needed)."""
+    import dataclasses
+
+    return dataclasses.replace(spec, tasks=[])
+
+
+def to_predictions(logits, spec) -> np.ndarray:
+    """[B, T] logits -> predictions: sigmoid for binary tasks, the label transform undone for regression tasks."""
+    import torch
+
+    types, transforms = task_kinds(spec)
+    out = torch.sigmoid(logits.float())
+    for t, (kind, transform) in enumerate(zip(types, transforms)):
+        if kind == "regression":
+            out[:, t] = torch.expm1(logits[:, t]) if transform == "log1p" else logits[:, t]
+    return out.numpy()
+
+
+def score_table(model, spec, table, where: str, batch_size: int = 8192) -> np.ndarray:
+    """[rows, T] float32 predictions of an Arrow table holding the spec's feature columns (others are ignored).
+
+    A missing feature column or one of the wrong type is a one-line ConfigError naming it (and `where`)."""
+    import torch
+
+    from recsys_mtl.data.arrow import ArrowConverter
+
+    features = features_only(spec)
+    features.check_schema(table.schema, where)
+    columns = ArrowConverter(features).convert(table, where)
+    keys = features.sparse_names
+    out = np.empty((columns.n, spec.num_tasks), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, columns.n, batch_size):
+            stop = min(start + batch_size, columns.n)
+            batch = columns.slice(start, stop).to_batch(keys)
+            out[start:stop] = to_predictions(model(batch.dense, batch.sparse), spec)
+    return out
+
+
+__all__ = ["PREDICTION_PREFIX", "prediction_columns", "features_only", "to_predictions", "score_table", "eval_stream", "evaluator_for", "score_statistics", "score_eval_set", "task_kinds"]

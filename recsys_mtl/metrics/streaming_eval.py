@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from recsys_mtl.metrics.offline import NO_LABELS, SINGLE_CLASS, Comparison, TaskMetrics, _entropy
+from recsys_mtl.metrics.offline import CONSTANT_LABEL, NO_LABELS, SINGLE_CLASS, Comparison, TaskMetrics, _entropy
 
 BINARY = "binary"
 REGRESSION = "regression"
@@ -290,7 +290,7 @@ class StreamingEvaluator:
             elif kind == BINARY and (y[t] == 0 or y[t] == count[t]):
                 flags.append(SINGLE_CLASS)
             elif kind == REGRESSION and y2[t] / count[t] - (y[t] / count[t]) ** 2 <= 1e-12 * max(1.0, y2[t] / count[t]):
-                flags.append(SINGLE_CLASS)  # a constant label: no variance to normalise by
+                flags.append(CONSTANT_LABEL)  # no variance to normalise by
             else:
                 flags.append("")
         return flags
@@ -317,7 +317,8 @@ class StreamingEvaluator:
         return torch.where(bad, torch.nan, auc).numpy()
 
     def task_metrics(self, model: int = 0) -> TaskMetrics:
-        """NE, AUC, calibration, log loss, base rate per task (binary tasks; NaN for regression tasks)."""
+        """Per task: NE, AUC, calibration, log loss of binary tasks; NMSE, MSE, RMSE, MAE, MAE_raw of regression
+        tasks (NaN for the other type); base rate = mean (transformed) label."""
         s = self.sums[model].cpu()
         count, sum_y, loss, pred = s[_COUNT], s[_SUM_Y], s[_SUM_LOSS], s[_SUM_PRED]
         flags = self._flags(s)
@@ -326,26 +327,26 @@ class StreamingEvaluator:
         nan = torch.tensor(torch.nan, dtype=torch.float64)
         keep = is_binary & (count > 0)
         calibration = torch.where(is_binary & (sum_y > 0), pred / torch.where(sum_y > 0, sum_y, 1.0), nan)
+        normalized = self.normalized_error(model)
+        regression = ~is_binary & (count > 0)
+
+        def per_row(total: torch.Tensor) -> np.ndarray:
+            return torch.where(regression, total / safe, nan).numpy()
+
+        mse = per_row(loss)
         return TaskMetrics(
-            ne=np.where(is_binary.numpy(), self.normalized_error(model), np.nan), auc=self.auc(model),
+            ne=np.where(is_binary.numpy(), normalized, np.nan), auc=self.auc(model),
             calibration=calibration.numpy(), logloss=torch.where(keep, loss / safe, nan).numpy(),
-            base_rate=torch.where(keep, sum_y / safe, nan).numpy(), n_labelled=count.numpy().astype(np.int64),
-            weight_sum=count.numpy(), flag=flags,
+            base_rate=torch.where(count > 0, sum_y / safe, nan).numpy(), n_labelled=count.numpy().astype(np.int64),
+            weight_sum=count.numpy(), flag=flags, task_types=list(self.task_types),
+            nmse=np.where(regression.numpy(), normalized, np.nan), mse=mse, rmse=np.sqrt(mse),
+            mae=per_row(s[_SUM_ABS_ERR]), mae_raw=per_row(s[_SUM_ABS_ERR_RAW]),
         )
 
     def regression_metrics(self, model: int = 0) -> RegressionMetrics:
         """nmse, mse, rmse, mae, mae_raw per regression task (NaN for binary tasks)."""
-        s = self.sums[model].cpu()
-        count = s[_COUNT]
-        keep = ~self.binary.cpu() & (count > 0)
-        safe = torch.where(count > 0, count, torch.ones_like(count))
-
-        def per_row(total: torch.Tensor) -> np.ndarray:
-            return torch.where(keep, total / safe, torch.nan).numpy()
-
-        mse = per_row(s[_SUM_LOSS])
-        return RegressionMetrics(nmse=np.where(keep.numpy(), self.normalized_error(model), np.nan), mse=mse,
-                                 rmse=np.sqrt(mse), mae=per_row(s[_SUM_ABS_ERR]), mae_raw=per_row(s[_SUM_ABS_ERR_RAW]))
+        m = self.task_metrics(model)
+        return RegressionMetrics(nmse=m.nmse, mse=m.mse, rmse=m.rmse, mae=m.mae, mae_raw=m.mae_raw)
 
     def comparison(self, candidate: int = 0, baseline: int = 1) -> Comparison:
         """Candidate minus baseline per task: normalized error (NE or NMSE) and AUC deltas, relative normalized
@@ -392,7 +393,7 @@ class StreamingEvaluator:
                 delta_auc=d_auc.numpy(), delta_auc_ci=ci(d_auc, d_auc_rep, d_auc_full),
                 rel_ne_change=rel.numpy(), rel_ne_change_ci=ci(rel, rel_rep, rel),
                 mean_rel_ne_change=float(mean_rel), mean_rel_ne_change_ci=(float(mean_ci[0]), float(mean_ci[1])),
-                n_boot=R, n_buckets=self.boot_buckets, seed=self.seed,
+                n_boot=R, n_buckets=self.boot_buckets, seed=self.seed, task_types=list(self.task_types),
             )
 
     def report(self, task_names: Sequence[str], baseline: str | None = None):
@@ -408,5 +409,18 @@ class StreamingEvaluator:
         return sum(t.numel() * t.element_size() for t in self._state())
 
 
-__all__ = ["BINARY", "REGRESSION", "StreamingEvaluator", "RegressionMetrics", "auc_from_histograms", "mix64",
+def task_kinds(spec) -> tuple[list[str], list[str]]:
+    """(task types, label transforms) of a feature spec; specs without task types are all binary."""
+    types = list(getattr(spec, "task_types", None) or ["binary"] * spec.num_tasks)
+    transforms = [getattr(t, "transform", None) or "none" for t in spec.tasks]
+    return types, transforms
+
+
+def evaluator_for(spec, **kwargs) -> "StreamingEvaluator":
+    """A StreamingEvaluator for a feature spec's tasks (their types and label transforms)."""
+    types, transforms = task_kinds(spec)
+    return StreamingEvaluator(types, transforms=transforms, **kwargs)
+
+
+__all__ = ["evaluator_for", "task_kinds", "BINARY", "REGRESSION", "StreamingEvaluator", "RegressionMetrics", "auc_from_histograms", "mix64",
            "mix64_reference", "replicate_weights", "row_buckets"]

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -16,10 +18,12 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.config.features import FeatureSpec
-from recsys_mtl.config.train import ModelConfig
 from recsys_mtl.models.architectures import ARCHITECTURES
 from recsys_mtl.models.embedding_init import init_embedding_state_
 from recsys_mtl.models.layers import MLP, BatchedLinear, BatchedMLP
+
+if TYPE_CHECKING:  # models take the config's values; only config/ imports the registry
+    from recsys_mtl.config.train import ModelConfig
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 
@@ -126,9 +130,18 @@ class MultiTaskModel(nn.Module):
 
     @torch.no_grad()
     def set_head_bias_from_rates_(self, rates: torch.Tensor) -> None:
-        """bias_t = log(p_t / (1 - p_t)): the model starts at each task's base rate."""
-        p = rates.clamp(1e-4, 1 - 1e-4).to(self.heads.bias)
-        self.heads.bias.copy_(torch.log(p / (1 - p)).view_as(self.heads.bias))
+        """`rates` [T]: each task's mean label. A binary head starts at its base rate p (bias log(p / (1 - p))), a
+        regression head at the mean of its transformed label (the prior's analogue: the best constant under MSE)."""
+        means = rates.to(self.heads.bias)
+        p = means.clamp(1e-4, 1 - 1e-4)
+        regression = torch.tensor([t.is_regression for t in self.spec.tasks], device=means.device)
+        bias = torch.where(regression, means, torch.log(p / (1 - p)))
+        self.heads.bias.copy_(bias.view_as(self.heads.bias))
+
+    @torch.no_grad()
+    def zero_head_bias_(self) -> None:
+        """Every head starts at 0 (p = 0.5 for binary tasks), instead of the layer's random init."""
+        self.heads.bias.zero_()
 
     def table_state_keys(self, prefix: str) -> dict[str, tuple[int, int, int | None]]:
         """state_dict key of each table's weight -> (table index, num_embeddings, first wide column)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from recsys_mtl.config.loader import Where
-from recsys_mtl.tracking.config import TrackingConfig
+from recsys_mtl.config.tracking import TrackingConfig
 
 
 @dataclasses.dataclass(frozen=True)

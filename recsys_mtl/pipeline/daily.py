@@ -197,21 +197,25 @@ class DailyPipeline:
 
     def _statistics(self, model_dirs: list[str], data: Path):
         """Streaming per-task statistics of the candidate (and the champion, on the same rows, with the bootstrap):
-        memory does not grow with the day's rows."""
+        memory does not grow with the day's rows. Also the tasks, their kinds, and the candidate's count of NaN or
+        infinite logits (a sigmoid hides an infinity)."""
         from recsys_mtl.evaluate.loading import load_model
         from recsys_mtl.evaluate.scoring import score_statistics
 
         loaded = [load_model(d) for d in model_dirs]
-        if len(loaded) == 2 and loaded[1].spec.task_names != loaded[0].spec.task_names:
-            raise RuntimeError(f"the champion {model_dirs[1]} scores other tasks ({loaded[1].spec.task_names}) than the "
-                               f"candidate ({loaded[0].spec.task_names})")
+        kinds = [{"task_types": m.spec.task_types, "label_transforms": [t.transform for t in m.spec.tasks]}
+                 for m in loaded]
+        if len(loaded) == 2 and (loaded[1].spec.task_names != loaded[0].spec.task_names or kinds[1] != kinds[0]):
+            raise RuntimeError(f"the champion {model_dirs[1]} scores other tasks or task types than the candidate")
         non_finite = _NonFiniteCount()
         models = [non_finite.wrap(loaded[0].model)] + [m.model for m in loaded[1:]]
         stats = score_statistics(models, [m.spec for m in loaded], data, batch_size=8192,
                                  n_boot=self.config.gate.bootstrap_samples, seed=0)
-        return stats, loaded[0].spec.task_names, non_finite.count
+        return stats, loaded[0].spec.task_names, kinds[0], non_finite.count
 
     def _step_evaluate(self, date: str) -> dict[str, Any]:
+        from recsys_mtl.metrics.names import normalized_error_name
+
         train = self.store.get(date, "train")
         eval_date = train["eval_date"]
         data = self.partitions[eval_date]
@@ -220,15 +224,18 @@ class DailyPipeline:
         if train["champion_version"] is not None:
             champion = self._registry().version(train["champion_version"])
             dirs.append(champion.checkpoint)
-        stats, tasks, non_finite = self._statistics(dirs, data)
-        cand_ne = stats.normalized_error(0)  # NE per binary task, normalized MSE per regression task
+        stats, tasks, kinds, non_finite = self._statistics(dirs, data)
+        # "ne" in the record: each task's normalized error (NE of binary tasks, NMSE of regression tasks)
+        cand_ne = stats.normalized_error(0)
         record: dict[str, Any] = {
             "eval_date": eval_date, "tasks": tasks, "candidate_ne": _floats(cand_ne),
             "candidate_non_finite": non_finite,  # NaN/inf logits: a diverged model, never promoted
             "candidate_mean_ne": float(np.nanmean(cand_ne)), "champion_ne": None, "champion_mean_ne": None,
             "rel_ne_change": None, "mean_rel_ne_change": None, "mean_rel_ne_change_ci": None,
+            "task_types": kinds["task_types"],
         }
-        metrics = {f"eval/ne/{t}": float(v) for t, v in zip(tasks, cand_ne) if np.isfinite(v)}
+        metrics = {f"eval/{normalized_error_name(k)}/{t}": float(v)
+                   for t, k, v in zip(tasks, kinds["task_types"], cand_ne) if np.isfinite(v)}
         if champion is not None:
             cmp = stats.comparison()
             champ_ne = stats.normalized_error(1)

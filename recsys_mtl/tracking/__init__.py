@@ -3,7 +3,7 @@
 Importing this package does not import mlflow or matplotlib (seconds); they load on first use.
 """
 
-from recsys_mtl.tracking.config import TrackingConfig, default_tracking_uri
+from recsys_mtl.config.tracking import TrackingConfig, default_tracking_uri
 from recsys_mtl.tracking.provenance import data_fingerprint, git_commit, package_versions, run_tags
 from recsys_mtl.tracking.tracker import NullTracker, RunTracker, TrackingUnavailable, start_run
 

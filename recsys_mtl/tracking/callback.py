@@ -12,7 +12,9 @@ What a run holds:
   GO4Align), `train/loss_total`, `train/weighting/<summary>`, and the streaming TorchRec
   metrics `train/{ne,logloss,calibration,auc}/<task>` (window) and
   `train/{ne,logloss,calibration}_lifetime/<task>`;
-- each evaluation: `eval/{ne,auc,logloss,calibration,count}/<task>`, `eval/mean_ne`, `eval/mean_auc`;
+- each evaluation: `eval/{ne,auc,logloss,calibration,count}/<task>` of binary tasks,
+  `eval/{nmse,mse,rmse,mae,mae_raw,count}/<task>` of regression tasks, `eval/mean_ne`, `eval/mean_auc` (binary
+  tasks), `eval/mean_nmse` (regression tasks);
 - system metrics (`system/...`), heatmaps `plots/train_weight.png`, `plots/train_group.png`;
 - a training resumed from a checkpoint continues the same run (`tracking.continue_run`): its first params stay,
   changed ones are listed in a tag, the resume steps are in `recsys_mtl.resumed_at_steps`, and steps logged
@@ -32,15 +34,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from recsys_mtl.train.trainer import TrainerCallback
+from recsys_mtl.train.callbacks import TrainerCallback
 from recsys_mtl.tracking.tracker import NullTracker, RunTracker
 
 if TYPE_CHECKING:
-    from recsys_mtl.train.trainer import Trainer, TrainResult
+    from recsys_mtl.train.callbacks import TrainResult
+    from recsys_mtl.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-EVAL_METRICS = ("ne", "auc", "logloss", "calibration", "count")
+EVAL_METRICS = ("ne", "auc", "logloss", "calibration", "nmse", "mse", "rmse", "mae", "mae_raw", "count")
 
 
 class TrackingCallback(TrainerCallback):
@@ -72,6 +75,8 @@ class TrackingCallback(TrainerCallback):
             artifacts=[spec_file], data_paths=data_paths, work_dir=trainer.output_dir, rank=trainer.env.rank,
             continue_run_id=continue_run_id, resumed_at_step=trainer.resumed_from_step)
         self.run_id = self.tracker.run_id
+        if trainer.spec.has_regression:
+            self.tracker.set_task_types(dict(zip(trainer.spec.task_names, trainer.spec.task_types)))
         if self.run_id:
             (work / "run_id").write_text(self.run_id + "\n")
 
@@ -101,8 +106,8 @@ class TrackingCallback(TrainerCallback):
             for key in EVAL_METRICS:
                 if key in m and math.isfinite(m[key]):
                     out[f"eval/{key}/{task}"] = float(m[key])
-        for key in ("ne", "auc"):
-            vals = [m[key] for m in metrics.values() if math.isfinite(m[key])]
+        for key in ("ne", "auc", "nmse"):  # each over the tasks that have it (nmse: regression tasks)
+            vals = [m[key] for m in metrics.values() if key in m and math.isfinite(m[key])]
             if vals:
                 out[f"eval/mean_{key}"] = sum(vals) / len(vals)
         self.tracker.log_metrics(step, out)
@@ -123,8 +128,8 @@ class TrackingCallback(TrainerCallback):
 
     def _log_model(self, trainer: "Trainer") -> bool:
         """Log the checkpoint of the end of this training as the model; False (and a warning) if there is none."""
-        from recsys_mtl.evaluate.loading import CHECKPOINT_DIR, CONFIG_FILE, MODEL_ARTIFACT, SPEC_FILE
-        from recsys_mtl.train.checkpoint import step_number
+        from recsys_mtl.evaluate.loading import MODEL_ARTIFACT
+        from recsys_mtl.train.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, SPEC_FILE, step_number
 
         checkpoint = trainer.checkpoints.latest()
         if checkpoint is None or step_number(checkpoint) != trainer.step or \

@@ -37,7 +37,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     from recsys_mtl.tracking.compare import compare_runs, find_runs, plot_comparison
-    from recsys_mtl.tracking.config import default_tracking_uri
+    from recsys_mtl.config.tracking import default_tracking_uri
 
     if args.run_ids and args.experiment:
         raise ValueError("give either run ids or --experiment, not both")

@@ -24,7 +24,7 @@ import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,7 +32,12 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from recsys_mtl.config.loader import ConfigError
+from recsys_mtl.config.loader import ConfigError, to_dict
+from recsys_mtl.weighting import weighting_signature  # the package: every method registered
+
+if TYPE_CHECKING:
+    from recsys_mtl.config.features import FeatureSpec
+    from recsys_mtl.config.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,7 @@ SIGNATURE = "model.json"
 CHECKPOINTS_DIR = "checkpoints"  # under train.output_dir, unless train.checkpoint.dir says otherwise
 CONFIG_FILE = "config.yaml"  # the resolved training config, in every checkpoint the trainer saves
 SPEC_FILE = "feature_spec.yaml"  # the feature spec the model was built from, beside it
+CHECKPOINT_DIR = "checkpoint"  # a model directory's (a tracked run's `model/` artifact) final checkpoint folder
 RNG_KEY = "rng"  # the trainer's key for every rank's RNG states (a pickled list by rank)
 METRICS_KEY = "train_metrics"  # every rank's streaming-metric lifetime states (a pickled list by rank, or None)
 _PREFIX = "step-"
@@ -49,6 +55,25 @@ _TMP_PREFIX = ".tmp-"
 
 RESUME_ADVICE = ("Resume with the config (and feature spec) it was trained with, or start fresh: set "
                  "train.checkpoint.resume: false or point train.checkpoint.dir (or train.output_dir) at a new directory.")
+
+
+def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
+    """What must match for a checkpoint to load: table shapes, features, tasks, architecture, optimizers."""
+    return {
+        "tables": {name: [t.num_embeddings, t.embedding_dim] for name, t in spec.tables.items()},
+        "sparse_features": spec.sparse_names,
+        "dense_features": spec.dense_names,
+        "tasks": spec.task_names,
+        **spec.task_type_signature(),
+        # wide_l2 and feature_dropout act in training only, not on the model's shape or output: a checkpoint
+        # trained with other values (or before they existed) loads. An empty per-task map (wide_id_scale: {})
+        # is its feature off, the same model as a checkpoint made before the map existed: it is left out
+        "model": {k: v for k, v in to_dict(config.model).items()
+                  if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout") and v != {}},
+        "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
+        # the method's name; GO4Align's rec mode adds its mode (its state is not paper mode's)
+        "weighting": weighting_signature(config.weighting.method, config.weighting.args),
+    }
 
 
 class CheckpointMismatchError(ConfigError):
@@ -319,4 +344,4 @@ def unpack(data: Any) -> Any:
     raise TypeError(f"unexpected checkpoint object {type(data).__name__}")
 
 
-__all__ = ["CheckpointManager", "CheckpointMismatchError", "RESUME_ADVICE", "METRICS_KEY", "RNG_KEY", "pack", "unpack", "rng_state", "set_rng_state"]
+__all__ = ["CheckpointManager", "model_signature", "CHECKPOINT_DIR", "CHECKPOINTS_DIR", "CONFIG_FILE", "SPEC_FILE", "CheckpointMismatchError", "RESUME_ADVICE", "METRICS_KEY", "RNG_KEY", "pack", "unpack", "rng_state", "set_rng_state"]

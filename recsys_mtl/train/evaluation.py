@@ -3,7 +3,9 @@
 Each rank scores its share of the eval data into streaming per-task statistics
 (recsys_mtl.metrics.streaming_eval: sums and fine logit histograms); one all-reduce
 sums them, so every rank holds the same metrics and nothing is gathered row by row.
-`predict` (every row's logits, gathered to rank 0) stays for callers that need the rows.
+`TrainerEvaluation.evaluate` is the trainer's evaluation (mixed into Trainer).
+`predict` (every row's logits, gathered to rank 0) and `task_metrics` (exact) stay for
+callers that need the rows.
 """
 
 from __future__ import annotations
@@ -23,19 +25,16 @@ log = logging.getLogger(__name__)
 
 
 def metrics_by_task(evaluator, task_names: list[str]) -> dict[str, dict[str, float]]:
-    """task -> {auc, ne, logloss, calibration, count} (binary), {nmse, mse, rmse, mae, mae_raw, count} (regression)
-    from a StreamingEvaluator's statistics."""
+    """task -> {auc, ne, logloss, calibration, count} of binary tasks, {nmse, mse, rmse, mae, mae_raw, count} of
+    regression tasks, from a StreamingEvaluator's statistics (the keys of `task_metrics`)."""
+    from recsys_mtl.metrics import names
+
     m = evaluator.task_metrics()
     out = {}
-    regression = evaluator.regression_metrics() if "regression" in evaluator.task_types else None
-    for t, (name, kind) in enumerate(zip(task_names, evaluator.task_types)):
-        if kind == "regression":
-            out[name] = {key: float(getattr(regression, key)[t]) for key in ("nmse", "mse", "rmse", "mae", "mae_raw")}
-            out[name].update(auc=float("nan"), ne=float("nan"), logloss=float("nan"))  # keys the eval line and callbacks read
-        else:
-            out[name] = {"auc": float(m.auc[t]), "ne": float(m.ne[t]), "logloss": float(m.logloss[t]),
-                         "calibration": float(m.calibration[t])}
-        out[name]["count"] = int(m.n_labelled[t])
+    for t, name in enumerate(task_names):
+        keys = names.REGRESSION_METRICS if m.task_types[t] == names.REGRESSION else names.BINARY_METRICS
+        out[name] = {key: float(getattr(m, key)[t]) for key in keys}
+        out[name][names.COUNT] = int(m.n_labelled[t])
     return out
 
 
@@ -46,7 +45,7 @@ def eval_statistics(model: torch.nn.Module, batches: Sized, spec: FeatureSpec, b
 
     `model(dense, sparse) -> logits`; ranks may hold different numbers of eval rows: short batches are padded
     and missing batches filled with empty ones, all masked out (sharded lookups are collective)."""
-    from recsys_mtl.evaluate.scoring import evaluator_for
+    from recsys_mtl.metrics.streaming_eval import evaluator_for
 
     evaluator = evaluator_for(spec, device=device)
     for batch in _equal_count(batches, spec, batch_size, world_size, device):
@@ -56,16 +55,22 @@ def eval_statistics(model: torch.nn.Module, batches: Sized, spec: FeatureSpec, b
 
 
 def task_metrics(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-                 task_names: list[str]) -> dict[str, dict[str, float]]:
-    """task -> {auc, ne, logloss, calibration, count} over labelled rows (exact, recsys_mtl.metrics.offline)."""
+                 task_names: list[str], tasks=None) -> dict[str, dict[str, float]]:
+    """task -> {auc, ne, logloss, calibration, count} of binary tasks, {nmse, mse, rmse, mae, mae_raw, count} of
+    regression tasks, over labelled rows (exact, recsys_mtl.metrics.offline). `tasks`: the spec's TaskSpecs
+    (None: all binary)."""
+    from recsys_mtl.metrics import names
     from recsys_mtl.metrics.offline import task_metrics as offline_task_metrics
 
-    m = offline_task_metrics(logits, labels, mask, from_logits=True)
-    return {
-        name: {"auc": float(m.auc[t]), "ne": float(m.ne[t]), "logloss": float(m.logloss[t]),
-               "calibration": float(m.calibration[t]), "count": int(m.n_labelled[t])}
-        for t, name in enumerate(task_names)
-    }
+    types = [t.type for t in tasks] if tasks is not None else None
+    transforms = [t.transform for t in tasks] if tasks is not None else None
+    m = offline_task_metrics(logits, labels, mask, from_logits=True, task_types=types, label_transforms=transforms)
+    out = {}
+    for t, name in enumerate(task_names):
+        keys = names.REGRESSION_METRICS if m.task_types[t] == names.REGRESSION else names.BINARY_METRICS
+        out[name] = {key: float(getattr(m, key)[t]) for key in keys}
+        out[name][names.COUNT] = int(m.n_labelled[t])
+    return out
 
 
 def pad_batch(batch: Batch, size: int) -> Batch:
@@ -140,11 +145,43 @@ def predict(model: torch.nn.Module, batches: Sized, spec: FeatureSpec, batch_siz
 
 
 def format_eval_line(step: int, epochs_done: float, total_epochs: int, metrics: dict[str, dict[str, float]]) -> str:
-    """`eval step S (epoch E/N): ...`; E counts the epochs done, with a fraction when evaluated mid-epoch."""
-    aucs = [m["auc"] for m in metrics.values() if m["auc"] == m["auc"]]
-    mean_auc = sum(aucs) / len(aucs) if aucs else float("nan")
-    lls = [m["logloss"] for m in metrics.values() if m["logloss"] == m["logloss"]]
-    mean_ll = sum(lls) / len(lls) if lls else float("nan")
-    per_task = " ".join(f"{name}={m['auc']:.4f}" for name, m in metrics.items())
+    """`eval step S (epoch E/N): ...`; E counts the epochs done, with a fraction when evaluated mid-epoch.
+    Binary tasks show AUC, regression tasks their normalized MSE (`nmse`)."""
+    def mean(key: str) -> float:
+        vals = [m[key] for m in metrics.values() if key in m and m[key] == m[key]]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    per_task = " ".join(f"{name}={m['auc']:.4f}" if "auc" in m else f"{name}=nmse {m['nmse']:.4f}"
+                        for name, m in metrics.items())
+    regression = any("nmse" in m for m in metrics.values())
     done = f"{epochs_done:.0f}" if float(epochs_done).is_integer() else f"{epochs_done:.2f}"
-    return f"eval step {step} (epoch {done}/{total_epochs}): mean AUC {mean_auc:.4f}, mean logloss {mean_ll:.4f} | AUC {per_task}"
+    return (f"eval step {step} (epoch {done}/{total_epochs}): mean AUC {mean('auc'):.4f}, mean logloss "
+            f"{mean('logloss'):.4f}" + (f", mean NMSE {mean('nmse'):.4f}" if regression else "") + f" | AUC {per_task}")
+
+
+class TrainerEvaluation:
+    """The trainer's evaluation on its eval set, between steps: the pipeline lets go of the model meanwhile."""
+
+    def evaluate(self) -> dict[str, dict[str, float]] | None:
+        if self.eval_data is None:
+            return None
+        self.pipeline.detach()
+        self.dmp.eval()
+        try:
+            batch_size = self.config.data.eval_batch_size or self.config.data.batch_size
+            self.eval_data.set_epoch(0)
+            self.eval_data.load_state_dict(self.eval_data.position_after(0))
+            statistics = eval_statistics(self.module.model, self.eval_data, self.spec, batch_size, self.device,
+                                         self.env.world_size)
+        finally:
+            self.dmp.train()
+            self._reattach()
+        # all-reduced statistics: every rank computes the same last_eval (it goes into the checkpoint)
+        metrics = metrics_by_task(statistics, self.spec.task_names)
+        self.last_eval, self._evaluated_at = metrics, self.step
+        if self.env.is_main:
+            epochs_done = self.epoch + (self.step_in_epoch / self._steps_in_epoch if self._steps_in_epoch else 0)
+            log.info(format_eval_line(self.step, epochs_done, self.config.train.epochs, metrics))
+            for cb in self.callbacks:
+                cb.on_eval(self, self.step, self.epoch, metrics)
+        return metrics

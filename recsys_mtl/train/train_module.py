@@ -5,7 +5,9 @@ weighting happens here, inside forward, and each step has one backward.
 
 Per-task losses are made global before weighting: ranks all-reduce the
 per-task sums and label counts, so every rank computes the same L[T] (the
-loss of the whole global batch) and the same weights. The differentiable loss
+loss of the whole global batch) and the same weights. The masked label moments (count, sum, sum of
+squares: `LabelStats`) go through the same all_reduce, for methods that start
+from the best constant predictor's loss (GO4Align's rec mode). The differentiable loss
 of rank r is sum_t w_t * world_size * sums_r[t] / count[t]; gradients are
 averaged over ranks (DDP, TorchRec), which gives exactly the gradient of the
 global loss: a 2-process step equals a 1-process step on the same rows.
@@ -18,8 +20,8 @@ import torch.distributed as dist
 from torch import nn
 
 from recsys_mtl.data.batch import Batch
-from recsys_mtl.losses import masked_bce_sums
-from recsys_mtl.weighting.base import WeightingMethod
+from recsys_mtl.losses import TaskKinds, masked_task_loss_sums
+from recsys_mtl.weighting.base import LabelStats, WeightingMethod
 
 
 class WeightedTaskLoss(nn.Module):
@@ -27,12 +29,18 @@ class WeightedTaskLoss(nn.Module):
 
     Holds no sharded module, so the pipeline's tracer treats it as one leaf.
     The weighting is not a submodule: it has no gradients for DDP to reduce and
-    the checkpoint saves its state on its own.
+    the checkpoint saves its state on its own. `task_kinds` (None: all binary) picks each task's loss
+    and tells the weighting's label statistics which tasks are binary.
     """
 
     def __init__(self, weighting: WeightingMethod, world_size: int = 1,
-                 process_group: dist.ProcessGroup | None = None, compile: bool = False) -> None:
+                 process_group: dist.ProcessGroup | None = None, compile: bool = False,
+                 task_kinds: TaskKinds | None = None) -> None:
         super().__init__()
+        # per-task loss kinds (None: all binary), as buffers so they move with the module; not in checkpoints
+        for name, value in (task_kinds._asdict() if task_kinds is not None else {}).items():
+            self.register_buffer(f"kind_{name}", value, persistent=False)
+        self.has_task_kinds = task_kinds is not None
         object.__setattr__(self, "weighting", weighting)
         # the compiled callable shares the module's buffers: state_dict and checkpoints are unchanged
         object.__setattr__(self, "_weigh", torch.compile(weighting, fullgraph=True) if compile else weighting)
@@ -44,8 +52,8 @@ class WeightedTaskLoss(nn.Module):
                 penalty: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`penalty` [T]: per-task regularisation added unweighted for the tasks labelled in the global batch, so a
         task with no labels (past its train.task_epochs) is left exactly as it is."""
-        sums, losses, present, denom = self._global_losses(logits, labels, mask, sample_weights)
-        weights = self._weigh(losses, present)
+        sums, losses, present, denom, label_stats = self._global_losses(logits, labels, mask, sample_weights)
+        weights = self._weigh(losses, present, label_stats)
         local = sums * (float(self.world_size) / denom)
         loss = (weights * local).sum()
         if penalty is not None:
@@ -57,32 +65,41 @@ class WeightedTaskLoss(nn.Module):
                       sample_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The global batch's L[T] and which tasks it labels, without calling the weighting (whose state
         `forward` advances: FAMO keeps the losses it weighted for its post-step update)."""
-        _, losses, present, _ = self._global_losses(logits, labels, mask, sample_weights)
+        _, losses, present, _, _ = self._global_losses(logits, labels, mask, sample_weights)
         return losses, present
 
     def _global_losses(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
                        sample_weights: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """(this rank's sums[T] with grad, global L[T], present[T], global label counts clamped to >= 1)."""
-        sums, counts = masked_bce_sums(logits, labels, mask, sample_weights)
+        """(this rank's sums[T] with grad, global L[T], present[T], global label counts clamped to >= 1,
+        global LabelStats)."""
+        kinds = TaskKinds(self.kind_regression, self.kind_huber, self.kind_delta) if self.has_task_kinds else None
+        sums, counts = masked_task_loss_sums(logits, labels, mask, kinds, sample_weights)
         num_tasks = sums.shape[0]
+        # unlabelled rows may hold anything (NaN): where, not multiply
+        masked = torch.where(mask, labels.to(sums.dtype), torch.zeros((), dtype=sums.dtype, device=sums.device))
+        stats = torch.cat([sums.detach(), counts, masked.sum(0), (masked * masked).sum(0)])
         if self.world_size > 1:
-            stats = torch.cat([sums.detach(), counts])
-            dist.all_reduce(stats, group=self.process_group)
-            global_sums, global_counts = stats[:num_tasks], stats[num_tasks:]
-        else:
-            global_sums, global_counts = sums.detach(), counts
+            dist.all_reduce(stats, group=self.process_group)  # one collective for losses and label moments
+        global_sums, global_counts, label_total, label_total_sq = stats.detach().split(num_tasks)
         denom = global_counts.clamp(min=1.0)
-        return sums, global_sums / denom, global_counts > 0, denom
+        binary = (~self.kind_regression if self.has_task_kinds
+                  else torch.ones(num_tasks, dtype=torch.bool, device=sums.device))
+        label_stats = LabelStats(global_counts, label_total, label_total_sq, binary)
+        return sums, global_sums / denom, global_counts > 0, denom, label_stats
 
 
 class MultiTaskTrainModule(nn.Module):
     """`model` (a MultiTaskModel) + the weighted loss; DMP shards `model.ebc` inside it."""
 
     def __init__(self, model: nn.Module, weighting: WeightingMethod, world_size: int = 1,
-                 process_group: dist.ProcessGroup | None = None, compile_weighting: bool = False) -> None:
+                 process_group: dist.ProcessGroup | None = None, compile_weighting: bool = False,
+                 task_kinds: TaskKinds | None = None) -> None:
         super().__init__()
         self.model = model
-        self.task_loss = WeightedTaskLoss(weighting, world_size, process_group, compile=compile_weighting)
+        if task_kinds is None and getattr(model, "spec", None) is not None and model.spec.has_regression:
+            task_kinds = TaskKinds.from_spec(model.spec, model.heads.bias.device)
+        self.task_loss = WeightedTaskLoss(weighting, world_size, process_group, compile=compile_weighting,
+                                          task_kinds=task_kinds)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         # the penalty is a per-rank mean over rows; averaging gradients over ranks makes it the global batch's mean

@@ -15,46 +15,35 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import functools
 import itertools
-import json
 import logging
-import os
-import random
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Iterator, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys_mtl.config.features import FeatureSpec
-from recsys_mtl.config.loader import ConfigError, flatten, to_dict, to_yaml
-from recsys_mtl.config.train import DenseOptimConfig, TrainConfig
+from recsys_mtl.config.loader import ConfigError
+from recsys_mtl.config.train import TrainConfig
 from recsys_mtl.data.batch import Batch
 from recsys_mtl.data.errors import DataError
-from recsys_mtl.models import MultiTaskModel
-from recsys_mtl.models.multitask import wide_columns
-from recsys_mtl.train.checkpoint import (CHECKPOINTS_DIR, CONFIG_FILE, METRICS_KEY, RNG_KEY, SPEC_FILE,
-                                        CheckpointManager, pack, rng_state, set_rng_state, unpack)
+from recsys_mtl.train.callbacks import TrainerCallback, TrainResult
+from recsys_mtl.train.checkpoint import CHECKPOINTS_DIR, CheckpointManager, model_signature
 from recsys_mtl.train.distributed import DistEnv, computed_on_rank0, init_distributed
 from recsys_mtl.train.interrupt import Stopped, StopSignals
-from recsys_mtl.train.evaluation import eval_statistics, format_eval_line, metrics_by_task
+from recsys_mtl.train.evaluation import TrainerEvaluation
 from recsys_mtl.train.lock import OutputDirLock
+from recsys_mtl.train.optimizers import TrainerOptimizers, build_dense_optimizer, seed_everything, set_deterministic
 from recsys_mtl.train.progress import Progress
-from recsys_mtl.train.schedule import LrSchedule
-from recsys_mtl.train.sharding import describe_plan, shard_model
+from recsys_mtl.train.resume import TrainerCheckpoints, changed_settings
+from recsys_mtl.train.step_log import TRAIN_LOG, TrainerStepLog, TrainingDiverged
 from recsys_mtl.train.train_module import MultiTaskTrainModule
-from recsys_mtl.weighting import WeightingMethod, build_weighting
 
 log = logging.getLogger(__name__)
-
-TRAIN_LOG = "train_log.jsonl"
 
 
 class BatchSource(Protocol):
@@ -68,82 +57,6 @@ class BatchSource(Protocol):
     def position_after(self, num_batches_consumed: int) -> dict: ...
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the trainer stops before it checkpoints such a model."""
-
-    exit_code = 1  # the CLI prints it as one line (not bad input: not 2)
-
-
-class TrainerCallback:
-    """Hooks for tracking; called on rank 0 only. Override what you need."""
-
-    def on_train_start(self, trainer: "Trainer") -> None: ...
-    def on_log(self, trainer: "Trainer", records: list[dict[str, Any]]) -> None: ...
-    def on_eval(self, trainer: "Trainer", step: int, epoch: int, metrics: dict[str, dict[str, float]]) -> None: ...
-    def on_train_metrics(self, trainer: "Trainer", step: int, metrics: dict[str, torch.Tensor]) -> None:
-        """Streaming per-task metrics ({"ne": [T], "ne_lifetime": [T], ...}, recsys_mtl.metrics.streaming)."""
-    def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None: ...
-    def on_train_error(self, trainer: "Trainer", exc: BaseException) -> None:
-        """`fit` is raising `exc` (an error, Ctrl-C or SIGTERM); called before it propagates."""
-
-
-@dataclasses.dataclass
-class TrainResult:
-    steps: int
-    epochs_completed: int
-    samples_per_second: float
-    last_loss: float
-    eval_metrics: dict[str, dict[str, float]] | None
-    trained_steps: int = 0  # steps this fit() trained: 0 when it re-ran a finished training
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
-def set_deterministic(enabled: bool) -> None:
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled, warn_only=False)
-
-
-def build_dense_optimizer(named_params: dict[str, torch.nn.Parameter], cfg: DenseOptimConfig) -> KeyedOptimizerWrapper:
-    """One optimizer over the dense parameters; with `cfg.wide_lr`, the wide part's (`wide_dense`) in a
-    second param group at that learning rate."""
-    wide = {id(p) for name, p in named_params.items() if "wide_dense." in name} if cfg.wide_lr else set()
-
-    def factory(params):
-        groups = [{"params": [p for p in params if id(p) not in wide]}]
-        if wide:
-            groups.append({"params": [p for p in params if id(p) in wide], "lr": cfg.wide_lr})
-        if cfg.type == "adam":
-            return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.type == "adagrad":
-            return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    return KeyedOptimizerWrapper(named_params, factory)
-
-
-def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
-    """What must match for a checkpoint to load: table shapes, features, tasks, architecture, optimizers."""
-    return {
-        "tables": {name: [t.num_embeddings, t.embedding_dim] for name, t in spec.tables.items()},
-        "sparse_features": spec.sparse_names,
-        "dense_features": spec.dense_names,
-        "tasks": spec.task_names,
-        # wide_l2 and feature_dropout act in training only, not on the model's shape or output: a checkpoint
-        # trained with other values (or before they existed) loads. An empty per-task map (wide_id_scale: {})
-        # is its feature off, the same model as a checkpoint made before the map existed: it is left out
-        "model": {k: v for k, v in to_dict(config.model).items()
-                  if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout") and v != {}},
-        "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
-        "weighting": config.weighting.method,
-    }
-
-
 def build_parquet_source(path: str, spec: FeatureSpec, batch_size: int, env: DistEnv, *, seed: int,
                          shuffle: bool, shuffle_buffer_rows: int, num_workers: int, drop_remainder: bool) -> BatchSource:
     from recsys_mtl.data.stream import ParquetStream
@@ -153,41 +66,13 @@ def build_parquet_source(path: str, spec: FeatureSpec, batch_size: int, env: Dis
                          drop_remainder=drop_remainder, pin_memory=env.device.type == "cuda")
 
 
-def changed_settings(saved: dict[str, Any] | None, current: dict[str, Any]) -> list[str]:
-    """`key: old -> new` for each flattened config value that differs (none for checkpoints without one);
-    train.checkpoint.resume is how a resume is asked for, not a change of the training. A setting newer than
-    the checkpoint counts only if it is not at its default (the checkpoint's code behaved as the default)."""
-    if saved is None:
-        return []
-    keys = sorted((set(saved) | set(current)) - {"train.checkpoint.resume"})
-    return [f"{key}: {saved.get(key, '(unset)')} -> {current.get(key, '(unset)')}"
-            for key in keys if saved.get(key) != current.get(key)
-            and not (key not in saved and current.get(key) == _default_setting(key))]
-
-
-def _default_setting(key: str) -> Any:
-    """The default of a dotted TrainConfig setting (`train.checkpoint.at_end` -> True), or a sentinel if none."""
-    import typing
-
-    cls: Any = TrainConfig
-    missing = object()
-    for i, part in enumerate(parts := key.split(".")):
-        field = {f.name: f for f in dataclasses.fields(cls)}.get(part) if dataclasses.is_dataclass(cls) else None
-        if field is None:
-            return missing
-        if i == len(parts) - 1:
-            if field.default is not dataclasses.MISSING:
-                return field.default
-            return field.default_factory() if field.default_factory is not dataclasses.MISSING else missing
-        cls = typing.get_type_hints(cls)[part]
-    return missing
-
-
-class Trainer:
+class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEvaluation):
     """Builds everything from a TrainConfig; `fit()` trains, evaluates, checkpoints and resumes.
 
     train_data / eval_data: any BatchSource (default: ParquetStream over the
     config's paths, sharded by rank). spec: defaults to the config's spec file.
+    The loop is here; building the model and optimizers is train/optimizers.py, checkpoints, resume and warm
+    start train/resume.py, the step log and divergence train/step_log.py, evaluation train/evaluation.py.
     """
 
     def __init__(self, config: TrainConfig, *, spec: FeatureSpec | None = None,
@@ -203,24 +88,7 @@ class Trainer:
         set_deterministic(tc.deterministic)
         seed_everything(tc.seed)
 
-        # model: dense parts built identically on every rank from the seed; tables on meta until sharded
-        self.weighting: WeightingMethod = self._build_weighting()
-        self.model = MultiTaskModel(self.spec, config.model, seed=tc.seed, device=self.device, embedding_device="meta")
-        module = MultiTaskTrainModule(self.model, self.weighting, self.env.world_size, dist.group.WORLD,
-                                      compile_weighting=config.weighting.compile)
-        self.dmp = shard_model(module, self.spec, config.sharding, config.optim.embedding, self.device,
-                               config.data.batch_size, extra_columns=wide_columns(self.spec, config.model.wide),
-                               dense_optimizer=config.optim.dense.type)
-        self.model.init_embeddings_(self.dmp.state_dict(), prefix="model.")
-        if self.env.is_main:
-            log.info("sharding plan: %s", describe_plan(self.dmp))
-        # after the model build so dropout streams differ per rank while parameters match
-        seed_everything(tc.seed + 1_000_003 * self.env.rank)
-
-        self.dense_optimizer = build_dense_optimizer(
-            dict(in_backward_optimizer_filter(self.dmp.named_parameters())), config.optim.dense
-        )
-        self.optimizer = CombinedOptimizer([("embedding", self.dmp.fused_optimizer), ("dense", self.dense_optimizer)])
+        self._build_model_and_optimizers()
         self.pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, self.device, execute_all_batches=True)
 
         self.train_data = train_data or self._default_source(config.data.train_path, train=True)
@@ -253,14 +121,6 @@ class Trainer:
         self.task_epochs = self._task_epochs()
 
     # -- construction helpers ----------------------------------------------------------------
-    def _build_weighting(self) -> WeightingMethod:
-        wc = self.config.weighting
-        try:
-            weighting = build_weighting(wc.method, self.spec.num_tasks, **wc.args)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"weighting: cannot build {wc.method!r} with args {wc.args}: {exc}") from None
-        return weighting.to(self.device)
-
     def _task_epochs(self) -> torch.Tensor:
         """[T] epochs each task's labels train on (train.task_epochs, else train.epochs)."""
         tc = self.config.train
@@ -284,7 +144,8 @@ class Trainer:
 
         global_batch = self.config.data.batch_size * self.env.world_size
         return StreamingTaskMetrics(
-            self.spec.task_names, self.config.data.batch_size, window_rows=max(tr.train_metrics_window_rows, global_batch),
+            self.spec.task_names, self.config.data.batch_size, task_types=self.spec.task_types,
+            window_rows=max(tr.train_metrics_window_rows, global_batch),
             auc_window_rows=max(tr.train_metrics_auc_window_rows, global_batch), world_size=self.env.world_size,
             rank=self.env.rank, process_group=dist.group.WORLD, device=self.device)
 
@@ -307,212 +168,7 @@ class Trainer:
     def module(self) -> MultiTaskTrainModule:
         return self.dmp.module  # type: ignore[return-value]
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def _checkpoint_state(self) -> dict[str, Any]:
-        """What a checkpoint holds. The objects are the same on every rank (DCP writes one rank's copy of each):
-        the RNG states and the streaming metrics' states are one key each, a list by rank, gathered at save."""
-        return {
-            "model": self.dmp.state_dict(),
-            "optim": self.optimizer.state_dict(),
-            "weighting": self.weighting.state_dict(),
-            "train_state": b"",
-            RNG_KEY: b"",
-            METRICS_KEY: b"",
-        }
-
-    def save_checkpoint(self) -> Path:
-        state = self._checkpoint_state()
-        position = self.train_data.position_after(self.step_in_epoch) if self.step_in_epoch else None
-        state["train_state"] = pack({
-            "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "data": position,
-            "world_size": self.env.world_size,
-            # a re-run of a finished training resumes here: it reports this evaluation instead of logging a second one
-            "eval": (self.step, self.last_eval) if self._evaluated_at == self.step else None,
-            "config": flatten(self.config),  # a resume lists what changed since (tracked or not)
-        })
-        local = (rng_state(), self.train_metrics.state_dict() if self.train_metrics is not None else None)
-        per_rank = [local]
-        if self.env.world_size > 1:  # equal on every rank: DCP writes one rank's copy of a bytes object
-            per_rank = [None] * self.env.world_size
-            dist.all_gather_object(per_rank, local)
-        state[RNG_KEY] = pack([rng for rng, _ in per_rank])
-        state[METRICS_KEY] = pack([metrics for _, metrics in per_rank])
-        path = self.checkpoints.save(self.step, state, self.signature, files=self._self_description)
-        self._saved_step = self.step
-        if self.env.is_main:
-            log.info("checkpoint step %d saved to %s", self.step, path)
-        return path
-
-    @functools.cached_property
-    def _self_description(self) -> dict[str, str]:
-        """The resolved config and the feature spec, saved in every checkpoint (rendered once per run):
-        `recsys-mtl evaluate` loads a checkpoint without being told which config (and `--set` overrides) it
-        was trained with."""
-        return {CONFIG_FILE: to_yaml(self.config), SPEC_FILE: to_yaml(self.spec)}
-
-    def maybe_resume(self) -> bool:
-        path = self.checkpoints.latest() if self.config.train.checkpoint.resume else None
-        if path is None:
-            return False
-        self.checkpoints.check_signature(path, self.signature)
-        train_state = self.checkpoints.read_object(path, "train_state")  # checked before the tensors load
-        if train_state["world_size"] != self.env.world_size:
-            raise ConfigError(
-                f"checkpoint {path} was written by {train_state['world_size']} process(es) and this run has "
-                f"{self.env.world_size}: the data position is per rank. Resume with --nproc "
-                f"{train_state['world_size']}, or set train.checkpoint.resume: false."
-            )
-        self.dense_optimizer.init_state()  # Adam's state is lazy; DCP loads in place
-        state = self._checkpoint_state()
-        legacy_rng = f"rng_rank{self.env.rank}"  # checkpoints from before RNG_KEY: one key per rank
-        saved = self.checkpoints.top_level_keys(path)
-        if RNG_KEY not in saved:
-            state[legacy_rng] = state.pop(RNG_KEY)
-        if METRICS_KEY not in saved:  # checkpoints from before METRICS_KEY
-            del state[METRICS_KEY]
-        self.checkpoints.load(path, state, self.signature)
-        self.dmp.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optim"])
-        self.weighting.load_state_dict(state["weighting"])
-        set_rng_state(unpack(state[legacy_rng]) if legacy_rng in state else unpack(state[RNG_KEY])[self.env.rank])
-        metrics = unpack(state[METRICS_KEY])[self.env.rank] if METRICS_KEY in state else None
-        if self.train_metrics is not None and metrics is not None:  # else its lifetime values start here
-            self.train_metrics.load_state_dict(metrics)
-        self.step, self.epoch, self.step_in_epoch = train_state["step"], train_state["epoch"], train_state["step_in_epoch"]
-        self._resume_position = train_state["data"]
-        self._saved_step = self.step
-        if train_state.get("eval") and train_state["eval"][0] == self.step:  # absent from older checkpoints
-            self._evaluated_at, self.last_eval = train_state["eval"]
-        if self.env.is_main:
-            self._truncate_train_log(self.step)
-            log.info("resumed from %s at step %d (%d epoch(s) done, then %d batch(es) of epoch %d/%d)", path,
-                     self.step, self.epoch, self.step_in_epoch, self.epoch + 1, self.config.train.epochs)
-            changed = changed_settings(train_state.get("config"), flatten(self.config))
-            if changed:
-                log.warning("resumed with %d setting(s) changed since that checkpoint: %s", len(changed),
-                            "; ".join(changed))
-        return True
-
-    def warm_start(self, source: str | Path) -> None:
-        """Seed a fresh run from another run's model: weights, both optimizers' state and the
-        weighting state; the step, data position and RNG start fresh."""
-        from recsys_mtl.evaluate.loading import CHECKPOINT_DIR
-
-        path = Path(source)
-        for sub in (CHECKPOINT_DIR, CHECKPOINTS_DIR):  # a model directory, or a run's output_dir
-            if (path / sub).is_dir():
-                path = path / sub
-                break
-        if not CheckpointManager.is_complete(path):
-            latest = CheckpointManager(path).latest() if path.is_dir() else None
-            if latest is None:
-                raise ConfigError(f"train.init_from: {source} is not a model directory, a run's output_dir, a "
-                                  "checkpoints folder or a checkpoint (none with a complete checkpoint)")
-            path = latest
-        self.dense_optimizer.init_state()
-        state = self._checkpoint_state()
-        del state["train_state"], state[RNG_KEY], state[METRICS_KEY]
-        self.checkpoints.load(path, state, self.signature, advice=(
-            "train.init_from warm-starts a model of the same shape, optimizers and weighting method: make those "
-            f"settings match the source run's ({path / CONFIG_FILE}, or the run's config.yaml), or set "
-            "train.init_from: null to start from scratch."))
-        self.dmp.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optim"])
-        self.weighting.load_state_dict(state["weighting"])
-        if self.env.is_main:
-            (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
-            log.info("warm start from %s", path)
-
-    def init_head_bias(self, num_batches: int = 16) -> None:
-        """Set each head's bias to its task's label rate over the first batches of epoch 0 (all ranks)."""
-        positives = torch.zeros(self.spec.num_tasks, dtype=torch.float64)
-        labelled = torch.zeros(self.spec.num_tasks, dtype=torch.float64)
-        self.train_data.set_epoch(0)
-        self.train_data.load_state_dict(self.train_data.position_after(0))
-        for batch in itertools.islice(iter(self.train_data), min(num_batches, len(self.train_data))):
-            positives += (batch.labels * batch.label_mask).sum(0).double().cpu()
-            labelled += batch.label_mask.sum(0).double().cpu()
-        self.train_data.load_state_dict(self.train_data.position_after(0))
-        if self.env.world_size > 1:
-            stats = torch.cat([positives, labelled]).to(self.device)
-            dist.all_reduce(stats)
-            positives, labelled = stats.cpu().split(self.spec.num_tasks)
-        rates = torch.where(labelled > 0, positives / labelled.clamp(min=1), torch.full_like(labelled, 0.5))
-        self.module.model.set_head_bias_from_rates_(rates.float())
-
-    # -- logging -----------------------------------------------------------------------------
-    def _truncate_train_log(self, step: int) -> None:
-        path = self.output_dir / TRAIN_LOG
-        if not path.exists():
-            return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
-
-    def _flush_records(self) -> list[dict[str, Any]]:
-        """One host sync for the whole window: stack the pending step tensors and write them out."""
-        if not self._pending:
-            return []
-        losses = torch.stack([p[2] for p in self._pending]).cpu()
-        weights = torch.stack([p[3] for p in self._pending]).cpu()
-        totals = (losses * weights).sum(dim=1)
-        records = [
-            {"step": s, "epoch": e, "loss": float(totals[i]), "losses": losses[i].tolist(), "weights": weights[i].tolist()}
-            for i, (s, e, _, _) in enumerate(self._pending)
-        ]
-        self._pending.clear()
-        finite = torch.isfinite(totals)
-        diverged = None if bool(finite.all()) else int((~finite).nonzero()[0])
-        if diverged is not None:
-            records = records[:diverged + 1]  # the log ends at the first non-finite step
-        self.last_loss = records[-1]["loss"]
-        if self.env.is_main:
-            with open(self.output_dir / TRAIN_LOG, "a") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
-            for cb in self.callbacks:
-                cb.on_log(self, records)
-        if diverged is not None:  # the losses are global: every rank stops here
-            self._diverged(records[-1])
-        return records
-
-    def _diverged(self, record: dict[str, Any]) -> None:
-        """Found where the step records are read (every train.log_every steps, and before each checkpoint)."""
-        bad = [name for name, v in zip(self.spec.task_names, record["losses"]) if not np.isfinite(v)]
-        saved = (f"the newest checkpoint, step {self._saved_step}, is from before it" if self._saved_step > 0
-                 else "no checkpoint was written")
-        raise TrainingDiverged(
-            f"the training loss is {record['loss']} at step {record['step']} (non-finite task losses: "
-            f"{', '.join(bad) or 'none; a weight is not finite'}), found at step {self.step}; training stopped and "
-            f"{saved}. Lower the learning rates (optim.dense.lr, optim.embedding.lr) or look for extreme values in "
-            "the data, then resume or start again")
-
-    # -- evaluation --------------------------------------------------------------------------
-    def evaluate(self) -> dict[str, dict[str, float]] | None:
-        if self.eval_data is None:
-            return None
-        self.pipeline.detach()
-        self.dmp.eval()
-        try:
-            batch_size = self.config.data.eval_batch_size or self.config.data.batch_size
-            self.eval_data.set_epoch(0)
-            self.eval_data.load_state_dict(self.eval_data.position_after(0))
-            statistics = eval_statistics(self.module.model, self.eval_data, self.spec, batch_size, self.device,
-                                         self.env.world_size)
-        finally:
-            self.dmp.train()
-            self._reattach()
-        # all-reduced statistics: every rank computes the same last_eval (it goes into the checkpoint)
-        metrics = metrics_by_task(statistics, self.spec.task_names)
-        self.last_eval, self._evaluated_at = metrics, self.step
-        if self.env.is_main:
-            epochs_done = self.epoch + (self.step_in_epoch / self._steps_in_epoch if self._steps_in_epoch else 0)
-            log.info(format_eval_line(self.step, epochs_done, self.config.train.epochs, metrics))
-            for cb in self.callbacks:
-                cb.on_eval(self, self.step, self.epoch, metrics)
-        return metrics
-
+    # -- pipeline ----------------------------------------------------------------------------
     def _reattach(self) -> None:
         """Give the model back to the pipeline without re-running input dist for in-flight batches."""
         try:
@@ -578,8 +234,8 @@ class Trainer:
         elif not resumed:
             if self.config.model.head_bias == "prior":
                 self.init_head_bias()
-            else:  # "zero": p = 0.5, instead of the layer's random init
-                self.module.model.set_head_bias_from_rates_(torch.full((self.spec.num_tasks,), 0.5))
+            else:  # "zero": p = 0.5 (regression: 0), instead of the layer's random init
+                self.module.model.zero_head_bias_()
             if self.env.is_main:
                 (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
         def start_callbacks() -> None:  # rank 0 only; a failure (e.g. the tracking store) stops every rank
@@ -716,20 +372,6 @@ class Trainer:
         tc = self.config.train
         return self.epoch >= tc.epochs or (tc.max_steps is not None and self.step >= tc.max_steps)
 
-    @functools.cached_property
-    def planned_steps(self) -> int:
-        """Steps of the whole training: train.epochs' batches, or train.max_steps if fewer (planned once)."""
-        tc = self.config.train
-        per_epoch = getattr(self.train_data, "batches_in_epoch", None)  # ParquetStream: each epoch's own count
-        total = sum(map(per_epoch, range(tc.epochs))) if per_epoch else tc.epochs * len(self.train_data)
-        return total if tc.max_steps is None else min(total, tc.max_steps)
-
-    def _build_schedule(self) -> LrSchedule | None:
-        cfg = self.config.optim.schedule
-        if cfg.warmup_steps == 0 and cfg.decay == "none":
-            return None
-        return LrSchedule(self.optimizer, cfg, self.planned_steps)
-
     def _progress(self, cleanup: contextlib.ExitStack) -> Progress | None:
         """Rank 0's progress display (train/progress.py), closed by `cleanup` if fit() fails."""
         if not (self.env.is_main and self.config.train.progress_bar):
@@ -738,4 +380,5 @@ class Trainer:
                                               interval_s=self.config.train.progress_every_s))
 
 
-__all__ = ["Trainer", "TrainResult", "TrainerCallback", "BatchSource", "model_signature", "TRAIN_LOG"]
+__all__ = ["Trainer", "TrainResult", "TrainerCallback", "BatchSource", "model_signature", "TRAIN_LOG",
+           "TrainingDiverged", "changed_settings", "build_dense_optimizer", "build_parquet_source"]

@@ -1,6 +1,7 @@
 """Task weighting: per-task losses L[T] -> detached weights w[T]. See base.py for the API."""
 
-from recsys_mtl.weighting.base import WeightingMethod, build_weighting, register_weighting, weighting_methods
+from recsys_mtl.weighting.base import (LabelStats, WeightingMethod, build_weighting, register_weighting,
+                                       weighting_methods, weighting_signature)
 from recsys_mtl.weighting.dwa import DynamicWeightAverage
 from recsys_mtl.weighting.equal import EqualWeights
 from recsys_mtl.weighting.famo import FAMO
@@ -14,10 +15,12 @@ from recsys_mtl.weighting.static import StaticWeights
 from recsys_mtl.weighting.uncertainty import UncertaintyWeighting
 
 __all__ = [
+    "LabelStats",
     "WeightingMethod",
     "build_weighting",
     "register_weighting",
     "weighting_methods",
+    "weighting_signature",
     "DynamicWeightAverage",
     "EqualWeights",
     "FAMO",

@@ -1,7 +1,10 @@
 """The task-weighting plug-in API: one nn.Module per method, one registry.
 
 A method maps the (all-reduced, detached) per-task losses L[T] of a step to
-detached weights w[T]; the trainer's loss is sum(w * L). `present[T]` (bool)
+detached weights w[T]; the trainer's loss is sum(w * L). It may also read
+`label_stats`, the moments of the global batch's labels (`LabelStats`; GO4Align's
+rec mode starts its risks at the loss of the best constant predictor); None
+(benchmarks, hand-driven use) must keep working. `present[T]` (bool)
 says which tasks had at least one label in the batch: an absent task gets
 weight 0 and its state must not move. All state lives in buffers or
 parameters, so it follows `.to()` and lands in `state_dict()` and checkpoints.
@@ -12,7 +15,7 @@ compiles under torch.compile(fullgraph=True) and can be captured in a CUDA graph
 
 Trainer contract (no method-specific branches):
 
-    w = weighting(losses.detach(), present)          # global losses and presence, identical on every rank
+    w = weighting(losses.detach(), present, label_stats)   # global losses, presence, label moments: same on every rank
     loss = (w * losses).sum()
     loss.backward(); optimizer.step()
     if weighting.needs_post_step_losses:             # class attribute, known at build time
@@ -31,13 +34,19 @@ second forward can reject such methods at build time, never inside the step.
 For tracking: `last_weights` / `last_present` hold the latest step's weights and
 presence mask, `tracking_state()` adds method-specific per-task tensors and
 `summary()` a few scalars; all are tensors, read them at logging time only.
+
+`check_task_rates(names, base_rates, labels_per_batch)` is called once before training with the
+estimated base rates; it returns warnings (strings) for the trainer to log, none by default.
+A method written against the older `compute(losses, present)` (no `label_stats`) still works:
+the base class sees its signature at class creation and leaves the argument out.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -45,14 +54,37 @@ from torch import nn
 from recsys_mtl.config.loader import as_number
 
 
+class LabelStats(NamedTuple):
+    """Masked moments of the global batch's labels (all-reduced like the losses), each [T].
+
+    Labels are in the space the loss sees (a regression task's clipped, transformed label).
+    The best constant predictor's loss is H(total / count) for a binary task (cross-entropy,
+    nats) and total_sq / count - (total / count)^2 (the label variance) for a regression task.
+    """
+
+    count: torch.Tensor  # labelled rows per task
+    total: torch.Tensor  # sum of the labels
+    total_sq: torch.Tensor  # sum of the squared labels
+    binary: torch.Tensor  # bool: the task is binary (else regression)
+
+
 class WeightingMethod(nn.Module):
-    """Base class. Subclasses implement `compute(losses, present) -> weights`."""
+    """Base class. Subclasses implement `compute(losses, present, label_stats) -> weights`."""
 
     #: config name, set by `@register_weighting("name")`
     name: ClassVar[str] = ""
+    #: one line for the README's plug-in table: when to reach for this method
+    when_to_use: ClassVar[str] = ""
     #: True if the method wants the same batch's losses re-evaluated after the optimizer step
     #: (FAMO); the trainer then calls `post_step(losses_after, present)` with no method branches.
     needs_post_step_losses: ClassVar[bool] = False
+    #: False for a subclass whose `compute` predates `label_stats` (set from its signature)
+    _compute_takes_label_stats: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        params = list(inspect.signature(cls.compute).parameters.values())
+        cls._compute_takes_label_stats = len(params) >= 4 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
     def __init__(self, num_tasks: int) -> None:
         super().__init__()
@@ -63,7 +95,8 @@ class WeightingMethod(nn.Module):
         self.register_buffer("last_weights", torch.zeros(num_tasks), persistent=False)
         self.register_buffer("last_present", torch.zeros(num_tasks, dtype=torch.bool), persistent=False)
 
-    def forward(self, losses: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, losses: torch.Tensor, present: torch.Tensor | None = None,
+                label_stats: LabelStats | None = None) -> torch.Tensor:
         losses = losses.detach()
         if losses.shape != (self.num_tasks,):
             raise ValueError(f"{type(self).__name__}: losses must have shape ({self.num_tasks},), got {tuple(losses.shape)}")
@@ -72,13 +105,35 @@ class WeightingMethod(nn.Module):
         elif present.shape != (self.num_tasks,):
             raise ValueError(f"{type(self).__name__}: present must have shape ({self.num_tasks},), got {tuple(present.shape)}")
         present = present.to(device=losses.device, dtype=torch.bool)
-        weights = self.compute(losses, present).detach()
+        if label_stats is not None:
+            bad = [f for f, v in zip(LabelStats._fields, label_stats) if tuple(v.shape) != (self.num_tasks,)]
+            if bad:
+                raise ValueError(f"{type(self).__name__}: label_stats.{bad[0]} must have shape ({self.num_tasks},)")
+        if self._compute_takes_label_stats:
+            weights = self.compute(losses, present, label_stats).detach()
+        else:
+            weights = self.compute(losses, present).detach()
         self.last_weights.copy_(weights)
         self.last_present.copy_(present)
         return weights
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def check_task_rates(self, names: Sequence[str], base_rates: Any, labels_per_batch: Any,
+                         task_types: Sequence[str] | None = None) -> list[str]:
+        """Warnings about the tasks' base rates, logged before training (none by default).
+
+        names[T]; base_rates[T]: estimated label means; labels_per_batch: labelled rows of a task per
+        global batch (a number or [T]); task_types[T]: "binary" / "regression" (None: all binary).
+        """
+        return []
+
+    @classmethod
+    def state_signature(cls, args: dict[str, Any]) -> str:
+        """What a checkpoint's weighting state must match to load (the model signature's `weighting`):
+        the method name, unless the arguments change what the state means (GO4Align's mode)."""
+        return cls.name
 
     def post_step(self, losses_after: torch.Tensor, present: torch.Tensor | None = None) -> None:
         """Losses of the same batch after the optimizer step; only called if needs_post_step_losses."""
@@ -118,6 +173,12 @@ def register_weighting(name: str):
 
 def weighting_methods() -> dict[str, type[WeightingMethod]]:
     return dict(_REGISTRY)
+
+
+def weighting_signature(name: str, args: dict[str, Any]) -> str:
+    """The model signature's `weighting` entry for a configured method (see `state_signature`)."""
+    cls = _REGISTRY.get(name)
+    return name if cls is None else cls.state_signature(dict(args))
 
 
 def build_weighting(name: str, num_tasks: int, /, **kwargs: Any) -> WeightingMethod:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import torch
 
-from recsys_mtl.weighting.base import WeightingMethod, check_number, register_weighting
+from recsys_mtl.weighting.base import LabelStats, WeightingMethod, check_number, register_weighting
 
 
 @register_weighting("dwa")
 class DynamicWeightAverage(WeightingMethod):
     """Args: num_tasks; temperature: tau (> 0, default 2.0 as the paper); min_loss (>= 0, default 1e-6)."""
+
+    when_to_use = "Tasks whose losses fall at different speeds: weights from the ratio of the last two losses (Liu et al. 2019)."
 
     def __init__(self, num_tasks: int, temperature: float = 2.0, min_loss: float = 1e-6) -> None:
         super().__init__(num_tasks)
@@ -32,7 +34,7 @@ class DynamicWeightAverage(WeightingMethod):
         self.register_buffer("loss_prev2", torch.zeros(num_tasks))  # L(t-2)
         self.register_buffer("seen", torch.zeros(num_tasks, dtype=torch.long))
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         dt = self.loss_prev.dtype
         present = present & (losses.to(dt) > self.min_loss)  # no signal this step: left out, state unmoved
         ratio = torch.where(self.seen >= 2, self.loss_prev / self.loss_prev2.clamp_min(1e-12), torch.ones_like(self.loss_prev))

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import torch
 
-from recsys_mtl.weighting.base import WeightingMethod, check_number, register_weighting
+from recsys_mtl.weighting.base import LabelStats, WeightingMethod, check_number, register_weighting
 from recsys_mtl.weighting.masked_adam import masked_adam_step_
 
 EPS = 1e-8
@@ -32,6 +32,8 @@ EPS = 1e-8
 class FAMO(WeightingMethod):
     """Args: num_tasks; lr: Adam step size of the logits (> 0, default 0.025);
     weight_decay: L2 on the logits, the official `gamma` (>= 0, default 1e-5)."""
+
+    when_to_use = "Balanced loss decrease (Liu et al. 2023); one extra forward of each batch per step."
 
     needs_post_step_losses: ClassVar[bool] = True
 
@@ -50,7 +52,7 @@ class FAMO(WeightingMethod):
         z = torch.softmax(torch.where(present, self.logits, torch.full_like(self.logits, float("-inf"))), dim=0)
         return torch.where(present, z, torch.zeros_like(z))
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         dt = self.logits.dtype
         loss = losses.to(dt)
         z = self._masked_softmax(present)

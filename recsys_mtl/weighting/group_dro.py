@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import torch
 
-from recsys_mtl.weighting.base import WeightingMethod, check_number, register_weighting
+from recsys_mtl.weighting.base import LabelStats, WeightingMethod, check_number, register_weighting
 
 
 @register_weighting("group_dro")
 class GroupDRO(WeightingMethod):
     """Args: num_tasks; step_size: eta (> 0, default 0.01)."""
 
+    when_to_use = "Protect the worst task: exponentiated-gradient weight on the largest losses (Sagawa et al. 2020)."
+
     def __init__(self, num_tasks: int, step_size: float = 0.01) -> None:
         super().__init__(num_tasks)
         self.step_size = check_number("GroupDRO", "step_size", step_size, low=0.0, low_inclusive=False)
         self.register_buffer("log_q", torch.zeros(num_tasks))
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         dt = self.log_q.dtype
         self.log_q.add_(torch.where(present, self.step_size * losses.to(dt), torch.zeros((), dtype=dt, device=losses.device)))
         logits = torch.where(present, self.log_q, torch.full_like(self.log_q, float("-inf")))

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from recsys_mtl.weighting.base import WeightingMethod, register_weighting
+from recsys_mtl.weighting.base import LabelStats, WeightingMethod, register_weighting
 
 _M32 = 0xFFFFFFFF
 
@@ -50,6 +50,8 @@ def counter_normal(seed: int, step: torch.Tensor, n: int, dtype: torch.dtype) ->
 class RandomLossWeighting(WeightingMethod):
     """Args: num_tasks; seed: integer in [0, 2^32) (default 0)."""
 
+    when_to_use = "A sanity baseline: random weights each step (Lin et al. 2022)."
+
     def __init__(self, num_tasks: int, seed: int = 0) -> None:
         super().__init__(num_tasks)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
@@ -57,7 +59,7 @@ class RandomLossWeighting(WeightingMethod):
         self.seed = seed
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         draws = counter_normal(self.seed, self.step, self.num_tasks, losses.dtype)
         self.step.add_(1)
         w = torch.softmax(torch.where(present, draws, torch.full_like(draws, float("-inf"))), dim=0)

@@ -13,12 +13,14 @@ from collections.abc import Sequence
 import torch
 
 from recsys_mtl.config.loader import as_number
-from recsys_mtl.weighting.base import WeightingMethod, register_weighting
+from recsys_mtl.weighting.base import LabelStats, WeightingMethod, register_weighting
 
 
 @register_weighting("static")
 class StaticWeights(WeightingMethod):
     """Args: num_tasks; weights: T finite non-negative numbers (buffer `static_weights`, not in the state dict)."""
+
+    when_to_use = "Fixed per-task weights, e.g. business value, or 1/H(base rate) to optimise the sum of NEs."
 
     def __init__(self, num_tasks: int, weights: Sequence[float]) -> None:
         super().__init__(num_tasks)
@@ -33,6 +35,6 @@ class StaticWeights(WeightingMethod):
         # (checkpoints written before this still hold the key; DCP leaves it unread)
         self.register_buffer("static_weights", torch.tensor([float(v) for v in values]), persistent=False)
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         w = self.static_weights.to(losses.dtype)
         return torch.where(present, w, torch.zeros_like(w))

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from recsys_mtl.weighting.base import WeightingMethod, check_number, register_weighting
+from recsys_mtl.weighting.base import LabelStats, WeightingMethod, check_number, register_weighting
 from recsys_mtl.weighting.masked_adam import masked_adam_step_
 
 
 @register_weighting("uncertainty")
 class UncertaintyWeighting(WeightingMethod):
     """Args: num_tasks; lr: Adam step size for the log variances (> 0, default 1e-3)."""
+
+    when_to_use = "Losses of different kinds and scales: learns a log-variance per task (Kendall et al. 2018)."
 
     def __init__(self, num_tasks: int, lr: float = 1e-3) -> None:
         super().__init__(num_tasks)
@@ -33,7 +35,7 @@ class UncertaintyWeighting(WeightingMethod):
         self.register_buffer("adam_exp_avg_sq", torch.zeros(num_tasks))
         self.register_buffer("adam_steps", torch.zeros(num_tasks, dtype=torch.long))
 
-    def compute(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def compute(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
         s = self.log_var
         w = torch.exp(-s)
         weights = torch.where(present, w, torch.zeros_like(w)).to(losses.dtype)

@@ -183,3 +183,42 @@ def test_a_run_config_written_as_text_or_as_numbers_is_the_same_run(tmp_path):
     as_number = exp.run_train_config(cfg, data_dir, "go4align", {"num_groups": 2, "beta": 0.0001}, 0, tmp_path / "r")
     other = exp.run_train_config(cfg, data_dir, "go4align", {"num_groups": 2, "beta": 0.001}, 0, tmp_path / "r")
     assert exp._same_training(as_text, as_number) and not exp._same_training(as_text, other)
+
+
+def test_an_experiment_with_a_regression_task_tabulates_its_nmse_beside_the_binary_ne(tmp_path):
+    """dataset.regression_tasks adds watch-time targets; the tables rank every task by its normalized error."""
+    cfg = tiny_experiment(tmp_path, methods={"equal": {}, "static": {"weights": [1, 1, 1, 1, 0.5]}})
+    cfg = exp.WeightingExperimentConfig(**{**cfg.__dict__,
+                                           "dataset": exp.ExperimentDataset(**{**cfg.dataset.__dict__,
+                                                                               "regression_tasks": 1})})
+    res = exp.run_experiment(cfg, tmp_path / "out", jobs=0, threads=1)
+    assert res["tasks"][-1] == "watch_time" and res["task_types"] == ["binary"] * 4 + ["regression"]
+    for method in ("equal", "static"):
+        nmse = res["methods"][method]["ne_mean"][-1]  # the regression task's normalized error is its NMSE
+        assert 0.3 < nmse < 2.0
+    assert math.isfinite(res["methods"]["static"]["pooled_bootstrap"]["mean_rel_ne_change"])
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "watch_time (nmse)" in table and "Per-task test NE|NMSE" in table
+    saved = yaml.safe_load((tmp_path / "out" / "runs" / "equal" / "seed0" / "train_config.yaml").read_text())
+    assert saved["data"]["spec"].endswith("feature_spec.yaml")
+
+
+def test_a_kuairand_validation_dataset_holds_only_train_days(kuairand_src, tmp_path):
+    """split_date / end_date carve a validation split from the train days: no test day (after 20220418) is read."""
+    import pyarrow.dataset as pads
+
+    from recsys_mtl.experiments.weighting import ExperimentDataset, dataset_stamp, prepare_data
+
+    ds = ExperimentDataset(kind="kuairand", dir=str(tmp_path / "kr_valid"), src=str(kuairand_src),
+                           split_date=20220415, end_date=20220418)
+    out = prepare_data(ds)
+    dates = {split: sorted(int(str(d).replace("-", "")) for d in pads.dataset(
+                 out / split, format="parquet", partitioning="hive").to_table(columns=["date"]).column("date")
+                 .unique().to_pylist())
+             for split in ("train", "test")}
+    assert max(dates["train"]) <= 20220415 < min(dates["test"])
+    assert max(dates["test"]) <= 20220418
+    assert dataset_stamp(ds)["split_date"] == 20220415
+    other = ExperimentDataset(kind="kuairand", dir=ds.dir, src=ds.src)  # the default (test) split
+    with pytest.raises(Exception, match="prepared with"):
+        prepare_data(other)

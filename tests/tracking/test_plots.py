@@ -40,3 +40,55 @@ def test_relative_ne_change_bars_with_ci_whiskers_for_one_and_several_runs(tmp_p
 def test_plots_reject_names_that_do_not_match_the_values(tmp_path):
     with pytest.raises(ValueError, match="task names"):
         plot_task_heatmap(np.zeros((3, 4)), [0, 1, 2], ["a"], tmp_path / "x.png")
+
+
+def _row_colours(path, rows: int):
+    """RGB at the middle of each task row, halfway across the image (inside the heatmap)."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(path)[..., :3]
+    h, w, _ = img.shape
+    col = img[:, int(w * 0.45)]
+    top, bottom = int(h * 0.2), int(h * 0.8)  # within the heatmap's axes
+    return [col[int(top + (bottom - top) * (r + 0.5) / rows)] for r in range(rows)]
+
+
+@pytest.mark.parametrize("log_scale", [True, False])
+def test_weights_a_hundred_times_apart_get_different_colours_on_the_log_scale_despite_a_spike(tmp_path, log_scale):
+    """Weights of 0.01 and 1 beside one spike of 100: on a linear scale both are the bottom colour."""
+    w = np.tile([[0.01, 1.0, 0.0]], (40, 1))  # third task absent (weight 0): blank on the log scale
+    w[20, 1] = 100.0
+    path = plot_task_heatmap(w, np.arange(40), ["a", "b", "c"], tmp_path / "w.png", log_scale=log_scale)
+    a, b, c = _row_colours(path, 3)
+    if log_scale:
+        assert np.abs(a - b).sum() > 0.5  # the middle of viridis against its bottom
+        assert np.allclose(c, 0.85, atol=0.02)  # blank: light grey
+    else:
+        assert np.abs(a - b).sum() < 0.05
+
+
+def test_heatmap_norm_is_logarithmic_over_the_positive_values():
+    from recsys_mtl.tracking.plots import heatmap_norm
+
+    norm = heatmap_norm(np.array([[0.0, 0.01, 1.0, 100.0]]), log_scale=True)
+    assert np.allclose(norm(np.array([0.01, 1.0, 100.0])), [0.0, 0.5, 1.0])
+    assert np.allclose(heatmap_norm(np.array([[0.0, 50.0, 100.0]]), log_scale=False)(np.array([50.0])), 0.5)
+
+
+def test_mixed_task_plots_mark_the_regression_tasks_and_name_both_normalized_errors(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from recsys_mtl.tracking import plots
+
+    names, types = ["click", "watch_time", "like"], ["binary", "regression", "binary"]
+    assert plots.task_labels(names, types, "nmse") == ["click", "watch_time (nmse)", "like"]
+    assert plots.task_labels(names, ["binary"] * 3) == names  # one kind: names as they are
+    seen = {}
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel", lambda self, text, *a, **k: seen.update(x=text))
+    real = matplotlib.axes.Axes.set_yticklabels
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yticklabels",
+                        lambda self, labels, *a, **k: (seen.update(y=list(labels)), real(self, labels, *a, **k))[1])
+    plot_relative_ne_change(names, [0.01, -0.2, 0.0], tmp_path / "c.png", task_types=types, error_label="NE|NMSE")
+    assert seen["x"].startswith("relative NE|NMSE change") and seen["y"][1] == "watch_time (nmse)"
+    plot_task_heatmap(np.ones((3, 3)), [0, 1, 2], names, tmp_path / "w.png", task_types=types)
+    assert seen["y"][1] == "watch_time (regression)"

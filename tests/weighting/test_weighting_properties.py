@@ -10,9 +10,11 @@ T = 5
 KWARGS = {
     "static": dict(weights=[1.0, 0.5, 2.0, 0.0, 3.0]),
     "go4align": dict(num_groups=2, beta=0.05),
+    "go4align@paper": dict(num_groups=2, beta=0.05, mode="paper"),
     "uncertainty": dict(lr=0.05),
 }
-ALL = sorted(weighting_methods())
+#: every method, and GO4Align in both modes (`NAME@VARIANT` builds NAME with KWARGS[NAME@VARIANT])
+ALL = sorted([*weighting_methods(), "go4align@paper"])
 #: methods whose weights depend on the task index, not only on the task's data
 INDEX_DEPENDENT = {"static", "random"}
 
@@ -21,7 +23,7 @@ def make(name: str, num_tasks: int = T, **overrides) -> WeightingMethod:
     kwargs = dict(KWARGS.get(name, {}), **overrides)
     if name == "static" and num_tasks != T:
         kwargs["weights"] = [1.0 + i for i in range(num_tasks)]
-    return build_weighting(name, num_tasks, **kwargs)
+    return build_weighting(name.split("@")[0], num_tasks, **kwargs)
 
 
 def run(method: WeightingMethod, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -48,7 +50,7 @@ def trace(seed: int, steps: int = 8, num_tasks: int = T, p_present: float = 0.8)
 
 
 def test_registry_has_every_method_of_the_issue():
-    assert set(ALL) == {"equal", "static", "uncertainty", "softmax_uncertainty", "dwa", "famo", "group_dro", "random", "go4align"}
+    assert set(weighting_methods()) == {"equal", "static", "uncertainty", "softmax_uncertainty", "dwa", "famo", "group_dro", "random", "go4align"}
 
 
 def test_unknown_method_name_lists_the_known_ones():
@@ -93,11 +95,12 @@ def test_scale_invariant_methods_ignore_a_common_loss_scale(name):
     torch.testing.assert_close(run(make(name).double(), losses * 37.0, present), run(make(name).double(), losses, present), rtol=1e-6, atol=1e-9)
 
 
-def test_go4align_scale_term_is_scale_invariant_but_smoothness_is_not():
+@pytest.mark.parametrize("name", ["go4align", "go4align@paper"])
+def test_go4align_scale_term_is_scale_invariant_but_smoothness_is_not(name):
     losses, present = trace(6)
-    flat = lambda c: run(make("go4align", beta=0.0).double(), losses * c, present)  # noqa: E731
+    flat = lambda c: run(make(name, beta=0.0).double(), losses * c, present)  # noqa: E731
     torch.testing.assert_close(flat(37.0), flat(1.0), rtol=1e-9, atol=1e-12)
-    smooth = lambda c: run(make("go4align", beta=0.05).double(), losses * c, present)  # noqa: E731
+    smooth = lambda c: run(make(name, beta=0.05).double(), losses * c, present)  # noqa: E731
     assert not torch.allclose(smooth(37.0), smooth(1.0), rtol=1e-3)
 
 
@@ -168,10 +171,10 @@ def test_constructors_reject_bad_arguments_naming_argument_value_and_range(name,
 
 
 def test_build_rejects_unknown_and_missing_config_arguments_by_name():
-    with pytest.raises(ValueError, match=r"weighting method 'go4align': unknown argument\(s\) groups; allowed: num_groups, beta"):
+    with pytest.raises(ValueError, match=r"weighting method 'go4align': unknown argument\(s\) groups; allowed: num_groups, beta, mode, alpha"):
         build_weighting("go4align", 3, groups=2)
-    with pytest.raises(ValueError, match=r"weighting method 'go4align': missing required argument\(s\) num_groups"):
-        build_weighting("go4align", 3)
+    with pytest.raises(ValueError, match=r"weighting method 'static': missing required argument\(s\) weights"):
+        build_weighting("static", 3)
     with pytest.raises(ValueError, match=r"'dwa': num_tasks is not an argument \(it is the number of tasks in the feature spec\); remove it"):
         build_weighting("dwa", 3, num_tasks=3)
 
@@ -186,7 +189,8 @@ def test_state_dict_names_are_pinned_so_old_checkpoints_keep_loading():
         "dwa": ["loss_prev", "loss_prev2", "seen"],
         "equal": [],
         "famo": ["logits", "prev_losses", "prev_present", "adam_exp_avg", "adam_exp_avg_sq", "adam_steps"],
-        "go4align": ["cum_loss"],
+        "go4align": ["risk_avg", "risk_updates", "cum_risk", "label_count", "label_mean", "label_m2", "prior"],
+        "go4align@paper": ["cum_loss"],  # as before the modes: older checkpoints load with mode: paper
         "group_dro": ["log_q"],
         "random": ["step"],
         "softmax_uncertainty": [],

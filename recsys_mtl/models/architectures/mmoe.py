@@ -6,14 +6,20 @@ all T gates as one linear layer.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from recsys_mtl.config.train import ModelConfig
 from recsys_mtl.models.layers import BatchedMLP
+
+if TYPE_CHECKING:  # models take the config's values; only config/ imports the registry
+    from recsys_mtl.config.train import ModelConfig
 
 
 class MMoE(nn.Module):
+    """Multi-gate mixture of experts (Ma et al. 2018): shared experts, one softmax gate per task."""
+
     def __init__(self, in_dim: int, num_tasks: int, config: ModelConfig) -> None:
         super().__init__()
         cfg = config.mmoe

@@ -7,11 +7,15 @@ expert, fed with the shared input. All T*K task experts run as one batched MLP.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from recsys_mtl.config.train import ModelConfig
 from recsys_mtl.models.layers import BatchedLinear, BatchedMLP
+
+if TYPE_CHECKING:  # models take the config's values; only config/ imports the registry
+    from recsys_mtl.config.train import ModelConfig
 
 
 class CGCLevel(nn.Module):
@@ -44,6 +48,8 @@ class CGCLevel(nn.Module):
 
 
 class PLE(nn.Module):
+    """Progressive layered extraction (Tang et al. 2020): CGC levels of task-specific and shared experts."""
+
     def __init__(self, in_dim: int, num_tasks: int, config: ModelConfig) -> None:
         super().__init__()
         cfg = config.ple

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from recsys_mtl.config.train import ModelConfig
 from recsys_mtl.models.layers import MLP
+
+if TYPE_CHECKING:  # models take the config's values; only config/ imports the registry
+    from recsys_mtl.config.train import ModelConfig
 
 
 class SharedBottom(nn.Module):
+    """Shared-bottom MLP feeding every task tower: the simplest, fewest parameters."""
+
     def __init__(self, in_dim: int, num_tasks: int, config: ModelConfig) -> None:
         super().__init__()
         self.num_tasks = num_tasks
