@@ -10,7 +10,6 @@ method, architecture or task type cannot land without its row.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import inspect
 import sys
 import typing
@@ -40,20 +39,17 @@ def weighting_table() -> str:
     return "\n".join(rows)
 
 
-def _section_args(section: object) -> str:
-    fields = dataclasses.fields(section) if dataclasses.is_dataclass(section) else []
-    return ", ".join(f"`{f.name}={getattr(section, f.name)!r}`" for f in fields) or "none"
-
-
 def architecture_table() -> str:
-    from recsys_mtl.config.train import ModelConfig
-    from recsys_mtl.models.architectures import ARCHITECTURES
+    from recsys_mtl.models.architectures import architectures
+    from recsys_mtl.models.architectures.registry import architecture_parameters
 
-    defaults = ModelConfig()
-    rows = ["| `model.architecture` | its section's settings (defaults) | what it is |", "|---|---|---|"]
-    for name, cls in ARCHITECTURES.items():
+    rows = ["| `model.architecture` | arguments (`model.args`) | what it is |", "|---|---|---|"]
+    for name, cls in architectures().items():
         doc = (inspect.getdoc(cls) or "").split("\n")[0]
-        rows.append(f"| `{name}` | `model.{name}`: {_section_args(getattr(defaults, name, None))} | {doc or '-'} |")
+        args = [f"`{p.name}={_default(list(p.default) if isinstance(p.default, tuple) else p.default)}`"
+                if p.default is not inspect.Parameter.empty else f"`{p.name}`"
+                for p in architecture_parameters(name).values() if p.name != "dropout"]  # dropout: model.dropout
+        rows.append(f"| `{name}` | {', '.join(args) or 'none'} | {doc or '-'} |")
     return "\n".join(rows)
 
 

@@ -175,7 +175,7 @@ def _scoring_part(args: argparse.Namespace, tmp: Path) -> None:
     data = bench_data(None, tmp, rows=args.scoring_rows, tasks=args.scoring_tasks, table_scale=0.01)
     warmup = 5
     config = TrainConfig.load(args.config or str(CONFIGS / "demo.yaml"), [
-        f"data.train_path={data}", f"data.spec={data / 'feature_spec.yaml'}", "data.eval_path=null",
+        f"data.train_path={data}", f"data.spec={data / '_feature_spec.yaml'}", "data.eval_path=null",
         f"data.batch_size={args.batch_size}", f"train.max_steps={warmup + steps}", "train.epochs=1000",
         f"train.log_every={warmup}", "train.eval_every=0", "train.progress_bar=false", f"train.output_dir={tmp / 'run'}",
         "train.checkpoint.every=0", "train.checkpoint.resume=false", "train.checkpoint.at_end=false",

@@ -45,7 +45,8 @@ class TableSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SparseFeature:
-    """An id feature. Single-valued: an integer column. Multi-valued: a list<integer> column."""
+    """An id feature. Single-valued: an integer column. Multi-valued: a list<integer> column. With `hashed: true`
+    the column may hold strings (or lists of strings) instead: each distinct value is hashed into the table."""
 
     name: str
     table: str
@@ -65,8 +66,10 @@ class DenseFeature:
     name: str
     column: str | None = None
     transform: Literal["none", "log1p", "standard", "log1p_standard"] = "none"
-    mean: float = 0.0
-    std: float = 1.0
+    # the statistics `standard` subtracts and divides by (of the log1p'd column for log1p_standard): no default,
+    # since a guessed 0 and 1 would leave the feature unscaled without a word
+    mean: float | None = None
+    std: float | None = None
     fill: float = 0.0
 
     @property
@@ -74,8 +77,13 @@ class DenseFeature:
         return self.column or self.name
 
     def validate(self, where: Where) -> None:
-        if self.std <= 0:
+        if self.std is not None and self.std <= 0:
             raise where.child("std").error(f"must be > 0, got {self.std}")
+        if self.transform.endswith("standard") and (self.mean is None or self.std is None):
+            missing = " and ".join(k for k in ("mean", "std") if getattr(self, k) is None)
+            raise where.error(f"transform {self.transform!r} needs the column's mean and std (of log1p(x) for "
+                              f"log1p_standard), and {missing} is not given: `recsys-mtl data infer-spec DATA` "
+                              "computes them, or use transform: none | log1p")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,12 +248,17 @@ class FeatureSpec:
 
         for f in self.sparse:
             t = field(f.source, f"sparse feature {f.name!r}")
+            is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+            item = t.value_type if is_list else t
+            if _is_string(item) and not f.hashed and is_list == f.multi_valued:
+                raise ConfigError(f"{source}: column {f.source!r} (sparse feature {f.name!r}) holds string ids, "
+                                  "which are hashed into the table: set hashed: true")
             if f.multi_valued:
-                ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
-                expected = "a list of integers"
+                ok = is_list and (pa.types.is_integer(item) or (f.hashed and _is_string(item)))
+                expected = "a list of integers (or of strings, with hashed: true)"
             else:
-                ok = pa.types.is_integer(t)
-                expected = "integers"
+                ok = pa.types.is_integer(t) or (f.hashed and _is_string(t))
+                expected = "integers (or strings, with hashed: true)"
             if not ok:
                 raise ConfigError(
                     f"{source}: column {f.source!r} (sparse feature {f.name!r}) has type {t}, expected {expected}"
@@ -270,6 +283,13 @@ class FeatureSpec:
                 t = field(task.weight_column, f"sample weight of task {task.name!r}")
                 if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
                     raise ConfigError(f"{source}: column {task.weight_column!r} (weight of task {task.name!r}) has type {t}, expected numbers")
+
+
+def _is_string(t: pa.DataType) -> bool:
+    """String or binary ids, plain or dictionary-encoded (the reader hashes them: data/arrow.py string_hashes)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
 __all__ = ["FeatureSpec", "SparseFeature", "DenseFeature", "TaskSpec", "TableSpec"]

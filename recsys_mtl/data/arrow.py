@@ -174,9 +174,58 @@ def _int64(arr: pa.Array) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=True)
 
 
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def is_string_ids(t: pa.DataType) -> bool:
+    """A string or binary id column type (plain, large or dictionary-encoded)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def string_hashes(arr: pa.Array) -> np.ndarray:
+    """uint64 hash of each value's bytes (UTF-8 for strings): 64-bit FNV-1a, then the splitmix64 finaliser, which
+    spreads FNV's weak low bits before a modulo. The same value gets the same hash in every process, machine and
+    release (no per-process seed, unlike Python's hash). Vectorised over values, one pass per byte position."""
+    arr = arr.cast(pa.large_binary())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = arr.buffers()[2]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    lengths = np.diff(offsets)
+    order = np.argsort(-lengths, kind="stable")  # longest first: the values still going at byte j are a prefix
+    starts, sorted_lengths = offsets[:-1][order], lengths[order]
+    h = np.full(len(arr), _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(int(sorted_lengths[0]) if len(arr) else 0):
+            live = int(np.searchsorted(-sorted_lengths, -j, side="left"))  # values longer than j
+            h[:live] = (h[:live] ^ data[starts[:live] + j].astype(np.uint64)) * _FNV_PRIME
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+    out = np.empty_like(h)
+    out[order] = h
+    return out
+
+
+def _hashed_strings(arr: pa.Array, size: int) -> np.ndarray:
+    """Table rows of string ids. A dictionary array (how the reader gets a single-valued string column from
+    Parquet) hashes each distinct value once; a plain one (list items) hashes each value, vectorised (measured:
+    encoding a dictionary first costs more than hashing short ids)."""
+    if not pa.types.is_dictionary(arr.type):
+        return (string_hashes(arr) % np.uint64(size)).astype(np.int64)
+    rows = (string_hashes(arr.dictionary) % np.uint64(size)).astype(np.int64)
+    return rows[pc.fill_null(arr.indices, 0).to_numpy(zero_copy_only=False)]
+
+
 def _hashed(arr: pa.Array, size: int) -> np.ndarray:
     """Ids modulo `size` as int64, non-negative; unsigned ids are reduced before the cast (uint64 >= 2**63 does
-    not fit an int64)."""
+    not fit an int64); string ids are hashed first (string_hashes)."""
+    if is_string_ids(arr.type):
+        return _hashed_strings(arr, size)
     if pa.types.is_unsigned_integer(arr.type):
         return np.remainder(arr.to_numpy(zero_copy_only=True), np.uint64(size)).astype(np.int64)
     return np.remainder(_int64(arr), size)
@@ -322,4 +371,4 @@ class ArrowConverter:
                        regression_index=self._regression_index if self._has_regression else None)
 
 
-__all__ = ["Columns", "ArrowConverter"]
+__all__ = ["Columns", "ArrowConverter", "string_hashes", "is_string_ids"]

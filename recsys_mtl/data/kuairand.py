@@ -8,8 +8,8 @@ Derived files stay under that license.
   carved from the train days only: `split_date=20220415, end_date=20220418`.
 - Leaking columns are never features: `play_time_ms` (determines long_view and is_click),
   `comment_stay_time` (leaks is_comment); raw timestamps are not features. `play_time_ms` is kept
-  as a label column only: `feature_spec_play_time.yaml` trains it as a regression task (log1p) beside
-  the 7 binary tasks of `feature_spec.yaml`; it feeds no feature (nor the history counters).
+  as a label column only: `_feature_spec_play_time.yaml` trains it as a regression task (log1p) beside
+  the 7 binary tasks of `_feature_spec.yaml`; it feeds no feature (nor the history counters).
 - Categorical columns become contiguous ids with a vocabulary fitted on the train
   split only (id 0 = unknown or null), so no test information reaches the encoding.
 - `duration_ms` is 0 for 18.5% of rows: kept as a dense feature plus a
@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from recsys_mtl.data.errors import DataError
+from recsys_mtl.data.folder import README_FILE, SPEC_FILE
 from recsys_mtl.io import replace_dir
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ TASKS = ["is_click", "long_view", "is_follow", "is_comment", "is_forward", "is_p
 LEAKING = ["play_time_ms", "comment_stay_time"]  # never features
 PLAY_TIME = "play_time_ms"  # of LEAKING, kept as a regression label (the only use of it)
 PLAY_TIME_CLIP_MS = 3_600_000.0  # an hour; the data's longest play is ~10 minutes
-PLAY_TIME_SPEC = "feature_spec_play_time.yaml"
+PLAY_TIME_SPEC = "_feature_spec_play_time.yaml"  # a name Parquet readers skip (data/folder.py)
 USER_CATEGORICAL = [
     "user_active_degree", "is_live_streamer", "is_video_author", "follow_user_num_range",
     "fans_user_num_range", "friend_user_num_range", "register_days_range",
@@ -128,7 +129,8 @@ def _day(d: int) -> str:
 
 def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
                      split_date: int = SPLIT_DATE, end_date: int | None = None, history: bool = True) -> Path:
-    """Write `out/train/date=YYYY-MM-DD/part-00000.parquet`, `out/test/...` and `out/feature_spec.yaml`.
+    """Write `out/train/date=YYYY-MM-DD/part-00000.parquet`, `out/test/...`, `out/_feature_spec.yaml` and
+    `out/_README.md` (names Parquet readers skip: data/folder.py).
 
     train: `date <= split_date`; test: `split_date < date <= end_date` (default: every later day).
     """
@@ -226,11 +228,11 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
                 folder.mkdir(parents=True)
                 pq.write_table(day, folder / "part-00000.parquet", compression="snappy")
         spec = kuairand_spec(sizes, transforms, stats, split_date)
-        (tmp / "feature_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        (tmp / SPEC_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
         if play_time is not None:
             spec = kuairand_spec(sizes, transforms, stats, split_date, play_time=True)
             (tmp / PLAY_TIME_SPEC).write_text(yaml.safe_dump(spec, sort_keys=False))
-        (tmp / "README.md").write_text(
+        (tmp / README_FILE).write_text(
             "Derived from KuaiRand (Gao et al., CIKM 2022), CC BY-SA 4.0. "
             f"Train: date <= {split_date} ({int(is_train.sum())} rows); test: "
             f"{'later' if end_date is None else f'to {end_date}'} ({int((~is_train).sum())} rows). "

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from recsys_mtl.data.folder import SPEC_FILE, SYNTHETIC_FILE
 from recsys_mtl.io import replace_dir
 
 log = logging.getLogger(__name__)
@@ -376,7 +377,8 @@ def _dense_stats(cfg: SynthConfig) -> list[tuple[float, float]]:
 
 
 def generate_synthetic(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), overwrite: bool = False) -> Path:
-    """Write date-partitioned Parquet (`date=YYYY-MM-DD/part-NNNNN.parquet`) and `feature_spec.yaml`.
+    """Write date-partitioned Parquet (`date=YYYY-MM-DD/part-NNNNN.parquet`), `_feature_spec.yaml` and
+    `_synthetic.json` (names Parquet readers skip: data/folder.py).
 
     Writes into a temporary sibling folder and renames it into place at the end, so an
     interrupted run never leaves a half-written dataset at `out_dir`.
@@ -419,7 +421,7 @@ def generate_synthetic(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), ov
                 part += 1
                 written += file_rows
         spec = feature_spec_dict(cfg)
-        (tmp / "feature_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        (tmp / SPEC_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
         meta = dataclasses.asdict(cfg) | {
             "task_families": {n: FAMILIES[f] for n, f in zip(world.names, world.family)},
             "target_base_rates": {n: float(r) for n, r in zip(world.names, world.target_rate)},
@@ -430,7 +432,7 @@ def generate_synthetic(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), ov
                                  for n, f, mu, pc in zip(world.reg_names, world.reg_family, world.reg_mu,
                                                          world.reg_post_click)},
         }
-        (tmp / "synthetic.json").write_text(json.dumps(meta, indent=1))
+        (tmp / SYNTHETIC_FILE).write_text(json.dumps(meta, indent=1))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

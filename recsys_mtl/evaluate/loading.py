@@ -90,8 +90,9 @@ def load_model(path: str | Path, config_path: str | Path | None = None, source: 
         spec = FeatureSpec.load(config.data.spec)
     elif saved:
         try:
-            trained = TrainConfig.load(str(beside / CONFIG_FILE))
-            config = TrainConfig.load(str(beside / CONFIG_FILE), overrides) if overrides else trained
+            trained = TrainConfig.load(str(beside / CONFIG_FILE), relative_to_file=False)
+            config = TrainConfig.load(str(beside / CONFIG_FILE), overrides, relative_to_file=False) \
+                if overrides else trained
         except ConfigError as exc:  # e.g. a key a later version renamed
             raise ConfigError(f"{exc}\n(that is the config saved with the checkpoint; give {config_flag} to build the "
                               f"model from another)") from None
@@ -191,6 +192,9 @@ class ModelRefs:
             if self.tracking_uri is None and not Path("mlflow.db").exists():
                 raise FileNotFoundError(f"no mlflow.db in {Path.cwd()}; pass --tracking-uri")
             self.tracking_uri = self.tracking_uri or default_tracking_uri()
+            from recsys_mtl.tracking.sqlite_store import check_sqlite_store
+
+            check_sqlite_store(self.tracking_uri, "--tracking-uri", must_exist=True, writable=False)
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
@@ -203,6 +207,9 @@ class ModelRefs:
             local, run_id = resolve_model_dir(self.client, self.tracking_uri, ref, self.tmp / ref.replace("/", "_"))
         except MlflowException as exc:
             raise FileNotFoundError(f"{ref}: not found in the tracking store {self.tracking_uri} ({exc.message})") from None
+        from recsys_mtl.tracking.model_manifest import verify_run_model
+
+        verify_run_model(self.client, run_id, local, ref)  # before torch reads any of it (DCP metadata is a pickle)
         return load_model(local, config, source=ref, overrides=overrides, flags=flags), run_id
 
 

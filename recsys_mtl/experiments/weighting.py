@@ -42,7 +42,9 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+from recsys_mtl.data.folder import README_FILE, SPEC_FILE, SYNTHETIC_FILE, metadata_file, spec_file
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,9 @@ PREDICTIONS = "predictions.pt"
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentDataset:
-    """Where the prepared data lives (`dir/train`, `dir/test`, `dir/feature_spec.yaml`) and how to make it."""
+    """Where the prepared data lives (`dir/train`, `dir/test`, `dir/_feature_spec.yaml`) and how to make it."""
 
-    kind: Literal["kuairand", "synthetic"]
+    kind: str  # a registered dataset kind (EXPERIMENT_DATASETS): synthetic | kuairand
     dir: str
     src: str | None = None  # kuairand: the source folder
     # kuairand: train is `date <= split_date`, test `split_date < date <= end_date`; a validation split carved
@@ -77,16 +79,116 @@ class ExperimentDataset:
     table_scale: float = 0.02
     seed: int = 0
     regression_tasks: int = 0  # synthetic: watch-time-like regression targets beside the binary tasks
-    spec: str = "feature_spec.yaml"  # the spec in `dir` the runs train, e.g. kuairand's feature_spec_play_time.yaml
+    spec: str = SPEC_FILE  # the spec in `dir` the runs train, e.g. kuairand's _feature_spec_play_time.yaml
 
     def validate(self, where) -> None:
-        if self.kind == "kuairand" and self.regression_tasks:
+        if self.kind not in EXPERIMENT_DATASETS:
+            raise where.child("kind").error(f"unknown dataset kind {self.kind!r}; set it to one of: "
+                                            f"{', '.join(sorted(EXPERIMENT_DATASETS))}")
+        EXPERIMENT_DATASETS[self.kind].validate(self, where)
+
+
+#: dataset kind -> how to make and recognise it (`@register_dataset`)
+EXPERIMENT_DATASETS: dict[str, "ExperimentDatasetKind"] = {}
+
+
+def register_dataset(name: str):
+    def decorator(cls: type) -> type:
+        EXPERIMENT_DATASETS[name] = cls()
+        return cls
+
+    return decorator
+
+
+class ExperimentDatasetKind:
+    """How one kind of experiment dataset is made: `prepare` writes `out/train`, `out/test` and the spec;
+    `stamp` is what decides its content (a folder made with other settings is refused)."""
+
+    def validate(self, ds: ExperimentDataset, where) -> None: ...
+
+    def stamp(self, ds: ExperimentDataset) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stamp_of_unstamped(self, out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
+        """The stamp of a folder prepared before stamps, from what it holds (None: cannot tell)."""
+        return None
+
+    def prepare(self, ds: ExperimentDataset, out: Path) -> None:
+        raise NotImplementedError
+
+
+@register_dataset("kuairand")
+class KuaiRandDataset(ExperimentDatasetKind):
+    def validate(self, ds: ExperimentDataset, where) -> None:
+        if ds.regression_tasks:
             raise where.child("regression_tasks").error("applies to synthetic data; for KuaiRand's play_time_ms "
-                                                        "set spec: feature_spec_play_time.yaml")
-        if self.kind == "kuairand" and not self.src:
+                                                        "set spec: _feature_spec_play_time.yaml")
+        if not ds.src:
             raise where.child("src").error("kuairand needs the source folder (e.g. ../shared/data/kuairand)")
-        if self.kind == "synthetic" and not 1 <= self.test_days < self.days:
-            raise where.child("test_days").error(f"must be in [1, days - 1] = [1, {self.days - 1}], got {self.test_days}")
+
+    def stamp(self, ds: ExperimentDataset) -> dict[str, Any]:
+        from recsys_mtl.data.kuairand import SPLIT_DATE  # the converter's default split, which prepare makes
+
+        return {"kind": ds.kind, "split_date": ds.split_date or SPLIT_DATE, "end_date": ds.end_date}
+
+    def stamp_of_unstamped(self, out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
+        readme = metadata_file(out, README_FILE)
+        if not readme.exists():  # `recsys-mtl data kuairand` writes its split there
+            return None
+        import re
+
+        m = re.search(r"Train: date <= (\d+) \(\d+ rows\); test: (later|to (\d+))", readme.read_text())
+        if not m:
+            return None
+        return {"kind": "kuairand", "split_date": int(m.group(1)), "end_date": int(m.group(3)) if m.group(3) else None}
+
+    def prepare(self, ds: ExperimentDataset, out: Path) -> None:
+        from recsys_mtl.data.kuairand import SPLIT_DATE, convert_kuairand
+
+        log.info("converting KuaiRand from %s to %s", ds.src, out)
+        convert_kuairand(ds.src, out, overwrite=True, split_date=ds.split_date or SPLIT_DATE, end_date=ds.end_date)
+        (out / DATASET_STAMP).write_text(json.dumps(dataset_stamp(ds)))
+
+
+@register_dataset("synthetic")
+class SyntheticDataset(ExperimentDatasetKind):
+    def validate(self, ds: ExperimentDataset, where) -> None:
+        if not 1 <= ds.test_days < ds.days:
+            raise where.child("test_days").error(f"must be in [1, days - 1] = [1, {ds.days - 1}], got {ds.test_days}")
+
+    def stamp(self, ds: ExperimentDataset) -> dict[str, Any]:
+        stamp = {k: v for k, v in dataclasses.asdict(ds).items() if k not in ("dir", "src", "spec")}
+        if not stamp["regression_tasks"]:  # datasets stamped before regression tasks existed match
+            del stamp["regression_tasks"]
+        return stamp
+
+    def stamp_of_unstamped(self, out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
+        synth = metadata_file(out, SYNTHETIC_FILE)
+        if not synth.exists():
+            return None
+        made = json.loads(synth.read_text())
+        test_days = len(list((out / "test").glob("date=*")))
+        return {"kind": "synthetic", "test_days": test_days,
+                **{k: made.get(k) for k in ("tasks", "rows", "days", "table_scale", "seed")}}
+
+    def prepare(self, ds: ExperimentDataset, out: Path) -> None:
+        from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
+        from recsys_mtl.io import replace_dir
+
+        log.info("generating %d synthetic rows, %d tasks, %d days (last %d for test) into %s",
+                 ds.rows, ds.tasks, ds.days, ds.test_days, out)
+        raw = out.with_name(f".{out.name}.raw")
+        shutil.rmtree(raw, ignore_errors=True)
+        generate_synthetic(raw, SynthConfig(tasks=ds.tasks, rows=ds.rows, days=ds.days, seed=ds.seed,
+                                            table_scale=ds.table_scale, regression_tasks=ds.regression_tasks))
+        dates = sorted(p.name for p in raw.glob("date=*"))
+        for split, names in (("train", dates[: len(dates) - ds.test_days]),
+                             ("test", dates[len(dates) - ds.test_days:])):
+            (raw / split).mkdir()
+            for name in names:
+                os.replace(raw / name, raw / split / name)
+        (raw / DATASET_STAMP).write_text(json.dumps(dataset_stamp(ds)))
+        replace_dir(raw, out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,47 +235,27 @@ class WeightingExperimentConfig:
 # ------------------------------------------------------------------------------ data
 
 
-DATASET_STAMP = "dataset.json"  # in a prepared dataset: the settings it was made with
+DATASET_STAMP = "_dataset.json"  # in a prepared dataset: the settings it was made with (a name Parquet readers skip)
 
 
 def dataset_stamp(ds: ExperimentDataset) -> dict[str, Any]:
     """The settings that decide a prepared dataset's content (not where it or its source lives)."""
-    if ds.kind == "kuairand":  # the converter's default split, which prepare_data makes
-        from recsys_mtl.data.kuairand import SPLIT_DATE
-
-        return {"kind": ds.kind, "split_date": ds.split_date or SPLIT_DATE, "end_date": ds.end_date}
-    stamp = {k: v for k, v in dataclasses.asdict(ds).items() if k not in ("dir", "src", "spec")}
-    if not stamp["regression_tasks"]:  # datasets stamped before regression tasks existed match
-        del stamp["regression_tasks"]
-    return stamp
+    return EXPERIMENT_DATASETS[ds.kind].stamp(ds)
 
 
 def _stamp_of_unstamped(out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
     """The stamp of a dataset prepared before stamps, from what it holds (None: cannot tell)."""
-    synth, readme = out / "synthetic.json", out / "README.md"
-    if ds.kind == "kuairand" and readme.exists():  # `recsys-mtl data kuairand` writes its split there
-        import re
-
-        m = re.search(r"Train: date <= (\d+) \(\d+ rows\); test: (later|to (\d+))", readme.read_text())
-        if m:
-            return {"kind": "kuairand", "split_date": int(m.group(1)),
-                    "end_date": int(m.group(3)) if m.group(3) else None}
-    if ds.kind != "synthetic" or not synth.exists():
-        return None
-    made = json.loads(synth.read_text())
-    test_days = len(list((out / "test").glob("date=*")))
-    return {"kind": "synthetic", "test_days": test_days,
-            **{k: made.get(k) for k in ("tasks", "rows", "days", "table_scale", "seed")}}
+    return EXPERIMENT_DATASETS[ds.kind].stamp_of_unstamped(out, ds)
 
 
 def prepare_data(ds: ExperimentDataset) -> Path:
-    """`ds.dir` with train/, test/ and feature_spec.yaml; made (atomically) if it is not there, and refused if it
+    """`ds.dir` with train/, test/ and _feature_spec.yaml; made (atomically) if it is not there, and refused if it
     was made with other settings."""
     from recsys_mtl.config.loader import ConfigError
 
     out = Path(ds.dir)
-    if (out / "feature_spec.yaml").exists() and (out / "train").is_dir() and (out / "test").is_dir():
-        stamp = out / DATASET_STAMP
+    if spec_file(out).exists() and (out / "train").is_dir() and (out / "test").is_dir():
+        stamp = metadata_file(out, DATASET_STAMP)
         made = json.loads(stamp.read_text()) if stamp.exists() else _stamp_of_unstamped(out, ds)
         if made is not None and ({k: made.get(k) for k in dataset_stamp(ds)} != dataset_stamp(ds)
                                  or made.get("regression_tasks", 0) != ds.regression_tasks):
@@ -187,43 +269,21 @@ def prepare_data(ds: ExperimentDataset) -> Path:
             stamp.write_text(json.dumps(dataset_stamp(ds)))
         return out
     if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out}: exists but is not a prepared dataset (no train/, test/, feature_spec.yaml); "
+        raise ConfigError(f"{out}: exists but is not a prepared dataset (no train/, test/, {SPEC_FILE}); "
                           "remove it or point dataset.dir elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if ds.kind == "kuairand":
-        from recsys_mtl.data.kuairand import SPLIT_DATE, convert_kuairand
-
-        log.info("converting KuaiRand from %s to %s", ds.src, out)
-        convert_kuairand(ds.src, out, overwrite=True, split_date=ds.split_date or SPLIT_DATE, end_date=ds.end_date)
-        (out / DATASET_STAMP).write_text(json.dumps(dataset_stamp(ds)))
-        return out
-    from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
-    from recsys_mtl.io import replace_dir
-
-    log.info("generating %d synthetic rows, %d tasks, %d days (last %d for test) into %s",
-             ds.rows, ds.tasks, ds.days, ds.test_days, out)
-    raw = out.with_name(f".{out.name}.raw")
-    shutil.rmtree(raw, ignore_errors=True)
-    generate_synthetic(raw, SynthConfig(tasks=ds.tasks, rows=ds.rows, days=ds.days, seed=ds.seed,
-                                        table_scale=ds.table_scale, regression_tasks=ds.regression_tasks))
-    dates = sorted(p.name for p in raw.glob("date=*"))
-    for split, names in (("train", dates[: len(dates) - ds.test_days]), ("test", dates[len(dates) - ds.test_days:])):
-        (raw / split).mkdir()
-        for name in names:
-            os.replace(raw / name, raw / split / name)
-    (raw / DATASET_STAMP).write_text(json.dumps(dataset_stamp(ds)))
-    replace_dir(raw, out)
+    EXPERIMENT_DATASETS[ds.kind].prepare(ds, out)
     return out
 
 
-def train_base_rates(data_dir: Path, spec_name: str = "feature_spec.yaml") -> dict[str, float]:
+def train_base_rates(data_dir: Path, spec_name: str = SPEC_FILE) -> dict[str, float]:
     """Each task's label rate over the labelled training rows (label columns only)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     from recsys_mtl.config.features import FeatureSpec
 
-    spec = FeatureSpec.load(data_dir / spec_name)
+    spec = FeatureSpec.load(metadata_file(data_dir, spec_name))
     table = pads.dataset(data_dir / "train", format="parquet", partitioning="hive").to_table(
         columns=[t.source for t in spec.tasks])
     rates = {}
@@ -233,13 +293,13 @@ def train_base_rates(data_dir: Path, spec_name: str = "feature_spec.yaml") -> di
     return rates
 
 
-def inverse_base_rate_entropy(data_dir: Path, seed: int, spec_name: str = "feature_spec.yaml") -> list[float]:
+def inverse_base_rate_entropy(data_dir: Path, seed: int, spec_name: str = SPEC_FILE) -> list[float]:
     """1 / H(base rate) per binary task, normalised to mean 1; a regression task (no base rate) gets the binary
     tasks' mean."""
     from recsys_mtl.config.features import FeatureSpec
 
     rates = train_base_rates(data_dir, spec_name)
-    regression = {t.name for t in FeatureSpec.load(data_dir / spec_name).tasks if t.is_regression}
+    regression = {t.name for t in FeatureSpec.load(metadata_file(data_dir, spec_name)).tasks if t.is_regression}
     inv = []
     for task, p in rates.items():
         if task in regression:
@@ -255,7 +315,7 @@ def inverse_base_rate_entropy(data_dir: Path, seed: int, spec_name: str = "featu
 #: method arguments that name a value computed from the training data or the run
 DERIVED_ARGUMENTS = {
     "inverse_base_rate_entropy": inverse_base_rate_entropy,
-    "train_seed": lambda data_dir, seed, spec_name="feature_spec.yaml": seed,  # e.g. random weighting draws a different sequence per seed
+    "train_seed": lambda data_dir, seed, spec_name=SPEC_FILE: seed,  # e.g. random weighting draws a different sequence per seed
 }
 
 
@@ -265,7 +325,7 @@ def method_name(key: str) -> str:
 
 
 def resolve_method_args(args: dict[str, Any], data_dir: Path, seed: int,
-                        spec_name: str = "feature_spec.yaml") -> dict[str, Any]:
+                        spec_name: str = SPEC_FILE) -> dict[str, Any]:
     return {k: DERIVED_ARGUMENTS[v](data_dir, seed, spec_name) if isinstance(v, str) and v in DERIVED_ARGUMENTS else v
             for k, v in args.items()}
 
@@ -282,7 +342,7 @@ def run_train_config(cfg: WeightingExperimentConfig, data_dir: Path, method: str
     data = read_yaml(cfg.train_config) or {}
     apply_overrides(data, list(cfg.set), source=cfg.train_config)
     data.setdefault("data", {}).update(train_path=str(data_dir / "train"), eval_path=None,
-                                       spec=str(data_dir / cfg.dataset.spec))
+                                       spec=str(metadata_file(data_dir, cfg.dataset.spec)))
     data["weighting"] = {"method": method_name(method), "args": args}
     train = data.setdefault("train", {})
     train.update(seed=seed, output_dir=str(run_dir), progress_bar=False, eval_every=0)

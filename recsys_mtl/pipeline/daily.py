@@ -28,10 +28,12 @@ from typing import Any
 import numpy as np
 
 from recsys_mtl.config.loader import ConfigError, load_yaml
+from recsys_mtl.data.folder import spec_file
 from recsys_mtl.pipeline.config import DailyPipelineConfig
 from recsys_mtl.pipeline.gate import decide
 from recsys_mtl.pipeline.registry import ChampionRegistry
 from recsys_mtl.pipeline.state import STEPS, StepStore
+from recsys_mtl.train.lock import OutputDirLock
 
 log = logging.getLogger(__name__)
 DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
@@ -57,7 +59,7 @@ class DailyPipeline:
         self.work = Path(config.work_dir)
         self.store = StepStore(self.work / "state")
         self.partitions = self._discover()
-        spec = config.spec or str(Path(config.data[0]) / "feature_spec.yaml")
+        spec = config.spec or str(spec_file(config.data[0]))
         self.spec_path = spec
         self.tracking_uri = config.tracking.resolved_uri()
         self._check_guarded_tasks()
@@ -136,8 +138,9 @@ class DailyPipeline:
         ev, dec, pro = (self.store.get(date, s) for s in ("evaluate", "decide", "promote"))
         return DateOutcome(
             date=date, eval_date=ev["eval_date"], candidate_ne=ev["candidate_mean_ne"], champion_ne=ev["champion_mean_ne"],
-            mean_rel_ne_change=ev["mean_rel_ne_change"], decision="accepted" if dec["accepted"] else "rejected",
-            reason=dec["reason"], version=pro.get("version"), ran_steps=ran,
+            mean_rel_ne_change=ev["mean_rel_ne_change"],
+            decision="accepted" if dec["accepted"] and not pro.get("refused") else "rejected",
+            reason=pro.get("refused") or dec["reason"], version=pro.get("version"), ran_steps=ran,
         )
 
     # -- steps -------------------------------------------------------------------------------
@@ -170,6 +173,8 @@ class DailyPipeline:
         if artifacts:
             overrides.append(f"tracking.artifact_location={q(artifacts)}")
         config = TrainConfig.load(self.config.train_config, overrides)
+        with OutputDirLock(out):  # no live attempt can own a RUNNING run of this date while we hold its folder
+            _end_orphan_runs(self.tracking_uri, self.config.tracking.experiment, f"{self.config.name}-{date}")
         callback = TrackingCallback()
         trainer = Trainer(config, callbacks=[callback])
         trainer.fit()
@@ -185,15 +190,21 @@ class DailyPipeline:
 
         from recsys_mtl.evaluate.loading import MODEL_ARTIFACT, local_artifact_dir
 
-        run = MlflowClient(self.tracking_uri).get_run(run_id)
+        from recsys_mtl.tracking.model_manifest import verify_run_model
+
+        client = MlflowClient(self.tracking_uri)
+        run = client.get_run(run_id)
         local = local_artifact_dir(run.info.artifact_uri)
         if local is None or not (local / MODEL_ARTIFACT).is_dir():
             import mlflow.artifacts
 
-            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT,
-                                                            dst_path=str(self.work / "models" / run_id),
-                                                            tracking_uri=self.tracking_uri))
-        return local / MODEL_ARTIFACT
+            model_dir = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT,
+                                                                 dst_path=str(self.work / "models" / run_id),
+                                                                 tracking_uri=self.tracking_uri))
+        else:
+            model_dir = local / MODEL_ARTIFACT
+        verify_run_model(client, run_id, model_dir, f"run {run_id}'s model")
+        return model_dir
 
     def _statistics(self, model_dirs: list[str], data: Path):
         """Streaming per-task statistics of the candidate (and the champion, on the same rows, with the bootstrap):
@@ -215,10 +226,12 @@ class DailyPipeline:
 
     def _step_evaluate(self, date: str) -> dict[str, Any]:
         from recsys_mtl.metrics.names import normalized_error_name
+        from recsys_mtl.tracking.model_manifest import verify_run_model
 
         train = self.store.get(date, "train")
         eval_date = train["eval_date"]
         data = self.partitions[eval_date]
+        verify_run_model(self._registry().client, train["run_id"], train["model_dir"], f"{date}'s candidate")
         dirs = [train["model_dir"]]
         champion = None
         if train["champion_version"] is not None:
@@ -273,6 +286,15 @@ class DailyPipeline:
             return {"version": None}
         train = self.store.get(date, "train")
         registry = self._registry()
+        refused = _promote_refusal(registry, train)
+        if refused:  # e.g. killed after decide, and a later date promoted meanwhile: the gate's verdict is stale
+            own = registry.version_of_run(train["run_id"])
+            if own is not None:  # registered before the kill: say in the registry that it never became champion
+                registry.tag_version(own, {PROMOTE_REFUSED_TAG: refused})
+            _tag_run(self.tracking_uri, train["run_id"], {"recsys_mtl.pipeline.decision": "rejected",
+                                                          "recsys_mtl.pipeline.reason": refused})
+            log.warning("%s: %s", date, refused)
+            return {"version": None, "refused": refused}
         version = registry.register(train["run_id"], source=train["model_dir"], checkpoint=train["model_dir"], date=date)
         registry.promote(version)
         return {"version": version}
@@ -300,6 +322,21 @@ class _NonFiniteCount:
         return 0 if self._count is None else int(self._count)
 
 
+PROMOTE_REFUSED_TAG = "recsys_mtl.pipeline.promote_refused"
+
+
+def _promote_refusal(registry: ChampionRegistry, train: dict[str, Any]) -> str | None:
+    """Why the candidate of `train` may not become champion now, or None.
+
+    Its gate compared it with the champion its train record pinned; the alias must still name that version, or
+    this candidate's own (a promote that died after moving the alias and before its record)."""
+    pinned, now = train["champion_version"], registry.champion_version()
+    if now == pinned or (now is not None and now == registry.version_of_run(train["run_id"])):
+        return None
+    return (f"promote refused: this candidate was compared with champion version {pinned or '(none)'}, and the "
+            f"champion is now version {now or '(none)'}")
+
+
 def _yaml_string(value: Any) -> str:
     """`value` as a YAML double-quoted string (JSON's quoting is valid YAML)."""
     import json
@@ -320,6 +357,27 @@ def _log_to_run(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> No
     items = [Metric(k, v, now, 0) for k, v in metrics.items()]
     for i in range(0, len(items), 1000):
         client.log_batch(run_id, metrics=items[i : i + 1000])
+
+
+def _end_orphan_runs(tracking_uri: str, experiment: str, run_name: str) -> list[str]:
+    """Mark KILLED the runs named `run_name` still RUNNING: a kill -9 of an earlier attempt left them so (a run the
+    retry continues from its checkpoint is set RUNNING again by the tracker). Returns their ids."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    ended = []
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=1000):
+        if run.info.run_name == run_name:
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    if ended:
+        log.warning("marked %d run(s) of an earlier, killed attempt KILLED: %s", len(ended), ", ".join(ended))
+    return ended
 
 
 def _tag_run(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:

@@ -31,6 +31,7 @@ from recsys_mtl.config.loader import ConfigError
 from recsys_mtl.config.train import TrainConfig
 from recsys_mtl.data.batch import Batch
 from recsys_mtl.data.errors import DataError
+from recsys_mtl.data.label_check import check_labels
 from recsys_mtl.train.callbacks import TrainerCallback, TrainResult
 from recsys_mtl.train.checkpoint import CHECKPOINTS_DIR, CheckpointManager, model_signature
 from recsys_mtl.train.distributed import DistEnv, computed_on_rank0, init_distributed
@@ -66,6 +67,15 @@ def build_parquet_source(path: str, spec: FeatureSpec, batch_size: int, env: Dis
                          drop_remainder=drop_remainder, pin_memory=env.device.type == "cuda")
 
 
+def _load_spec(path: str) -> FeatureSpec:
+    try:
+        return FeatureSpec.load(path)
+    except ConfigError as exc:
+        if not Path(path).exists():  # name the setting that gave it
+            raise ConfigError(f"data.spec: {path}: file not found (a config's paths are relative to its file)") from None
+        raise
+
+
 class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEvaluation):
     """Builds everything from a TrainConfig; `fit()` trains, evaluates, checkpoints and resumes.
 
@@ -81,7 +91,7 @@ class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEval
         self.config = config
         self.env = env or init_distributed(config.train.device)
         self.device = self.env.device
-        self.spec = spec or FeatureSpec.load(config.data.spec)
+        self.spec = spec or _load_spec(config.data.spec)
         self.callbacks = callbacks or []
         self.output_dir = Path(config.train.output_dir)
         tc = config.train
@@ -98,6 +108,10 @@ class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEval
             if getattr(self.eval_data, "num_rows", None) == 0:  # found now, not by the evaluation after the whole training
                 raise DataError(f"data.eval_path {config.data.eval_path}: the eval set has no rows; point it at "
                                 "data with labelled rows, or set it to null to train without evaluation")
+        if hasattr(self.train_data, "units"):  # a Parquet source: its label columns are checked before training
+            computed_on_rank0(lambda: check_labels(self.train_data.units, self.spec, config.data.train_path,
+                              config.data.batch_size * self.env.world_size, config.data.unlabelled_tasks,
+                                           getattr(self.train_data, "fragments", None)), self.env.world_size)
         self.schedule = self._build_schedule()  # after train_data: its length plans the decay
 
         ckpt_dir = Path(tc.checkpoint.dir) if tc.checkpoint.dir else self.output_dir / CHECKPOINTS_DIR
@@ -157,12 +171,21 @@ class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEval
 
     def _default_source(self, path: str, train: bool) -> BatchSource:
         d = self.config.data
-        return build_parquet_source(
+        source = build_parquet_source(
             path, self.spec, d.batch_size if train else (d.eval_batch_size or d.batch_size), self.env,
             seed=self.config.train.seed, shuffle=d.shuffle and train,
             shuffle_buffer_rows=d.shuffle_buffer_rows if train else 0, num_workers=d.num_workers,
             drop_remainder=train,
         )
+
+        def check_ids() -> None:  # before the first step: a bad eval id would otherwise surface after an epoch
+            try:
+                source.check_ids()
+            except DataError as exc:
+                raise DataError(f"{'data.train_path' if train else 'data.eval_path'}: {exc}") from None
+
+        computed_on_rank0(check_ids, self.env.world_size)
+        return source
 
     @property
     def module(self) -> MultiTaskTrainModule:

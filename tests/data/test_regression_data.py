@@ -31,7 +31,7 @@ def synth_regression(tmp_path_factory):
 
 def test_synthetic_regression_targets_are_heavy_tailed_positive_seconds_some_labelled_only_after_a_click(
         synth_regression):
-    spec = FeatureSpec.load(synth_regression / "feature_spec.yaml")
+    spec = FeatureSpec.load(synth_regression / "_feature_spec.yaml")
     assert spec.task_names[-2:] == ["watch_time", "dwell_time"] and spec.task_types[-2:] == ["regression"] * 2
     assert [t.loss_name for t in spec.tasks[-2:]] == ["mse", "huber"]
     cols = columns(synth_regression, ["click", "watch_time", "dwell_time"])
@@ -55,7 +55,7 @@ def test_adding_regression_tasks_changes_no_binary_label_and_is_deterministic_fr
                                                                                           synth_regression):
     plain = generate_synthetic(tmp_path / "plain", SynthConfig(**SMALL))
     again = generate_synthetic(tmp_path / "again", SynthConfig(**SMALL, regression_tasks=2))
-    binary = [t for t in FeatureSpec.load(plain / "feature_spec.yaml").task_names]
+    binary = [t for t in FeatureSpec.load(plain / "_feature_spec.yaml").task_names]
     a, b = columns(plain, binary), columns(synth_regression, binary)
     for name in binary:
         np.testing.assert_array_equal(a[name].astype(float), b[name].astype(float))
@@ -68,7 +68,7 @@ def test_adding_regression_tasks_changes_no_binary_label_and_is_deterministic_fr
 
 
 def test_the_reader_gives_the_log1p_of_the_synthetic_watch_time(synth_regression):
-    spec = FeatureSpec.load(synth_regression / "feature_spec.yaml")
+    spec = FeatureSpec.load(synth_regression / "_feature_spec.yaml")
     batch = next(iter(ParquetStream(synth_regression, spec, 64, shuffle=False)))
     raw = pq.read_table(sorted(synth_regression.rglob("*.parquet"))[0], columns=["watch_time"]).column(0)
     np.testing.assert_allclose(batch.labels[:, spec.task_names.index("watch_time")].numpy(),
@@ -103,10 +103,10 @@ def test_play_time_is_a_regression_label_and_never_a_feature(kuairand_dir):
     spec = FeatureSpec.load(kuairand_dir / PLAY_TIME_SPEC)
     assert spec.task_names == TASKS + [PLAY_TIME] and spec.task_types[-1] == "regression"
     assert spec.tasks[-1].transform == "log1p"
-    for s in (spec, FeatureSpec.load(kuairand_dir / "feature_spec.yaml")):
+    for s in (spec, FeatureSpec.load(kuairand_dir / "_feature_spec.yaml")):
         feature_columns = [f.source for f in s.sparse] + [f.source for f in s.dense]
         assert not any("play" in c for c in feature_columns), feature_columns  # nor a history counter of it
-    assert PLAY_TIME not in FeatureSpec.load(kuairand_dir / "feature_spec.yaml").task_names
+    assert PLAY_TIME not in FeatureSpec.load(kuairand_dir / "_feature_spec.yaml").task_names
 
 
 def test_play_time_labels_are_log1p_of_the_source_milliseconds(kuairand_dir, kuairand_src):
@@ -133,8 +133,8 @@ def test_shipped_play_time_spec_matches_the_converter(kuairand_dir, repo_root):
 def test_the_play_time_config_and_its_baseline_differ_only_in_the_spec_and_output(repo_root):
     with_head = read_yaml(repo_root / "configs" / "kuairand_play_time.yaml")
     without = read_yaml(repo_root / "configs" / "kuairand_play_time_baseline.yaml")
-    assert with_head["data"].pop("spec") == "feature_specs/kuairand_play_time.yaml"
-    assert without["data"].pop("spec") == "feature_specs/kuairand.yaml"
+    assert with_head["data"].pop("spec") == "../feature_specs/kuairand_play_time.yaml"  # relative to configs/
+    assert without["data"].pop("spec") == "../feature_specs/kuairand.yaml"
     assert with_head["train"].pop("output_dir") != without["train"].pop("output_dir")
     assert with_head == without and with_head["weighting"] == {"method": "equal"}
     for name in ("kuairand_play_time", "kuairand_play_time_baseline", "synthetic_regression"):

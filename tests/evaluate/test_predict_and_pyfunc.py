@@ -43,7 +43,7 @@ def tracked(tmp_path_factory) -> dict:
                                                          row_group_size=250, table_scale=0.0005))
     uri = f"sqlite:///{root / 'mlflow.db'}"
     out = root / "run"
-    assert main(["train", str(CONFIG), f"--set=data.train_path={data}", f"--set=data.spec={data / 'feature_spec.yaml'}",
+    assert main(["train", str(CONFIG), f"--set=data.train_path={data}", f"--set=data.spec={data / '_feature_spec.yaml'}",
                  f"--set=train.output_dir={out}", "--set=data.batch_size=128", "--set=tracking.enabled=true",
                  f"--set=tracking.tracking_uri={uri}", f"--set=tracking.artifact_location={(root / 'artifacts').as_uri()}",
                  "--set=tracking.experiment=pyfunc", "--set=tracking.system_metrics_interval_s=0",
@@ -114,7 +114,7 @@ def test_predict_input_without_a_feature_column_is_one_line_naming_it(tracked, t
     assert main(["predict", "--model", str(tracked["checkpoint"]), "--data", str(tmp_path / "bad"), "--out",
                  str(tmp_path / "preds")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "'item_id'" in err[0] and "expected integers" in err[0]
+    assert len(err) == 1 and "'item_id'" in err[0] and "sparse feature" in err[0]
 
 
 def test_predict_with_two_processes_writes_the_same_predictions(tracked, tmp_path):

@@ -28,7 +28,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     runs = {}
     for seed in (0, 1):
         out = root / f"run{seed}"
-        assert main(["train", str(CONFIG), f"--set=data.train_path={data}", f"--set=data.spec={data / 'feature_spec.yaml'}",
+        assert main(["train", str(CONFIG), f"--set=data.train_path={data}", f"--set=data.spec={data / '_feature_spec.yaml'}",
                      f"--set=train.output_dir={out}", "--set=data.batch_size=256", f"--set=train.seed={seed}",
                      "--set=train.epochs=2"]) == 0
         runs[f"run{seed}"] = out / "checkpoints"

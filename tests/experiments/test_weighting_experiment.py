@@ -222,3 +222,35 @@ def test_a_kuairand_validation_dataset_holds_only_train_days(kuairand_src, tmp_p
     other = ExperimentDataset(kind="kuairand", dir=ds.dir, src=ds.src)  # the default (test) split
     with pytest.raises(Exception, match="prepared with"):
         prepare_data(other)
+
+
+def test_a_registered_dataset_kind_is_prepared_and_stamped_without_a_branch_on_its_name(tmp_path):
+    import yaml
+
+    from recsys_mtl.config.loader import ConfigError, from_dict
+    from tests.data.tiny import TINY_SPEC, write_tiny
+
+    @exp.register_dataset("test_tiny_kind")
+    class TinyKind(exp.ExperimentDatasetKind):
+        def stamp(self, ds):
+            return {"kind": ds.kind, "rows": ds.rows}
+
+        def prepare(self, ds, out):
+            write_tiny(out / "train", files=1, rows_per_file=ds.rows)
+            write_tiny(out / "test", files=1, rows_per_file=ds.rows, seed=1)
+            (out / "_feature_spec.yaml").write_text(yaml.safe_dump(TINY_SPEC))
+            (out / exp.DATASET_STAMP).write_text(json.dumps(self.stamp(ds)))
+
+    try:
+        ds = from_dict(exp.ExperimentDataset, {"kind": "test_tiny_kind", "dir": str(tmp_path / "d"), "rows": 300}, "x")
+        out = exp.prepare_data(ds)
+        assert exp.train_base_rates(out).keys() == {"click", "buy"}
+        assert exp.prepare_data(ds) == out  # made once, then recognised by its stamp
+        with pytest.raises(ConfigError, match=r"was prepared with \{'kind': 'test_tiny_kind', 'rows': 300\}"):
+            exp.prepare_data(from_dict(exp.ExperimentDataset, {"kind": "test_tiny_kind", "dir": str(out),
+                                                               "rows": 200}, "x"))
+    finally:
+        exp.EXPERIMENT_DATASETS.pop("test_tiny_kind")
+    with pytest.raises(ConfigError, match=r"x: kind: unknown dataset kind 'test_tiny_kind'; set it to one of: "
+                                          r"kuairand, synthetic"):
+        from_dict(exp.ExperimentDataset, {"kind": "test_tiny_kind", "dir": "d"}, "x")

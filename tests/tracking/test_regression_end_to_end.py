@@ -37,7 +37,7 @@ def data(tmp_path_factory) -> Path:
 
 def train(data: Path, out: Path, uri: str, *extra: str) -> str:
     sets = [f"data.train_path={data / 'train'}", f"data.eval_path={data / 'eval'}",
-            f"data.spec={data / 'feature_spec.yaml'}", f"train.output_dir={out}", "train.epochs=2",
+            f"data.spec={data / '_feature_spec.yaml'}", f"train.output_dir={out}", "train.epochs=2",
             "tracking.enabled=true", f"tracking.tracking_uri={uri}", "tracking.train_metrics_every_n_steps=4",
             "tracking.flush_interval_s=0.2", "tracking.system_metrics_interval_s=0", "tracking.experiment=regression",
             f"tracking.artifact_location={(out.parent / 'artifacts').as_uri()}", "model.head_bias=prior", *extra]
@@ -80,11 +80,11 @@ def test_regression_heads_start_at_the_mean_of_their_transformed_label(data, tmp
     from recsys_mtl.train import Trainer
 
     raw = read_yaml(CONFIG)
-    apply_overrides(raw, [f"data.train_path={data / 'train'}", f"data.spec={data / 'feature_spec.yaml'}",
+    apply_overrides(raw, [f"data.train_path={data / 'train'}", f"data.spec={data / '_feature_spec.yaml'}",
                           f"train.output_dir={tmp_path}", "model.head_bias=prior"], source="test")
     trainer = Trainer(from_dict(TrainConfig, raw, "test"))
     trainer.init_head_bias(num_batches=4)
-    spec = FeatureSpec.load(data / "feature_spec.yaml")
+    spec = FeatureSpec.load(data / "_feature_spec.yaml")
     batches = list(ParquetStream(data / "train", spec, 64, shuffle=False))[:4]
     labels, mask = torch.cat([b.labels for b in batches]), torch.cat([b.label_mask for b in batches])
     mean = (labels * mask).sum(0) / mask.sum(0)
