@@ -2,8 +2,9 @@
 
 For each date partition D (in order), with N the next date:
   train     warm-start from the current champion's checkpoint, train on D (tracked run)
-  evaluate  score the candidate and that champion on N, the same rows; exact per-task NE,
-            relative NE change with bootstrap CIs (candidate vs champion)
+  evaluate  score the candidate and that champion on N, the same rows, in one streaming pass
+            (memory independent of the day's size); per-task NE, relative NE change with
+            Poisson-bootstrap CIs (candidate vs champion)
   decide    the gate: better on average, guarded tasks not worse beyond tolerance
   promote   accepted: register the candidate in the MLflow model registry and move the
             alias to it; rejected: nothing (the run records why)
@@ -205,57 +206,53 @@ class DailyPipeline:
         verify_run_model(client, run_id, model_dir, f"run {run_id}'s model")
         return model_dir
 
-    def _scores(self, model_dir: str, data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], int, dict]:
-        """Predictions (probabilities; regression tasks: values), labels, mask, task names, how many logits are
-        NaN or infinite (a sigmoid hides an infinity), and the tasks' types and label transforms."""
-        import torch
-
+    def _statistics(self, model_dirs: list[str], data: Path):
+        """Streaming per-task statistics of the candidate (and the champion, on the same rows, with the bootstrap):
+        memory does not grow with the day's rows. Also the tasks, their kinds, and the candidate's count of NaN or
+        infinite logits (a sigmoid hides an infinity)."""
         from recsys_mtl.evaluate.loading import load_model
-        from recsys_mtl.evaluate.scoring import score_eval_set
-        from recsys_mtl.losses import task_predictions
+        from recsys_mtl.evaluate.scoring import score_statistics
 
-        loaded = load_model(model_dir)
-        with torch.no_grad():
-            logits, labels, mask = score_eval_set(loaded.model, loaded.spec, data, batch_size=8192)
-        non_finite = int((~torch.isfinite(logits)).sum())
-        regression = torch.tensor([t.is_regression for t in loaded.spec.tasks])
-        kinds = {"task_types": loaded.spec.task_types, "label_transforms": [t.transform for t in loaded.spec.tasks]}
-        return (task_predictions(logits, regression).numpy(), labels.numpy(), mask.numpy(), loaded.spec.task_names,
-                non_finite, kinds)
+        loaded = [load_model(d) for d in model_dirs]
+        kinds = [{"task_types": m.spec.task_types, "label_transforms": [t.transform for t in m.spec.tasks]}
+                 for m in loaded]
+        if len(loaded) == 2 and (loaded[1].spec.task_names != loaded[0].spec.task_names or kinds[1] != kinds[0]):
+            raise RuntimeError(f"the champion {model_dirs[1]} scores other tasks or task types than the candidate")
+        non_finite = _NonFiniteCount()
+        models = [non_finite.wrap(loaded[0].model)] + [m.model for m in loaded[1:]]
+        stats = score_statistics(models, [m.spec for m in loaded], data, batch_size=8192,
+                                 n_boot=self.config.gate.bootstrap_samples, seed=0)
+        return stats, loaded[0].spec.task_names, kinds[0], non_finite.count
 
     def _step_evaluate(self, date: str) -> dict[str, Any]:
         from recsys_mtl.metrics.names import normalized_error_name
-        from recsys_mtl.metrics.offline import compare_models, task_metrics
-        from recsys_mtl.tracking.tracker import RunTracker
-
         from recsys_mtl.tracking.model_manifest import verify_run_model
 
         train = self.store.get(date, "train")
         eval_date = train["eval_date"]
         data = self.partitions[eval_date]
         verify_run_model(self._registry().client, train["run_id"], train["model_dir"], f"{date}'s candidate")
-        cand, labels, mask, tasks, non_finite, kinds = self._scores(train["model_dir"], data)
-        exact = task_metrics(cand, labels, mask, **kinds)
+        dirs = [train["model_dir"]]
+        champion = None
+        if train["champion_version"] is not None:
+            champion = self._registry().version(train["champion_version"])
+            dirs.append(champion.checkpoint)
+        stats, tasks, kinds, non_finite = self._statistics(dirs, data)
         # "ne" in the record: each task's normalized error (NE of binary tasks, NMSE of regression tasks)
+        cand_ne = stats.normalized_error(0)
         record: dict[str, Any] = {
-            "eval_date": eval_date, "tasks": tasks, "candidate_ne": _floats(exact.normalized_error),
+            "eval_date": eval_date, "tasks": tasks, "candidate_ne": _floats(cand_ne),
             "candidate_non_finite": non_finite,  # NaN/inf logits: a diverged model, never promoted
-            "candidate_mean_ne": float(np.nanmean(exact.normalized_error)), "champion_ne": None,
-            "champion_mean_ne": None, "rel_ne_change": None, "mean_rel_ne_change": None, "mean_rel_ne_change_ci": None,
+            "candidate_mean_ne": float(np.nanmean(cand_ne)), "champion_ne": None, "champion_mean_ne": None,
+            "rel_ne_change": None, "mean_rel_ne_change": None, "mean_rel_ne_change_ci": None,
             "task_types": kinds["task_types"],
         }
         metrics = {f"eval/{normalized_error_name(k)}/{t}": float(v)
-                   for t, k, v in zip(tasks, kinds["task_types"], exact.normalized_error) if np.isfinite(v)}
-        if train["champion_version"] is not None:
-            champion = self._registry().version(train["champion_version"])
-            champ, champ_labels, champ_mask, champ_tasks, _, champ_kinds = self._scores(champion.checkpoint, data)
-            if champ_tasks != tasks or champ_kinds != kinds or not np.array_equal(champ_mask, mask):
-                raise RuntimeError(f"{date}: champion version {champion.version} scores other tasks, task types or "
-                                   "rows than the candidate")
-            cmp = compare_models(champ, cand, labels, mask, n_boot=self.config.gate.bootstrap_samples, seed=0, **kinds)
-            champ_exact = task_metrics(champ, labels, mask, **kinds)
-            record.update(champion_ne=_floats(champ_exact.normalized_error),
-                          champion_mean_ne=float(np.nanmean(champ_exact.normalized_error)),
+                   for t, k, v in zip(tasks, kinds["task_types"], cand_ne) if np.isfinite(v)}
+        if champion is not None:
+            cmp = stats.comparison()
+            champ_ne = stats.normalized_error(1)
+            record.update(champion_ne=_floats(champ_ne), champion_mean_ne=float(np.nanmean(champ_ne)),
                           rel_ne_change=_floats(cmp.rel_ne_change), mean_rel_ne_change=float(cmp.mean_rel_ne_change),
                           mean_rel_ne_change_ci=_floats(cmp.mean_rel_ne_change_ci))
             metrics.update({f"eval/rel_ne_change_vs_champion/{t}": float(v)
@@ -301,6 +298,28 @@ class DailyPipeline:
         version = registry.register(train["run_id"], source=train["model_dir"], checkpoint=train["model_dir"], date=date)
         registry.promote(version)
         return {"version": version}
+
+
+class _NonFiniteCount:
+    """Counts a model's NaN or infinite logits as it scores (a sigmoid would hide an infinity)."""
+
+    def __init__(self) -> None:
+        self._count = None
+
+    def wrap(self, model):
+        import torch
+
+        def scored(dense, sparse):
+            logits = model(dense, sparse)
+            found = (~torch.isfinite(logits)).sum()
+            self._count = found if self._count is None else self._count + found
+            return logits
+
+        return scored
+
+    @property
+    def count(self) -> int:
+        return 0 if self._count is None else int(self._count)
 
 
 PROMOTE_REFUSED_TAG = "recsys_mtl.pipeline.promote_refused"

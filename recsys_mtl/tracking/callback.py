@@ -159,6 +159,11 @@ class TrackingCallback(TrainerCallback):
         for src in files.values():
             t.log_artifact(src, MODEL_ARTIFACT)
         t.log_artifact(checkpoint, f"{MODEL_ARTIFACT}/{CHECKPOINT_DIR}/{checkpoint.name}")  # the name keeps the step
+        from recsys_mtl.evaluate.pyfunc import MLMODEL, write_mlmodel
+
+        # the model folder is also an MLflow pyfunc model (mlflow.pyfunc.load_model, mlflow models serve)
+        files[MLMODEL] = write_mlmodel(work / "pyfunc", trainer.spec, run_id=self.run_id)
+        t.log_artifact(files[MLMODEL], MODEL_ARTIFACT)
         files.update({f"{CHECKPOINT_DIR}/{checkpoint.name}/{f.relative_to(checkpoint).as_posix()}": f
                       for f in checkpoint.rglob("*") if f.is_file()})
         manifest_sha = write_manifest(files, work / MANIFEST_FILE)  # what a load from the store is checked against

@@ -73,6 +73,16 @@ def test_backfill_over_three_days_registers_and_moves_the_champion(tmp_path, day
     run = client.get_run(pipeline.store.get("2026-01-02", "train")["run_id"])
     assert run.data.tags["recsys_mtl.pipeline.decision"] == outcomes[1].decision
     assert "eval/ne/click" in run.data.metrics and "eval/mean_rel_ne_change_vs_champion" in run.data.metrics
+    # the gate's figures are the streaming statistics: they agree with the exact in-memory NE of the same rows
+    from recsys_mtl.evaluate.loading import load_model
+    from recsys_mtl.evaluate.scoring import score_eval_set
+    from recsys_mtl.metrics.offline import task_metrics
+
+    record = pipeline.store.get("2026-01-02", "evaluate")
+    candidate = load_model(pipeline.store.get("2026-01-02", "train")["model_dir"])
+    exact = task_metrics(*score_eval_set(candidate.model, candidate.spec, pipeline.partitions["2026-01-03"], 4096),
+                         from_logits=True)
+    assert record["candidate_ne"] == pytest.approx(list(exact.ne), rel=1e-5)
 
 
 def test_rerunning_completed_dates_changes_nothing(tmp_path, days):

@@ -81,3 +81,23 @@ def test_two_processes_train_a_cascade_like_one_and_evaluate_and_tracking_report
     for name in rows:
         t = loaded.spec.task_names.index(name)
         assert float(rows[name]["GAUC"]) == pytest.approx(want[t], abs=6e-6), name
+
+    # predict and the logged model as an MLflow pyfunc model give the product as p(click) * p(conversion | click)
+    import mlflow.pyfunc
+    import pandas as pd
+
+    proc = subprocess.run([sys.executable, "-m", "recsys_mtl.cli", "predict", "--model", str(run.info.run_id), "--data",
+                           str(data), "--out", str(tmp_path / "preds"), "--keep", "user_id", "--tracking-uri", uri],
+                          env=env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    preds = pd.read_parquet(tmp_path / "preds")
+    assert list(preds.columns) == ["user_id"] + [f"pred_{t}" for t in loaded.spec.task_names]
+    np.testing.assert_allclose(preds["pred_click_conversion"], preds["pred_click"] * preds["pred_conversion"],
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(preds["pred_click_conversion"], torch.sigmoid(logits[:, -1]).numpy(), rtol=1e-5,
+                               atol=1e-7)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    frame = pads.dataset(files, format="parquet").to_table().to_pandas()
+    np.testing.assert_allclose(model.predict(frame)["pred_click_conversion"], preds["pred_click_conversion"],
+                               rtol=1e-5, atol=1e-7)
