@@ -2,7 +2,8 @@
 
 A minimal TorchRec step: the DMP-sharded `MultiTaskModel` (tables fused with their
 optimizer in backward), the dense optimizer, loss = sum of the masked per-task BCE
-losses (equal weights), forward / backward / step on batches already in memory.
+losses (equal weights), forward / backward / step on batches already in memory;
+train.precision applies as in the trainer.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ def build_plain_step(config, spec, env, batches: Sequence) -> Callable[[], torch
     from recsys_mtl.models import MultiTaskModel
     from recsys_mtl.models.multitask import wide_columns
     from recsys_mtl.train.sharding import shard_model
+    from recsys_mtl.train.optimizers import set_precision
     from recsys_mtl.train.trainer import build_dense_optimizer
 
     torch.manual_seed(config.train.seed)
     model = MultiTaskModel(spec, config.model, seed=config.train.seed, device=env.device, embedding_device="meta")
+    set_precision(model, config.train, env.device)  # train.precision, as the trainer applies it
     dmp = shard_model(_EqualWeightsModule(model), spec, config.sharding, config.optim.embedding, env.device,
                       config.data.batch_size, extra_columns=wide_columns(spec, config.model.wide))
     model.init_embeddings_(dmp.state_dict(), prefix="model.")
@@ -63,13 +66,14 @@ def build_plain_step(config, spec, env, batches: Sequence) -> Callable[[], torch
 def synthetic_batches(out: Path, tasks: int, batch_size: int, num_batches: int, table_scale: float, env, seed: int = 0):
     """Generate `num_batches` x `batch_size` synthetic rows with `tasks` tasks into `out`; (spec, batches)."""
     from recsys_mtl.config.features import FeatureSpec
+    from recsys_mtl.data.folder import spec_file
     from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
     from recsys_mtl.train.trainer import build_parquet_source
 
     rows = batch_size * num_batches
     data = generate_synthetic(out, SynthConfig(tasks=tasks, rows=rows, days=1, seed=seed, table_scale=table_scale,
                                                rows_per_file=max(rows, 1), row_group_size=max(rows, 1)))
-    spec = FeatureSpec.load(data / "feature_spec.yaml")
+    spec = FeatureSpec.load(spec_file(data))
     stream = build_parquet_source(str(data), spec, batch_size, env, seed=seed, shuffle=False, shuffle_buffer_rows=0,
                                   num_workers=0, drop_remainder=True)
     stream.set_epoch(0)

@@ -27,8 +27,8 @@ MODES = ("off", "metrics", "full")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=str(CONFIGS / "demo.yaml"), help="training config (default: %(default)s)")
-    p.add_argument("--data", type=Path, default=None, help="Parquet dataset with feature_spec.yaml (default: generate)")
-    p.add_argument("--spec", type=Path, default=None, help="feature spec (default: DATA/feature_spec.yaml)")
+    p.add_argument("--data", type=Path, default=None, help="Parquet dataset with _feature_spec.yaml (default: generate)")
+    p.add_argument("--spec", type=Path, default=None, help="feature spec (default: DATA/_feature_spec.yaml)")
     p.add_argument("--rows", type=int, default=200_000, help="rows to generate when --data is not given")
     p.add_argument("--tasks", type=int, default=32, help="tasks to generate when --data is not given")
     p.add_argument("--table-scale", type=float, default=0.01)
@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
     from recsys_mtl.bench.model_step import bench_data
     from recsys_mtl.config.features import FeatureSpec
+    from recsys_mtl.data.folder import spec_file
     from recsys_mtl.train.commands import quiet_library_logs
     from recsys_mtl.train.distributed import init_distributed
 
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
         tmp = Path(tmp)
         data = bench_data(args.data, tmp, rows=args.rows, tasks=args.tasks, table_scale=args.table_scale)
-        spec_path = args.spec or Path(data) / "feature_spec.yaml"
+        spec_path = args.spec or spec_file(data)
         spec = FeatureSpec.load(spec_path)
         probe = _config(args, Path(data), spec_path, tmp / "probe", "full", tmp)
         env = init_distributed(probe.train.device)

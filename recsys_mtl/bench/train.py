@@ -15,6 +15,13 @@ Target: framework >= 90% of plain.
 `--preset dlrm` is the GPU-size workload: 64 tasks, batch 8192, each of the 26
 sparse features with its own table of 1,000,000 rows x 128 (26 tables, 13.3 GB
 of fp32 weights), configs/bench_dlrm.yaml's model, 4 loader workers.
+
+`--precision fp32 tf32 bf16` and `--weighting equal go4align` time every
+combination (train.precision and weighting.method of both loops; the plain loop
+always weighs equally) and end with a table: throughputs, framework/plain, each
+combination's final-step loss against the first one's (same data, same seed), and
+GO4Align's framework throughput against equal weighting's at the same precision
+(target >= 0.99).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dlrm: 26 tables of 1M rows x 128, 64 tasks, batch 8192 (for a GPU); "
                         "its values apply to the options below that are not given")
     p.add_argument("--config", help=f"training config (model, optimizers); default {d['config']}")
-    p.add_argument("--data", type=Path, default=None, help="Parquet dataset with feature_spec.yaml (default: generate)")
+    p.add_argument("--data", type=Path, default=None, help="Parquet dataset with _feature_spec.yaml (default: generate)")
     p.add_argument("--rows", type=int, help=f"rows to generate when --data is not given (default {d['rows']:,})")
     p.add_argument("--tasks", type=int, help=f"tasks to generate when --data is not given (default {d['tasks']})")
     p.add_argument("--table-scale", type=float, help=f"table size factor for generated data (default {d['table_scale']})")
@@ -54,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, help=f"untimed steps before them (default {d['warmup']})")
     p.add_argument("--repeat", type=int, default=5, help="runs of each loop, back to back in ABBA order (default %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--precision", nargs="+", choices=["fp32", "tf32", "bf16"], default=None,
+                   help="train.precision values to time, each in both loops (default: the config's)")
+    p.add_argument("--weighting", nargs="+", default=None, metavar="METHOD",
+                   help="weighting methods of the framework loop to time, e.g. equal go4align (default: the config's)")
 
 
 def resolve_arguments(args: argparse.Namespace) -> None:
@@ -91,7 +102,7 @@ def one_table_per_feature(spec_path: Path, out: Path, rows: int, dim: int) -> Pa
     return out
 
 
-def _config(args: argparse.Namespace, data: Path, spec: Path, out: Path, steps: int):
+def _config(args: argparse.Namespace, data: Path, spec: Path, out: Path, steps: int, extra: list[str] = ()):
     from recsys_mtl.config.train import TrainConfig
 
     overrides = [
@@ -101,12 +112,12 @@ def _config(args: argparse.Namespace, data: Path, spec: Path, out: Path, steps: 
         f"train.output_dir={out}", "train.checkpoint.every=0", "train.checkpoint.resume=false",
         "train.checkpoint.at_end=false",  # a DLRM-size run would write GBs of tables per timed run
         "train.deterministic=false",
-    ] + list(args.overrides)
+    ] + list(args.overrides) + list(extra)
     return TrainConfig.load(args.config, overrides)
 
 
-def plain_loop(config, spec, env, batches, warmup: int, steps: int) -> float:
-    """Minimal TorchRec: DMP model, fused embedding optimizer + Adam, equal weights. Samples/s."""
+def plain_loop(config, spec, env, batches, warmup: int, steps: int) -> tuple[float, float]:
+    """Minimal TorchRec: DMP model, fused embedding optimizer + Adam, equal weights. (Samples/s, last loss)."""
     import torch
 
     from recsys_mtl.bench.model_step import build_plain_step
@@ -119,25 +130,28 @@ def plain_loop(config, spec, env, batches, warmup: int, steps: int) -> float:
                 torch.cuda.synchronize()
             start = time.perf_counter()
         loss = step()
-    loss.item()
-    return steps * config.data.batch_size * env.world_size / (time.perf_counter() - start)
+    last = loss.item()
+    return steps * config.data.batch_size * env.world_size / (time.perf_counter() - start), last
 
 
-def framework_loop(config, spec, env, warmup: int, steps: int) -> float:
-    """Trainer.fit() over the Parquet stream; timed between the log flushes at `warmup` and the end."""
+def framework_loop(config, spec, env, warmup: int, steps: int) -> tuple[float, float]:
+    """Trainer.fit() over the Parquet stream; timed between the log flushes at `warmup` and the end.
+    (Samples/s, the last step's weighted loss)."""
     from recsys_mtl.train.trainer import Trainer, TrainerCallback
 
     marks: dict[int, float] = {}
+    losses: dict[int, float] = {}
 
     class Clock(TrainerCallback):
         def on_log(self, trainer, records):
             marks[records[-1]["step"]] = time.perf_counter()
+            losses[records[-1]["step"]] = records[-1]["loss"]
 
     Trainer(config, spec=spec, env=env, callbacks=[Clock()]).fit()
     first, last = min(marks), max(marks)
     if first != warmup or last != warmup + steps:
         raise RuntimeError(f"bench: expected log flushes at steps {warmup} and {warmup + steps}, got {sorted(marks)}")
-    return steps * config.data.batch_size * env.world_size / (marks[last] - marks[first])
+    return steps * config.data.batch_size * env.world_size / (marks[last] - marks[first]), losses[last]
 
 
 def _release() -> None:
@@ -155,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
     from recsys_mtl.bench.model_step import bench_data
     from recsys_mtl.config.features import FeatureSpec
     from recsys_mtl.config.loader import ConfigError
+    from recsys_mtl.data.folder import spec_file
     from recsys_mtl.train.commands import quiet_library_logs
     from recsys_mtl.train.distributed import init_distributed
     from recsys_mtl.train.trainer import build_parquet_source
@@ -181,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         tmp = Path(tmp)
         data = bench_data(args.data, tmp, rows=args.rows, tasks=args.tasks, table_scale=args.table_scale)
-        spec_path = data / "feature_spec.yaml"
+        spec_path = spec_file(data)
         if args.preset:
             p = PRESETS[args.preset]
             spec_path = one_table_per_feature(spec_path, tmp / "spec.yaml", p["table_rows"], p["table_dim"])
@@ -200,28 +215,68 @@ def run(args: argparse.Namespace) -> int:
               f"({dims * 4 / 1e9:.2f} GB fp32), weighting {config.weighting.method}, "
               f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
               f"device {env.device}, {env.world_size} process(es)", flush=True)
-        plain, framework = [], []
-        loops = {
-            "plain": (lambda: plain_loop(config, spec, env, batches, args.warmup, args.steps), plain,
-                      "plain TorchRec loop "),
-            "framework": (lambda: framework_loop(config, spec, env, args.warmup, args.steps), framework,
-                          "framework (Trainer)"),
-        }
-        for r in range(args.repeat):
-            # ABBA order (plain first on even runs, framework first on odd ones) cancels a steady drift
-            for name in ("plain", "framework") if r % 2 == 0 else ("framework", "plain"):
-                loop, out, label = loops[name]
-                out.append(loop())
-                print(f"  run {r + 1}: {label} {out[-1]:>10,.0f} samples/s", flush=True)
-                _release()
-        pairs = [f / p for p, f in zip(plain, framework)]
-        print(f"plain TorchRec loop: median {statistics.median(plain):,.0f}, best {max(plain):,.0f} samples/s "
-              f"over {args.repeat} runs")
-        print(f"framework step:      median {statistics.median(framework):,.0f}, best {max(framework):,.0f} samples/s "
-              f"over {args.repeat} runs")
-        # each run's pair is measured back to back, so its ratio sees the same background load
-        print(f"ratio framework/plain per run: {' '.join(f'{x:.3f}' for x in pairs)}")
-        print(f"ratio framework/plain: {statistics.median(pairs):.3f} median of runs, "
-              f"{max(framework) / max(plain):.3f} best-of (target >= 0.90)")
+        variants = [(p, w) for p in (args.precision or [config.train.precision])
+                    for w in (args.weighting or [config.weighting.method])]
+        results = {}
+        for precision, weighting in variants:
+            extra = [f"train.precision={precision}", f"weighting.method={weighting}"]
+            if weighting != config.weighting.method:
+                extra.append("weighting.args={}")  # another method's arguments do not apply
+            variant = _config(args, data, spec_path, tmp / "run", total, extra)
+            if len(variants) > 1:
+                print(f"precision {precision}, weighting {weighting}:", flush=True)
+            results[precision, weighting] = _time_loops(variant, spec, env, batches, args)
+        if len(variants) > 1:
+            print(format_variants(results))
     return 0
+
+
+def _time_loops(config, spec, env, batches, args: argparse.Namespace) -> dict:
+    """Both loops, `args.repeat` runs each in ABBA order; prints each run and the medians."""
+    plain, framework, losses = [], [], {"plain": [], "framework": []}
+    loops = {
+        "plain": (lambda: plain_loop(config, spec, env, batches, args.warmup, args.steps), plain,
+                  "plain TorchRec loop "),
+        "framework": (lambda: framework_loop(config, spec, env, args.warmup, args.steps), framework,
+                      "framework (Trainer)"),
+    }
+    for r in range(args.repeat):
+        # ABBA order (plain first on even runs, framework first on odd ones) cancels a steady drift
+        for name in ("plain", "framework") if r % 2 == 0 else ("framework", "plain"):
+            loop, out, label = loops[name]
+            speed, loss = loop()
+            out.append(speed)
+            losses[name].append(loss)
+            print(f"  run {r + 1}: {label} {out[-1]:>10,.0f} samples/s", flush=True)
+            _release()
+    pairs = [f / p for p, f in zip(plain, framework)]
+    print(f"plain TorchRec loop: median {statistics.median(plain):,.0f}, best {max(plain):,.0f} samples/s "
+          f"over {args.repeat} runs")
+    print(f"framework step:      median {statistics.median(framework):,.0f}, best {max(framework):,.0f} samples/s "
+          f"over {args.repeat} runs")
+    # each run's pair is measured back to back, so its ratio sees the same background load
+    print(f"ratio framework/plain per run: {' '.join(f'{x:.3f}' for x in pairs)}")
+    print(f"ratio framework/plain: {statistics.median(pairs):.3f} median of runs, "
+          f"{max(framework) / max(plain):.3f} best-of (target >= 0.90)", flush=True)
+    return {"plain": statistics.median(plain), "framework": statistics.median(framework),
+            "ratio": statistics.median(pairs), "loss": losses["framework"][-1], "plain_loss": losses["plain"][-1]}
+
+
+def format_variants(results: dict) -> str:
+    """One line per (precision, weighting): median throughputs, framework/plain, final-step losses against the
+    first combination's; then GO4Align's framework throughput against equal weighting's at each precision."""
+    (first_key, first), lines = next(iter(results.items())), []
+    lines.append(f"{'precision':>9} {'weighting':>10} {'plain/s':>11} {'framework/s':>11} {'fw/plain':>8} "
+                 f"{'final loss':>10} {'vs ' + '/'.join(first_key):>14}")
+    for (precision, weighting), r in results.items():
+        delta = (r["loss"] - first["loss"]) / abs(first["loss"]) if first["loss"] else float("nan")
+        lines.append(f"{precision:>9} {weighting:>10} {r['plain']:>11,.0f} {r['framework']:>11,.0f} {r['ratio']:>8.3f} "
+                     f"{r['loss']:>10.5f} {100 * delta:>+13.3f}%")
+    for (precision, weighting), r in results.items():
+        equal = results.get((precision, "equal"))
+        if weighting != "equal" and equal:
+            ratio = r["framework"] / equal["framework"]
+            lines.append(f"{weighting} / equal framework throughput at {precision}: {ratio:.3f} (target >= 0.99): "
+                         f"{'met' if ratio >= 0.99 else 'NOT met'}")
+    return "\n".join(lines)
 

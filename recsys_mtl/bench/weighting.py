@@ -14,6 +14,10 @@ weighting time / step time.
     recsys-mtl bench weighting --tasks 64 --methods equal go4align --compile none
     recsys-mtl bench weighting --device cuda --cuda-graph
 
+Bench-only method variants: `go4align@paper` is GO4Align's paper mode, `...@torch` its torch
+path instead of the fused Triton step it takes on CUDA. On CUDA the default methods add
+go4align@torch, go4align@paper and go4align@paper@torch, so fused and torch paths are timed side by side.
+
 The training step (`recsys-mtl bench weighting`) is the benchmark model of `bench train`
 (recsys_mtl/bench/model_step.py: the DMP-sharded model of configs/synthetic.yaml, equal
 weights, fused embedding optimizer + Adam) with T heads, on synthetic batches with T tasks
@@ -32,7 +36,7 @@ from typing import Any
 import torch
 
 from recsys_mtl.bench import CONFIGS
-from recsys_mtl.weighting import build_weighting, weighting_methods
+from recsys_mtl.weighting import WeightingMethod, build_weighting, weighting_methods
 
 #: constructor arguments for methods that need some (config values)
 DEFAULT_KWARGS: dict[str, Callable[[int], dict[str, Any]]] = {
@@ -60,10 +64,32 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, iters: i
     return statistics.median(times)
 
 
+#: bench-only suffixes of a method name (GO4Align): its paper mode, its torch path instead of the fused step
+VARIANTS = ("paper", "torch")
+CUDA_EXTRA_METHODS = ["go4align@torch", "go4align@paper", "go4align@paper@torch"]
+
+
+def build_bench_method(name: str, t: int, device: torch.device,
+                       method_kwargs: dict[str, dict[str, Any]] | None = None) -> WeightingMethod:
+    """A registered method by name, or a variant `go4align@paper`, `go4align@torch`, `go4align@paper@torch`."""
+    base, *flags = name.split("@")
+    unknown = [f for f in flags if f not in VARIANTS]
+    if unknown or (flags and base != "go4align"):
+        raise ValueError(f"bench weighting: unknown method variant {name!r}; variants are go4align@"
+                         f"{{{','.join(VARIANTS)}}} (combinable: go4align@paper@torch)")
+    given = method_kwargs or {}
+    kwargs = dict(given.get(name, given.get(base, DEFAULT_KWARGS.get(base, lambda _t: {})(t))))
+    if "paper" in flags:
+        kwargs["mode"] = "paper"
+    method = build_weighting(base, t, **kwargs).to(device)
+    if "torch" in flags:
+        method.use_fused_kernel = False
+    return method
+
+
 def _weighting_step(name: str, t: int, device: torch.device, compiled: bool,
                     method_kwargs: dict[str, dict[str, Any]] | None, cuda_graph: bool = False) -> Callable[[], Any]:
-    kwargs = (method_kwargs or {}).get(name, DEFAULT_KWARGS.get(name, lambda _t: {})(t))
-    method = build_weighting(name, t, **kwargs).to(device)
+    method = build_bench_method(name, t, device, method_kwargs)
     gen = torch.Generator().manual_seed(0)
     losses = (torch.rand(t, generator=gen) + 0.1).to(device)
     present = (torch.rand(t, generator=gen) < 0.9).to(device)
@@ -128,6 +154,8 @@ def run_weighting_bench(
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph needs a CUDA device, got {device}")
     names = sorted(weighting_methods()) if methods is None else list(methods)
+    if methods is None and device.type == "cuda":
+        names += CUDA_EXTRA_METHODS
     to_compile = set(names) if compiled is True else set(compiled or ())
     rows = []
     for t in tasks:
@@ -140,7 +168,7 @@ def run_weighting_bench(
         for name in names:
             row: dict[str, Any] = {"method": name, "tasks": t}
             row["eager_us"] = time_call(_weighting_step(name, t, device, False, method_kwargs), device, warmup, iters) * 1e6
-            if name in to_compile:
+            if name in to_compile or name.split("@")[0] in to_compile:  # --compile go4align covers its variants
                 torch._dynamo.reset()
                 fn = _weighting_step(name, t, device, True, method_kwargs)
                 row["compiled_us"] = time_call(fn, device, warmup, iters) * 1e6
@@ -192,10 +220,11 @@ def benchmark_step_fn(config: str, batch_size: int, num_batches: int, table_scal
     def step_fn(t: int) -> Callable[[], Any]:
         from recsys_mtl.bench.model_step import build_plain_step, synthetic_batches
         from recsys_mtl.config.train import TrainConfig
+        from recsys_mtl.data.folder import SPEC_FILE
         from recsys_mtl.train.distributed import init_distributed
 
         data = workdir / f"tasks{t}"
-        cfg = TrainConfig.load(config, [f"data.train_path={data}", f"data.spec={data / 'feature_spec.yaml'}",
+        cfg = TrainConfig.load(config, [f"data.train_path={data}", f"data.spec={data / SPEC_FILE}",
                                         "data.eval_path=null", f"data.batch_size={batch_size}", f"train.device={device}"])
         env = init_distributed(cfg.train.device)
         spec, batches = synthetic_batches(data, t, batch_size, num_batches, table_scale, env)
@@ -209,7 +238,9 @@ def benchmark_step_fn(config: str, batch_size: int, num_batches: int, table_scal
 def add_arguments(p: argparse.ArgumentParser) -> None:
     known = ", ".join(sorted(weighting_methods()))
     p.add_argument("--tasks", type=int, nargs="+", default=[8, 32, 64, 128])
-    p.add_argument("--methods", nargs="+", default=None, help=f"default: all ({known})")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"default: all ({known}; on CUDA also {', '.join(CUDA_EXTRA_METHODS)}: GO4Align's paper "
+                        "mode and its torch path beside the fused Triton step)")
     p.add_argument("--compile", nargs="+", default=["go4align"], metavar="METHOD",
                    help="methods also timed under torch.compile(fullgraph=True) (default: go4align; 'all' or 'none')")
     p.add_argument("--device", default="cpu")
@@ -245,13 +276,13 @@ def run(args: argparse.Namespace) -> int:
                                    step_iters=args.step_iters, cuda_graph=args.cuda_graph)
     device = torch.device(args.device).type
     for r in rows:
-        if r["method"] == "go4align" and r["tasks"] == 64 and "ratio" in r:
+        if r["method"] in ("go4align", "go4align@torch", "go4align@paper") and r["tasks"] == 64 and "ratio" in r:
             what, target = TARGETS.get(device, TARGETS["cpu"])
             best = min(r.get(k, float("inf")) for k in ("ratio", "compiled_ratio", "graph_ratio"))
             parts = [f"eager {100 * r['ratio']:.3f}%"]
             parts += [f"compiled {100 * r['compiled_ratio']:.3f}%"] if "compiled_ratio" in r else []
             parts += [f"CUDA graph {100 * r['graph_ratio']:.3f}%"] if "graph_ratio" in r else []
-            print(f"GO4Align at T=64: {', '.join(parts)} of a {r['step_us'] / 1e3:.1f} ms training step on {device} "
+            print(f"{r['method']} at T=64: {', '.join(parts)} of a {r['step_us'] / 1e3:.1f} ms training step on {device} "
                   f"(target <= {100 * target:.0f}% {what}): {'met' if best <= target else 'NOT met'}")
     if device != "cuda":
         print("GPU part (CUDA graph, target <= 1% on an H100) not run: this run is on CPU")

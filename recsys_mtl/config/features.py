@@ -21,6 +21,7 @@ A null label means "no label for this task on this row": it is masked, not 0.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -44,7 +45,8 @@ class TableSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SparseFeature:
-    """An id feature. Single-valued: an integer column. Multi-valued: a list<integer> column."""
+    """An id feature. Single-valued: an integer column. Multi-valued: a list<integer> column. With `hashed: true`
+    the column may hold strings (or lists of strings) instead: each distinct value is hashed into the table."""
 
     name: str
     table: str
@@ -64,8 +66,10 @@ class DenseFeature:
     name: str
     column: str | None = None
     transform: Literal["none", "log1p", "standard", "log1p_standard"] = "none"
-    mean: float = 0.0
-    std: float = 1.0
+    # the statistics `standard` subtracts and divides by (of the log1p'd column for log1p_standard): no default,
+    # since a guessed 0 and 1 would leave the feature unscaled without a word
+    mean: float | None = None
+    std: float | None = None
     fill: float = 0.0
 
     @property
@@ -73,22 +77,68 @@ class DenseFeature:
         return self.column or self.name
 
     def validate(self, where: Where) -> None:
-        if self.std <= 0:
+        if self.std is not None and self.std <= 0:
             raise where.child("std").error(f"must be > 0, got {self.std}")
+        if self.transform.endswith("standard") and (self.mean is None or self.std is None):
+            missing = " and ".join(k for k in ("mean", "std") if getattr(self, k) is None)
+            raise where.error(f"transform {self.transform!r} needs the column's mean and std (of log1p(x) for "
+                              f"log1p_standard), and {missing} is not given: `recsys-mtl data infer-spec DATA` "
+                              "computes them, or use transform: none | log1p")
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """A binary task. Labels are 0/1; null means unlabelled for that row."""
+    """A task and its label column; null means unlabelled for that row.
+
+    binary (the default): labels 0/1, loss `bce`.
+    regression: a numeric label, clipped to `clip` (raw scale), then transformed (`none` | `log1p`); loss `mse` or
+    `huber` (with `delta`) on the transformed label, and the head predicts the transformed label.
+    """
 
     name: str
     label: str | None = None
-    loss: Literal["bce"] = "bce"
+    type: Literal["binary", "regression"] = "binary"
+    loss: Literal["bce", "mse", "huber"] | None = None  # None: bce for binary, mse for regression
     weight_column: str | None = None
+    transform: Literal["none", "log1p"] = "none"
+    delta: float = 1.0
+    clip: list[float] | None = None
 
     @property
     def source(self) -> str:
         return self.label or self.name
+
+    @property
+    def is_regression(self) -> bool:
+        return self.type == "regression"
+
+    @property
+    def loss_name(self) -> str:
+        """The loss this task trains with (its default when `loss` is not given)."""
+        return self.loss or ("mse" if self.is_regression else "bce")
+
+    def validate(self, where: Where) -> None:
+        if self.is_regression:
+            if self.loss_name not in ("mse", "huber"):
+                raise where.child("loss").error(f"task {self.name!r} is a regression task: expected loss 'mse' or "
+                                                f"'huber', got {self.loss!r}")
+            if not self.delta > 0 or not math.isfinite(self.delta):
+                raise where.child("delta").error(f"task {self.name!r}: expected a finite number > 0, got {self.delta}")
+            if self.clip is not None:
+                if len(self.clip) != 2 or not all(math.isfinite(v) for v in self.clip) or self.clip[0] >= self.clip[1]:
+                    raise where.child("clip").error(f"task {self.name!r}: expected [low, high] with finite low < high, "
+                                                    f"got {self.clip}")
+                if self.transform == "log1p" and self.clip[0] < 0:
+                    raise where.child("clip").error(f"task {self.name!r}: low {self.clip[0]} is negative under "
+                                                    "transform log1p, which takes labels >= 0")
+            return
+        if self.loss_name != "bce":
+            raise where.child("loss").error(f"task {self.name!r} is binary: expected loss 'bce', got {self.loss!r} "
+                                            "(set type: regression for mse or huber)")
+        for key, default in (("transform", "none"), ("delta", 1.0), ("clip", None)):
+            if getattr(self, key) != default:
+                raise where.child(key).error(f"task {self.name!r} is binary: {key} applies to regression tasks only "
+                                             "(set type: regression)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +158,22 @@ class FeatureSpec:
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    @property
+    def task_types(self) -> list[str]:
+        """"binary" or "regression" per task, in task order."""
+        return [t.type for t in self.tasks]
+
+    @property
+    def has_regression(self) -> bool:
+        return any(t.is_regression for t in self.tasks)
+
+    def task_type_signature(self) -> dict[str, dict[str, str]]:
+        """What a checkpoint must agree on about task types: {} for all-binary specs (as before types existed),
+        else each regression task's type and transform (its head predicts that scale)."""
+        if not self.has_regression:
+            return {}
+        return {"task_types": {t.name: f"regression/{t.transform}" for t in self.tasks if t.is_regression}}
 
     @property
     def sparse_names(self) -> list[str]:
@@ -182,12 +248,17 @@ class FeatureSpec:
 
         for f in self.sparse:
             t = field(f.source, f"sparse feature {f.name!r}")
+            is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
+            item = t.value_type if is_list else t
+            if _is_string(item) and not f.hashed and is_list == f.multi_valued:
+                raise ConfigError(f"{source}: column {f.source!r} (sparse feature {f.name!r}) holds string ids, "
+                                  "which are hashed into the table: set hashed: true")
             if f.multi_valued:
-                ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
-                expected = "a list of integers"
+                ok = is_list and (pa.types.is_integer(item) or (f.hashed and _is_string(item)))
+                expected = "a list of integers (or of strings, with hashed: true)"
             else:
-                ok = pa.types.is_integer(t)
-                expected = "integers"
+                ok = pa.types.is_integer(t) or (f.hashed and _is_string(t))
+                expected = "integers (or strings, with hashed: true)"
             if not ok:
                 raise ConfigError(
                     f"{source}: column {f.source!r} (sparse feature {f.name!r}) has type {t}, expected {expected}"
@@ -199,15 +270,26 @@ class FeatureSpec:
                 raise ConfigError(f"{source}: column {f.source!r} (dense feature {f.name!r}) has type {t}, expected numbers")
         for task in self.tasks:
             t = field(task.source, f"label of task {task.name!r}")
-            if not (pa.types.is_integer(t) or pa.types.is_boolean(t)):
+            if task.is_regression:
+                if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)):
+                    raise ConfigError(f"{source}: column {task.source!r} (label of regression task {task.name!r}) has "
+                                      f"type {t}, expected numbers (null = unlabelled)")
+            elif not (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_floating(t)):
                 raise ConfigError(
                     f"{source}: column {task.source!r} (label of task {task.name!r}) has type {t}, "
-                    "expected binary integers (0/1, null = unlabelled)"
+                    "expected binary labels (0/1 integers, booleans or floats; null = unlabelled)"
                 )
             if task.weight_column:
                 t = field(task.weight_column, f"sample weight of task {task.name!r}")
                 if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
                     raise ConfigError(f"{source}: column {task.weight_column!r} (weight of task {task.name!r}) has type {t}, expected numbers")
+
+
+def _is_string(t: pa.DataType) -> bool:
+    """String or binary ids, plain or dictionary-encoded (the reader hashes them: data/arrow.py string_hashes)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
 __all__ = ["FeatureSpec", "SparseFeature", "DenseFeature", "TaskSpec", "TableSpec"]

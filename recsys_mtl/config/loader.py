@@ -34,7 +34,23 @@ def as_number(value: Any) -> Any:
 
 
 class ConfigError(ValueError):
-    """A config or feature-spec problem. The message names the file, the key and what was expected."""
+    """A config or feature-spec problem. The message names the file, the key and what was expected.
+
+    `problems` holds each problem's line; a config with several problems is one error listing them all
+    (a new user fixes them in one go, not one run at a time)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+    @classmethod
+    def of(cls, problems: list[str]) -> "ConfigError":
+        if len(problems) == 1:
+            return cls(problems[0])
+        return cls(f"{len(problems)} problems:\n  " + "\n  ".join(problems), problems)
+
+    def __reduce__(self):  # pickled between ranks (computed_on_rank0): keep the problems
+        return (type(self), (str(self), self.problems))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +99,19 @@ def _describe(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
+def _each(convert: Any, items: list) -> list:
+    """`convert` of every item, raising one ConfigError with every item's problems."""
+    out, problems = [], []
+    for item in items:
+        try:
+            out.append(convert(item))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError.of(problems)
+    return out
+
+
 def _convert(tp: Any, value: Any, where: Where) -> Any:
     origin = get_origin(tp)
     if tp is Any:
@@ -110,17 +139,16 @@ def _convert(tp: Any, value: Any, where: Where) -> Any:
         if not isinstance(value, list):
             raise where.error(f"expected {_type_name(tp)}, got {_describe(value)}")
         (item_tp,) = get_args(tp)
-        return [_convert(item_tp, v, where.child(i)) for i, v in enumerate(value)]
+        return _each(lambda item: _convert(item_tp, item[1], where.child(item[0])), list(enumerate(value)))
     if origin is dict:
         if not isinstance(value, dict):
             raise where.error(f"expected {_type_name(tp)}, got {_describe(value)}")
         _, val_tp = get_args(tp)
-        out = {}
-        for k, v in value.items():
+        for k in value:
             if not isinstance(k, str):
                 raise where.error(f"keys must be strings, got {_describe(k)}")
-            out[k] = _convert(val_tp, v, where.child(k))
-        return out
+        converted = _each(lambda item: _convert(val_tp, item[1], where.child(item[0])), list(value.items()))
+        return dict(zip(value, converted))
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -158,24 +186,36 @@ def from_dict(cls: type[T], data: Any, where: Where | str = "<config>") -> T:
         raise where.error(f"expected {_type_name(cls)}, got {_describe(data)}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        key = unknown[0]
+    problems: list[str] = []  # every key's problem, reported together
+    for key in (k for k in data if k not in fields):
         close = difflib.get_close_matches(str(key), list(fields), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise where.child(str(key)).error(
+        problems.append(str(where.child(str(key)).error(
             f"unknown key{hint}; allowed keys: {', '.join(sorted(fields))}"
-        )
+        )))
     kwargs = {}
+    buildable = True  # every value converted and every required key given: the mapping's own checks can run
     for name, field in fields.items():
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], where.child(name))
+            try:
+                kwargs[name] = _convert(hints[name], data[name], where.child(name))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                buildable = False
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise where.error(f"missing required key {name!r} ({_type_name(hints[name])})")
+            problems.append(str(where.error(f"missing required key {name!r} ({_type_name(hints[name])})")))
+            buildable = False
+    if not buildable:
+        raise ConfigError.of(problems)
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate(where)
+        try:
+            validate(where)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError.of(problems)
     return obj
 
 

@@ -1,7 +1,8 @@
 """Training config: what `recsys-mtl train CONFIG` reads. Loaded by the one config loader.
 
     data:      {train_path, eval_path, spec, batch_size, eval_batch_size, shuffle, shuffle_buffer_rows, num_workers}
-    model:     {architecture: shared_bottom|mmoe|ple, dense_tower, task_tower, dropout, wide, wide_l2, wide_l2_tasks,
+    model:     {architecture: shared_bottom|mmoe|ple, dense_tower, task_tower, dropout, embedding_dtype: fp32|fp16,
+                wide, wide_l2, wide_l2_tasks,
                 wide_id_scale: {TASK: s},
                 feature_dropout: {FEATURE: p}, head_bias,
                 shared_bottom: {hidden}, mmoe: {num_experts, expert_hidden},
@@ -9,23 +10,28 @@
     sharding:  {tables: {TABLE: table_wise|row_wise|column_wise|data_parallel}, memory_per_rank_gb}
                (tables not listed: the planner decides)
     optim:     {embedding: {type: rowwise_adagrad|adagrad|sgd, lr, eps},
-                dense: {type: adam|adagrad|sgd, lr, weight_decay, wide_lr},
+                dense: {type: adam|adagrad|sgd, lr, weight_decay, wide_lr, clip_norm},
                 schedule: {warmup_steps, decay: none|linear|cosine, min_lr_ratio}}
     weighting: {method: equal, args: {}}
-    train:     {epochs, task_epochs: {TASK: N}, max_steps, eval_every, log_every, seed, device, output_dir,
+    train:     {epochs, task_epochs: {TASK: N}, max_steps, eval_every, log_every, seed, device, precision: fp32|tf32|bf16,
+                output_dir,
                 deterministic, progress_bar, progress_every_s, checkpoint: {every, keep, dir, resume}}
     tracking:  {enabled, tracking_uri, experiment, run_name, train_metrics, train_metrics_every_n_steps,
                 log_model, register_model, ...}   (recsys_mtl/config/tracking.py)
 
-Relative paths are relative to the working directory.
+Paths written in a config file are relative to that file (`data.spec: ../feature_specs/x.yaml` next to
+`configs/`), paths given with `--set` to the working directory; both become absolute when loaded, so the
+config saved in a checkpoint means the same wherever it is read. URIs (`s3://...`) are left as they are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any, Literal
 
-from recsys_mtl.config.loader import Where, load_yaml
+from recsys_mtl.config.loader import Where
 from recsys_mtl.config.tracking import TrackingConfig
 
 SHARDING_TYPES = ("table_wise", "row_wise", "column_wise", "data_parallel")
@@ -97,12 +103,20 @@ class PLEConfig:
         _layer_sizes(where, "expert_hidden", self.expert_hidden, allow_empty=False)
 
 
+#: the built-in architectures' sections of configs written before `model.args`
+LEGACY_ARCHITECTURE_SECTIONS = ("shared_bottom", "mmoe", "ple")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     architecture: str = "mmoe"
     dense_tower: list[int] = dataclasses.field(default_factory=lambda: [64])
     task_tower: list[int] = dataclasses.field(default_factory=lambda: [32])
     dropout: float = 0.0
+    # storage of the embedding tables (TorchRec's table data type): fp16 halves their memory and lookup traffic;
+    # the pooled embeddings enter the dense part as float32 (fp16 tables are part of the model: a checkpoint
+    # resumes only with the dtype it was trained with)
+    embedding_dtype: Literal["fp32", "fp16"] = "fp32"
     # wide part (Wide & Deep): every table row also holds one weight per task, summed into that
     # task's logit with a linear term on the dense features; a per-task logistic regression over
     # the ids inside the same tables. Costs T extra floats (rounded up to a multiple of 4) per row.
@@ -127,17 +141,35 @@ class ModelConfig:
     # "prior": start each head's bias at the log-odds of its task's label rate in the first training
     # batches, so early steps do not spend (and Adagrad accumulators do not absorb) the bias shift; "zero": 0
     head_bias: Literal["prior", "zero"] = "prior"
+    # the architecture's constructor arguments (models/architectures/*, e.g. mmoe: num_experts, expert_hidden);
+    # checked against its signature when the config loads
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # configs written before `args`: one section per built-in architecture; the chosen one's section is read as its
+    # args (architecture_args), so old configs and checkpoints load unchanged
     shared_bottom: SharedBottomConfig = dataclasses.field(default_factory=SharedBottomConfig)
     mmoe: MMoEConfig = dataclasses.field(default_factory=MMoEConfig)
     ple: PLEConfig = dataclasses.field(default_factory=PLEConfig)
 
-    def validate(self, where: Where) -> None:
-        from recsys_mtl.models.architectures import ARCHITECTURES
+    def architecture_args(self) -> dict[str, Any]:
+        """The chosen architecture's arguments: `args` over its old-style section (`model.mmoe: {...}`), the one
+        compatibility shim for configs and checkpoints from before `args` (their model signature matches)."""
+        from recsys_mtl.config.loader import to_dict
 
-        if self.architecture not in ARCHITECTURES:
+        section = getattr(self, self.architecture, None) if self.architecture in LEGACY_ARCHITECTURE_SECTIONS else None
+        return {**(to_dict(section) if section is not None else {}), **self.args}
+
+    def validate(self, where: Where) -> None:
+        from recsys_mtl.models.architectures.registry import architectures, check_architecture_args
+
+        known = architectures()
+        if self.architecture not in known:
             raise where.child("architecture").error(
-                f"unknown architecture {self.architecture!r}; set it to one of: {', '.join(sorted(ARCHITECTURES))}"
+                f"unknown architecture {self.architecture!r}; set it to one of: {', '.join(sorted(known))}"
             )
+        try:
+            check_architecture_args(self.architecture, self.args)
+        except ValueError as exc:
+            raise where.child("args").error(str(exc)) from None
         _layer_sizes(where, "dense_tower", self.dense_tower)
         _layer_sizes(where, "task_tower", self.task_tower)
         if not 0.0 <= self.dropout < 1.0:
@@ -191,10 +223,14 @@ class DenseOptimConfig:
     # learning rate of the wide part's dense weights (model.wide), null = lr. The wide part is a
     # logistic regression that starts at 0: at a deep-tower lr it barely moves in a short run
     wide_lr: float | None = None
+    # clip the dense parameters' gradient to this global L2 norm before each dense step (null: no clipping);
+    # the embedding tables' optimizer runs inside backward (FBGEMM) and is not clipped
+    clip_norm: float | None = None
 
     def validate(self, where: Where) -> None:
         _positive(where, "lr", self.lr)
         _positive(where, "wide_lr", self.wide_lr)
+        _positive(where, "clip_norm", self.clip_norm)
         _positive(where, "weight_decay", self.weight_decay, allow_zero=True)
 
 
@@ -231,13 +267,18 @@ class WeightingConfig:
     compile: bool = False
 
     def validate(self, where: Where) -> None:
-        from recsys_mtl.weighting import weighting_methods
+        from recsys_mtl.weighting import check_weighting_args, weighting_methods
 
         known = weighting_methods()
         if self.method not in known:
             raise where.child("method").error(
                 f"unknown weighting method {self.method!r}; set it to one of: {', '.join(sorted(known))}"
             )
+        try:
+            check_weighting_args(self.method, self.args, require_all=False)  # the experiment derives some later
+        except ValueError as exc:
+            raise where.child("args").error(f"{exc} (args belong to weighting.method; give the new method's with "
+                                            f"--set weighting.args='{{...}}', or {{}} for its defaults)") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +307,10 @@ class TrainSection:
     log_every: int = 50
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # fp32; tf32: float32 matmuls on TensorFloat-32 tensor cores (CUDA only, fp32 on the CPU); bf16: the dense
+    # tower, architecture, task towers and heads under bfloat16 autocast (CUDA and CPU), with the losses, the
+    # weighting and the metrics in float32. No gradient scaling is needed for bf16 (float32's exponent range)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     output_dir: str = "runs/default"
     deterministic: bool = False  # torch.use_deterministic_algorithms, bitwise-repeatable runs
     progress_bar: bool = True
@@ -298,15 +343,65 @@ class TrainConfig:
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
     @classmethod
-    def load(cls, path: str, overrides: list[str] | None = None) -> "TrainConfig":
-        """Load YAML, then apply `section.key=value` overrides (values parsed as YAML)."""
-        if not overrides:
-            return load_yaml(path, cls)
+    def load(cls, path: str | Path, overrides: list[str] | None = None, *,
+             relative_to_file: bool = True) -> "TrainConfig":
+        """Load YAML, then apply `section.key=value` overrides (values parsed as YAML). `relative_to_file=False`
+        keeps relative paths (the file's and the overrides') as written (a config saved with a checkpoint: its paths were absolute,
+        or, from older versions or configs built in code, relative to the working directory of the run)."""
         from recsys_mtl.config.loader import from_dict, read_yaml
 
         data = read_yaml(path) or {}
+        if relative_to_file:
+            resolve_paths(data, Path(path).parent)  # the file's own paths: relative to the file
+        if not overrides:
+            return from_dict(cls, data, Where(str(path)))
+        _drop_args_of_another_method(data, overrides)
         apply_overrides(data, overrides, source=str(path))
+        if relative_to_file:
+            resolve_paths(data, Path.cwd())  # the command line's: relative to the working directory
         return from_dict(cls, data, Where(f"{path} (with overrides)"))
+
+    def check_paths(self) -> None:
+        """ConfigError naming each input path key whose local file or folder is missing (all in one message)."""
+        from recsys_mtl.config.loader import ConfigError
+
+        problems = [f"{key}: {value}: no such file or directory"
+                    for key, value in (("data.spec", self.data.spec), ("data.train_path", self.data.train_path),
+                                       ("data.eval_path", self.data.eval_path), ("train.init_from", self.train.init_from))
+                    if value is not None and "://" not in value and not Path(value).exists()]
+        if problems:
+            raise ConfigError.of(problems)
+
+
+#: (section, ..., key) of every path setting
+PATH_KEYS = (("data", "train_path"), ("data", "eval_path"), ("data", "spec"), ("train", "output_dir"),
+             ("train", "init_from"), ("train", "checkpoint", "dir"))
+
+
+def resolve_paths(data: Any, base: Path) -> None:
+    """Make each relative local path setting in `data` (a config's raw mapping) absolute against `base`, in place;
+    URIs, absolute paths and values of other types (the loader reports those) are left alone."""
+    for *sections, key in PATH_KEYS:
+        node = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+            node[key] = os.path.abspath(base / value)
+
+
+def _drop_args_of_another_method(data: Any, overrides: list[str]) -> None:
+    """`--set weighting.method=X` without `weighting.args`: the file's args were written for its own method, so
+    they go (X starts from its defaults) instead of failing as X's arguments."""
+    keys = [item.partition("=")[0] for item in overrides]
+    weighting = data.get("weighting") if isinstance(data, dict) else None
+    if "weighting.method" not in keys or not isinstance(weighting, dict) or "args" not in weighting:
+        return
+    if any(key == "weighting.args" or key.startswith("weighting.args.") or key == "weighting" for key in keys):
+        return
+    new_method = next(item.partition("=")[2] for item in reversed(overrides) if item.startswith("weighting.method="))
+    if new_method.strip() != str(weighting.get("method", "equal")):
+        del weighting["args"]
 
 
 def apply_overrides(data: dict, overrides: list[str], source: str = "<config>") -> None:
@@ -351,4 +446,6 @@ __all__ = [
     "CheckpointConfig",
     "SHARDING_TYPES",
     "apply_overrides",
+    "resolve_paths",
+    "PATH_KEYS",
 ]

@@ -16,7 +16,8 @@ class Batch(Pipelineable):
     dense:          [B, D] float32, already transformed per the feature spec.
     sparse:         KeyedJaggedTensor with one key per sparse feature (spec order);
                     single-valued features have length 1 per row.
-    labels:         [B, T] float32 in {0, 1}; 0 where the label is missing.
+    labels:         [B, T] float32: 0/1 for binary tasks, the clipped and transformed label for regression
+                    tasks; 0 where the label is missing.
     label_mask:     [B, T] bool, True where the row has a label for the task.
     sample_weights: [B, T] float32 or None (only when a task has a weight column).
     """

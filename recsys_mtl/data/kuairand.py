@@ -6,8 +6,10 @@ Derived files stay under that license.
 - Split: `date <= 20220418` is train, later dates are test (the data README's split).
   `split_date` moves it and `end_date` drops later days, e.g. a validation split
   carved from the train days only: `split_date=20220415, end_date=20220418`.
-- Leaking columns are dropped: `play_time_ms` (determines long_view and is_click),
-  `comment_stay_time` (leaks is_comment); raw timestamps are not features.
+- Leaking columns are never features: `play_time_ms` (determines long_view and is_click),
+  `comment_stay_time` (leaks is_comment); raw timestamps are not features. `play_time_ms` is kept
+  as a label column only: `_feature_spec_play_time.yaml` trains it as a regression task (log1p) beside
+  the 7 binary tasks of `_feature_spec.yaml`; it feeds no feature (nor the history counters).
 - Categorical columns become contiguous ids with a vocabulary fitted on the train
   split only (id 0 = unknown or null), so no test information reaches the encoding.
 - `duration_ms` is 0 for 18.5% of rows: kept as a dense feature plus a
@@ -36,6 +38,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from recsys_mtl.data.errors import DataError
+from recsys_mtl.data.folder import README_FILE, SPEC_FILE
 from recsys_mtl.io import replace_dir
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,10 @@ INTERACTIONS = "kuairand27k_standard_kcore15_likehate.tsv"
 USER_FEATURES = "kuairand_user_features_pure.csv"
 SPLIT_DATE = 20220418
 TASKS = ["is_click", "long_view", "is_follow", "is_comment", "is_forward", "is_profile_enter", "label"]
-LEAKING = ["play_time_ms", "comment_stay_time"]
+LEAKING = ["play_time_ms", "comment_stay_time"]  # never features
+PLAY_TIME = "play_time_ms"  # of LEAKING, kept as a regression label (the only use of it)
+PLAY_TIME_CLIP_MS = 3_600_000.0  # an hour; the data's longest play is ~10 minutes
+PLAY_TIME_SPEC = "_feature_spec_play_time.yaml"  # a name Parquet readers skip (data/folder.py)
 USER_CATEGORICAL = [
     "user_active_degree", "is_live_streamer", "is_video_author", "follow_user_num_range",
     "fans_user_num_range", "friend_user_num_range", "register_days_range",
@@ -123,7 +129,8 @@ def _day(d: int) -> str:
 
 def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
                      split_date: int = SPLIT_DATE, end_date: int | None = None, history: bool = True) -> Path:
-    """Write `out/train/date=YYYY-MM-DD/part-00000.parquet`, `out/test/...` and `out/feature_spec.yaml`.
+    """Write `out/train/date=YYYY-MM-DD/part-00000.parquet`, `out/test/...`, `out/_feature_spec.yaml` and
+    `out/_README.md` (names Parquet readers skip: data/folder.py).
 
     train: `date <= split_date`; test: `split_date < date <= end_date` (default: every later day).
     """
@@ -148,7 +155,10 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
                         f"{days[0]} to {days[-1]}" + (f" (end_date {end_date})" if end_date is not None else ""))
     if end_date is not None:
         inter = inter.filter(pc.less_equal(inter.column("date"), end_date))
+    play_time = inter.column(PLAY_TIME) if PLAY_TIME in inter.column_names else None
     inter = inter.drop_columns([c for c in LEAKING if c in inter.column_names])
+    if play_time is not None:  # back as a label under another name until the table is written: no feature reads it
+        inter = inter.append_column("_label_play_time_ms", play_time)
     joined = inter.join(users, keys="user_id", join_type="left outer").combine_chunks()
     # the join does not keep row order: restore the interaction log's time order
     joined = joined.take(pc.sort_indices(joined, sort_keys=[("time_ms", "ascending"), ("user_id", "ascending"), ("video_id", "ascending")]))
@@ -203,6 +213,8 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
     table.update({k: pa.array(v) for k, v in dense.items()})
     for t in TASKS:
         table[t] = joined.column(t).cast(pa.int8())
+    if play_time is not None:
+        table[PLAY_TIME] = joined.column("_label_play_time_ms")
     full = pa.table(table)
 
     tmp = out.with_name(f".{out.name}.tmp")
@@ -216,8 +228,11 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
                 folder.mkdir(parents=True)
                 pq.write_table(day, folder / "part-00000.parquet", compression="snappy")
         spec = kuairand_spec(sizes, transforms, stats, split_date)
-        (tmp / "feature_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        (tmp / "README.md").write_text(
+        (tmp / SPEC_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
+        if play_time is not None:
+            spec = kuairand_spec(sizes, transforms, stats, split_date, play_time=True)
+            (tmp / PLAY_TIME_SPEC).write_text(yaml.safe_dump(spec, sort_keys=False))
+        (tmp / README_FILE).write_text(
             "Derived from KuaiRand (Gao et al., CIKM 2022), CC BY-SA 4.0. "
             f"Train: date <= {split_date} ({int(is_train.sum())} rows); test: "
             f"{'later' if end_date is None else f'to {end_date}'} ({int((~is_train).sum())} rows). "
@@ -232,7 +247,9 @@ def convert_kuairand(src: str | Path, out: str | Path, overwrite: bool = False,
 
 
 def kuairand_spec(sizes: dict[str, int], transforms: dict[str, str], stats: dict[str, tuple[float, float]],
-                  split_date: int = SPLIT_DATE) -> dict:
+                  split_date: int = SPLIT_DATE, play_time: bool = False) -> dict:
+    """The spec of the converted data: 7 binary tasks, and with `play_time` also `play_time_ms` as a regression task
+    on log1p(ms) (a label only)."""
     tables, sparse = {}, []
     for name, size in sizes.items():
         table = "video" if name == "video_id" else ("user" if name == "user_id" else name)
@@ -244,14 +261,20 @@ def kuairand_spec(sizes: dict[str, int], transforms: dict[str, str], stats: dict
         if name in stats:
             entry["mean"], entry["std"] = stats[name]
         dense.append(entry)
+    tasks = [{"name": t} for t in TASKS]
+    if play_time:
+        tasks.append({"name": PLAY_TIME, "type": "regression", "transform": "log1p", "loss": "mse",
+                      "clip": [0.0, PLAY_TIME_CLIP_MS]})
     return {
-        "name": "kuairand",
-        "description": f"KuaiRand-27K subset (CC BY-SA 4.0), 7 tasks, time split at {_day(split_date)}",
+        "name": "kuairand_play_time" if play_time else "kuairand",
+        "description": f"KuaiRand-27K subset (CC BY-SA 4.0), 7 tasks"
+                       + (" + play_time_ms (regression, log1p)" if play_time else "")
+                       + f", time split at {_day(split_date)}",
         "tables": tables,
         "sparse": sparse,
         "dense": dense,
-        "tasks": [{"name": t} for t in TASKS],
+        "tasks": tasks,
     }
 
 
-__all__ = ["convert_kuairand", "parse_date", "TASKS", "SPLIT_DATE"]
+__all__ = ["convert_kuairand", "parse_date", "TASKS", "SPLIT_DATE", "PLAY_TIME", "PLAY_TIME_SPEC"]

@@ -31,11 +31,13 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from recsys_mtl.config.features import FeatureSpec
-from recsys_mtl.data.arrow import ArrowConverter, Columns
+from recsys_mtl.data.arrow import ArrowConverter, Columns, _array, _min_max
 from recsys_mtl.data.batch import Batch
 from recsys_mtl.data.errors import DataError
 
@@ -53,6 +55,11 @@ class RowGroup:
 NON_DATA_SUFFIXES = {".yaml", ".yml", ".json", ".txt", ".md", ".crc", ".csv", ".tsv"}
 
 
+def _is_data_file(relative_parts: tuple[str, ...]) -> bool:
+    return (not any(part.startswith((".", "_")) for part in relative_parts)
+            and Path(relative_parts[-1]).suffix not in NON_DATA_SUFFIXES)
+
+
 def _data_files(paths: list[Path]) -> list[str]:
     files = []
     for p in paths:
@@ -62,20 +69,71 @@ def _data_files(paths: list[Path]) -> list[str]:
             files.append(str(p))
             continue
         for f in sorted(p.rglob("*")):
-            rel = f.relative_to(p).parts
-            if f.is_file() and not any(part.startswith((".", "_")) for part in rel) and f.suffix not in NON_DATA_SUFFIXES:
+            if f.is_file() and _is_data_file(f.relative_to(p).parts):
                 files.append(str(f))
     if not files:
         raise DataError(f"{', '.join(map(str, paths))}: no Parquet files found")
     return files
 
 
+def is_uri(path: str | Path) -> bool:
+    """A pyarrow filesystem URI (file://, s3://, gs://, hdfs://, ...) rather than a local path."""
+    return "://" in str(path)
+
+
+def _uri_data_files(uris: list[str]) -> tuple[pafs.FileSystem, list[str], str | None]:
+    """The Parquet files under pyarrow filesystem URIs (one filesystem): (filesystem, paths in it, base folder)."""
+    filesystem, roots = None, []
+    for uri in uris:
+        try:
+            fs, root = pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
+            raise DataError(f"{uri}: cannot open this URI as a pyarrow filesystem ({exc}); expected e.g. "
+                            "file:///abs/path or s3://bucket/prefix (spaces written as %20)") from None
+        if filesystem is not None and fs.type_name != filesystem.type_name:
+            raise DataError(f"{uri}: every data path of one dataset must be on one filesystem, "
+                            f"{uris[0]} is on {filesystem.type_name} and this one on {fs.type_name}")
+        filesystem = filesystem or fs
+        roots.append(root.rstrip("/") or "/")
+    files, base = [], None
+    for uri, root in zip(uris, roots):
+        try:
+            info = filesystem.get_file_info(root)
+            if info.type == pafs.FileType.NotFound:
+                raise DataError(f"{uri}: no such file or directory (expected a Parquet file or a folder of Parquet files)")
+            if info.type == pafs.FileType.File:
+                files.append(root)
+                continue
+            found = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+        except OSError as exc:
+            raise DataError(f"{uri}: cannot list ({exc})") from None
+        base = root if len(uris) == 1 else None
+        for f in sorted(found, key=lambda f: f.path):
+            if f.type == pafs.FileType.File and _is_data_file(tuple(f.path[len(root):].strip("/").split("/"))):
+                files.append(f.path)
+    if not files:
+        raise DataError(f"{', '.join(uris)}: no Parquet files found")
+    return filesystem, files, base
+
+
 def _discover(path: str | Path | list, spec: FeatureSpec) -> tuple[ds.Dataset, list[RowGroup], list]:
-    paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
-    files = _data_files(paths)
-    base = str(paths[0]) if len(paths) == 1 and paths[0].is_dir() else None
+    items = list(path) if isinstance(path, (list, tuple)) else [path]
+    uris = [str(p) for p in items if is_uri(p)]
+    if uris and len(uris) != len(items):
+        raise DataError(f"{', '.join(map(str, items))}: data paths are either all local or all URIs, not both")
+    if uris:
+        filesystem, files, base = _uri_data_files(uris)
+        paths: list = uris
+    else:
+        paths = [Path(p) for p in items]
+        filesystem, files = None, _data_files(paths)
+        base = str(paths[0]) if len(paths) == 1 and paths[0].is_dir() else None
     try:
-        dataset = ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base)
+        # string ids come as Arrow dictionaries straight from Parquet's dictionary pages: each distinct value is
+        # hashed once per row group (data/arrow.py); integer columns are unaffected
+        hashed = sorted({f.source for f in spec.sparse if f.hashed})
+        fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=hashed))
+        dataset = ds.dataset(files, format=fmt, partitioning="hive", partition_base_dir=base, filesystem=filesystem)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{', '.join(map(str, paths))}: cannot open as a Parquet dataset: {exc}") from None
     fragments = sorted(dataset.get_fragments(), key=lambda f: f.path)
@@ -105,6 +163,33 @@ def _discover(path: str | Path | list, spec: FeatureSpec) -> tuple[ds.Dataset, l
     return dataset, units, fragments
 
 
+def _id_statistics(meta: pq.RowGroupMetaData, column: str) -> tuple[int, int] | None:
+    """(min, max) of an integer id column (or a list column's items) from a row group's statistics; None when the
+    writer stored none (or the column is not integer: the schema check reports that)."""
+    leaves = [meta.column(i) for i in range(meta.num_columns)
+              if meta.column(i).path_in_schema == column or meta.column(i).path_in_schema.startswith(column + ".")]
+    if len(leaves) != 1:
+        return None
+    stats = leaves[0].statistics
+    if stats is None or not stats.has_min_max or stats.physical_type not in ("INT32", "INT64"):
+        return None
+    if stats.null_count == stats.num_values and stats.num_values:  # all null: nothing to check here
+        return None
+    return int(stats.min), int(stats.max)
+
+
+def _check_id_range(features: list, low: int, high: int, spec: FeatureSpec, where: str) -> None:
+    for f in features:
+        size = spec.tables[f.table].num_embeddings
+        if low < 0:
+            raise DataError(f"{where}: column {f.source!r} (sparse feature {f.name!r}) has negative id {low}; "
+                            f"expected ids in [0, {size}) or hashed: true")
+        if high >= size:
+            raise DataError(f"{where}: column {f.source!r} (sparse feature {f.name!r}) has id {high} beyond table "
+                            f"{f.table!r} of size {size}; expected ids in [0, {size}), a larger num_embeddings, "
+                            "or hashed: true")
+
+
 def _comparable(t: pa.DataType) -> pa.DataType:
     """A column's type as the reader sees it: whether a list's items may be null is left out (writers differ,
     and a null item is refused when read)."""
@@ -123,13 +208,16 @@ class ParquetStream:
     """An iterable of `Batch` over a Parquet dataset for one rank.
 
     Args:
-        path: a Parquet file, a folder (hive partitions such as `date=2026-01-01/` allowed) or a list of them.
+        path: a Parquet file, a folder (hive partitions such as `date=2026-01-01/` allowed) or a list of them;
+            local paths, or pyarrow filesystem URIs (file:///abs/path, s3://bucket/prefix, ...) all on one filesystem.
         spec: the feature spec; its columns are the only ones read.
         batch_size: rows per batch.
         rank, world_size: this process's place among the data-parallel ranks.
         num_workers: DataLoader worker processes (0: read in this process).
         seed: seeds the per-epoch unit shuffle and the shuffle buffer.
-        shuffle: shuffle row-group order each epoch.
+        shuffle: shuffle row-group order each epoch, and the rows inside each row group (a time-sorted file
+            would otherwise train in time order within its row groups); `shuffle_rows=False` keeps the rows of a
+            row group in file order (the reader before it shuffled them; `bench data` measures the difference).
         shuffle_buffer_rows: if > 0, also permute rows within windows of this many rows.
         drop_remainder: give every rank the same number of full batches (training); False keeps
             every row, the last batch of each slot may be short (evaluation on one rank).
@@ -151,6 +239,7 @@ class ParquetStream:
         shuffle_buffer_rows: int = 0,
         drop_remainder: bool = True,
         pin_memory: bool = False,
+        shuffle_rows: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -167,12 +256,14 @@ class ParquetStream:
         self.num_workers = num_workers
         self.seed = seed
         self.shuffle = shuffle
+        self.shuffle_rows = shuffle and shuffle_rows
         self.window = -(-shuffle_buffer_rows // batch_size) * batch_size if shuffle_buffer_rows else 0
         self.drop_remainder = drop_remainder
         self.pin_memory = pin_memory
         self.columns = spec.columns()
         self.dataset, self.units, fragments = _discover(path, spec)
         self._fragments = {f.path: f for f in fragments}
+        self._unit_number = {(u.path, u.index): i for i, u in enumerate(self.units)}  # seeds its row shuffle
         self.num_rows = sum(u.num_rows for u in self.units)
         self.fingerprint = hashlib.sha1(
             "|".join(f"{u.path}:{u.index}:{u.num_rows}" for u in self.units).encode()
@@ -191,6 +282,34 @@ class ParquetStream:
                 f"{batch_size} rows for each of {slots} reader slots ({world_size} ranks x "
                 f"{max(num_workers, 1)} workers); {fix}"
             )
+
+    def check_ids(self) -> None:
+        """DataError if any id of a table-indexed (not hashed) sparse column lies outside its table, before any
+        training: each row group's Parquet min/max statistics where the writer stored them, else a read of that
+        row group's id columns (the message is the one the reader would give when it reached the row)."""
+        features = [f for f in self.spec.sparse if not f.hashed]
+        by_column: dict[str, list] = {}
+        for f in features:
+            by_column.setdefault(f.source, []).append(f)
+        for unit in self.units:
+            meta = self._fragments[unit.path].metadata.row_group(unit.index)
+            unread = []
+            for column, feats in by_column.items():
+                low_high = _id_statistics(meta, column)
+                if low_high is None:
+                    unread.append(column)
+                    continue
+                _check_id_range(feats, *low_high, self.spec, f"{unit.path} (row group {unit.index})")
+            if unread:
+                table = self._fragments[unit.path].subset(row_group_ids=[unit.index]).to_table(columns=unread)
+                for column in unread:
+                    values = _array(table.column(column))
+                    if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
+                        values = values.flatten()
+                    if len(values) > values.null_count:  # nulls are the reader's own error
+                        low, high = _min_max(values)
+                        _check_id_range(by_column[column], low, high, self.spec,
+                                        f"{unit.path} (row group {unit.index})")
 
     # -- planning ------------------------------------------------------------------------
     @property
@@ -251,12 +370,13 @@ class ParquetStream:
             "num_workers": self.num_workers,
             "seed": self.seed,
             "shuffle": self.shuffle,
+            "shuffle_rows": self.shuffle_rows,
             "window": self.window,
             "fingerprint": self.fingerprint,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("batch_size", "world_size", "num_workers", "seed", "shuffle", "window", "fingerprint"):
+        for key in ("batch_size", "world_size", "num_workers", "seed", "shuffle", "shuffle_rows", "window", "fingerprint"):
             mine = self.position_after(0)[key]
             if key in state and state[key] != mine:
                 what = "the dataset's files or row groups changed" if key == "fingerprint" else f"{key} was {state[key]}, the stream has {mine}"
@@ -267,7 +387,7 @@ class ParquetStream:
             raise DataError(f"cannot restore the data position: batch {self.batch} is beyond the epoch's {len(self)} batches")
 
     # -- reading ---------------------------------------------------------------------------
-    def _read(self, unit: RowGroup) -> Columns:
+    def _read(self, unit: RowGroup, epoch: int) -> Columns:
         where = f"{unit.path} (row group {unit.index})"
         try:
             table = self._fragments[unit.path].subset(row_group_ids=[unit.index]).to_table(
@@ -275,9 +395,13 @@ class ParquetStream:
             )
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{where}: cannot read: {exc}") from None
-        return self._converter.convert(table, where)
+        cols = self._converter.convert(table, where)
+        if self.shuffle_rows:  # the same order for the same (seed, epoch, row group): a resume cuts the same rows
+            cols = cols.take(_rng(self.seed, epoch, self._unit_number[(unit.path, unit.index)], 0x0120)
+                             .permutation(cols.n))
+        return cols
 
-    def _rows(self, units: list[RowGroup], start: int, stop: int) -> Iterator[Columns]:
+    def _rows(self, units: list[RowGroup], start: int, stop: int, epoch: int) -> Iterator[Columns]:
         """Rows [start, stop) of the concatenation of `units`, as Columns pieces.
 
         The next row group is decoded and converted on a read-ahead thread (Arrow and numpy
@@ -293,11 +417,11 @@ class ParquetStream:
         if not wanted:
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-read-ahead") as pool:
-            future = pool.submit(self._read, wanted[0][0])
+            future = pool.submit(self._read, wanted[0][0], epoch)
             for i, (unit, a, b) in enumerate(wanted):
                 cols = future.result()
                 if i + 1 < len(wanted):
-                    future = pool.submit(self._read, wanted[i + 1][0])
+                    future = pool.submit(self._read, wanted[i + 1][0], epoch)
                 yield cols if (a, b) == (0, cols.n) else cols.slice(a, b)
 
     def iter_slot(self, slot: int, epoch: int, start_batch: int) -> Iterator[Batch]:
@@ -316,7 +440,7 @@ class ParquetStream:
             skip = start - w0
             for wstart in range(w0, end, self.window):
                 wend = min(wstart + self.window, end)
-                block = Columns.concat(list(self._rows(units, wstart, wend)))
+                block = Columns.concat(list(self._rows(units, wstart, wend, epoch)))
                 block = block.take(_rng(self.seed, epoch, slot, wstart // self.window).permutation(block.n))
                 for s in range(skip, block.n, B):
                     yield block.slice(s, min(s + B, block.n)).to_batch(keys)
@@ -324,7 +448,7 @@ class ParquetStream:
             return
         pending: list[Columns] = []
         have = 0
-        for piece in self._rows(units, start, end):
+        for piece in self._rows(units, start, end, epoch):
             while piece.n:
                 take = min(B - have, piece.n)
                 pending.append(piece.slice(0, take) if take < piece.n else piece)

@@ -9,6 +9,11 @@ log-uniformly from 0.1% to 60%. Post-click tasks are only labelled where
 elsewhere). `drift > 0` rotates task directions a little more each day, so
 task relationships change over dates.
 
+`regression_tasks > 0` adds watch-time-like continuous targets (seconds, log-normal: heavy-tailed) after
+the binary tasks: log(y) = mu + 0.8 s + 0.5 noise, with s built like a binary task's logit from the same
+latent user/item factors and its family's shared per-row effect (watch or click family), so they correlate
+with the binary families. Every other one is labelled only where `click` is 1 (dwell after a click).
+
 Everything is a deterministic function of the seed: chunk c of the output is
 drawn from `default_rng([seed, c])`.
 """
@@ -27,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from recsys_mtl.data.folder import SPEC_FILE, SYNTHETIC_FILE
 from recsys_mtl.io import replace_dir
 
 log = logging.getLogger(__name__)
@@ -96,12 +102,15 @@ class SynthConfig:
     row_group_size: int = ROW_GROUP
     table_scale: float = 1.0  # shrink every table (tests, laptops)
     drift: float = 0.0        # per-day rotation of task directions
+    regression_tasks: int = 0  # watch-time-like continuous targets after the binary tasks
 
     def __post_init__(self) -> None:  # ConfigError: the CLI prints one line
         from recsys_mtl.config.loader import ConfigError
 
         if not 1 <= self.tasks <= 128:
             raise ConfigError(f"tasks must be in [1, 128], got {self.tasks} (--tasks)")
+        if not 0 <= self.regression_tasks <= 16:
+            raise ConfigError(f"regression_tasks must be in [0, 16], got {self.regression_tasks} (--regression-tasks)")
         if self.rows < 1:
             raise ConfigError(f"rows must be >= 1, got {self.rows} (--rows)")
         if not 1 <= self.days <= 366:
@@ -120,6 +129,16 @@ def task_names(n: int) -> list[str]:
         names.append(f"{BASE_TASK_NAMES[i % len(BASE_TASK_NAMES)]}_{i // len(BASE_TASK_NAMES) + 2}")
         i += 1
     return names
+
+
+REGRESSION_TASK_NAMES = ["watch_time", "dwell_time", "play_time", "session_time", "read_time", "listen_time"]
+REGRESSION_CLIP_S = 36_000.0  # ten hours: the raw label's clip in the spec
+REGRESSION_FAMILIES = (1, 0)  # watch, click: alternate regression tasks follow these families' factors
+
+
+def regression_task_names(n: int) -> list[str]:
+    return [REGRESSION_TASK_NAMES[i % len(REGRESSION_TASK_NAMES)] + (f"_{i // len(REGRESSION_TASK_NAMES) + 1}"
+            if i >= len(REGRESSION_TASK_NAMES) else "") for i in range(n)]
 
 
 def _size(cfg: SynthConfig, size: int) -> int:
@@ -185,6 +204,24 @@ class _World:
         self.partial = np.array([i % 8 == 7 for i in range(T)])
         self.bias = np.zeros(T, dtype=np.float32)
         self._calibrate()
+        # regression targets: their own stream, so the binary tasks are the same with or without them
+        R = cfg.regression_tasks
+        reg_rng = np.random.default_rng([cfg.seed, 0x7E6])
+        self.reg_names = regression_task_names(R)
+        self.reg_family = np.array([REGRESSION_FAMILIES[i % len(REGRESSION_FAMILIES)] for i in range(R)], dtype=int)
+        w = fam_dirs[self.reg_family] + 0.35 * reg_rng.standard_normal((R, LATENT))
+        self.reg_dir = (w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-9)).astype(np.float32)
+        self.reg_dense_w = (0.3 * reg_rng.standard_normal((R, len(DENSE)))).astype(np.float32)
+        self.reg_mu = np.log(reg_rng.uniform(8.0, 60.0, R)).astype(np.float32)  # median 8-60 s
+        self.reg_post_click = np.array([i % 2 == 1 for i in range(R)], dtype=bool)
+
+    def regression_targets(self, user, item, channel, dense, family_noise, rng: np.random.Generator) -> np.ndarray:
+        """[n, R] seconds: log-normal around each task's median, driven by the latent factors and the family's
+        per-row effect (`family_noise` [n, families])."""
+        inter = self.user_f[user] * (self.item_f[item] + self.context_f[channel])
+        s = 1.2 * inter @ self.reg_dir.T + dense @ self.reg_dense_w.T + family_noise[:, self.reg_family]
+        s = s / np.sqrt(1.2 ** 2 + FAMILY_NOISE ** 2)  # about unit scale, like a binary task's logit / its spread
+        return np.exp(self.reg_mu + 0.8 * s + 0.5 * rng.standard_normal(s.shape)).astype(np.float32)
 
     def scores(self, user, item, channel, dense, position_norm, day) -> np.ndarray:
         inter = self.user_f[user] * (self.item_f[item] + self.context_f[channel])  # [n, k]
@@ -272,7 +309,8 @@ def _chunk(world: _World, chunk_index: int, n: int, day: int) -> pa.Table:
     for j, (name, _) in enumerate(DENSE):
         out[name] = pa.array(cols["_dense_raw"][:, j])
     s = world.scores(cols["user_id"], cols["item_id"], cols["channel"], cols["_dense_std"], cols["position_norm"], day)
-    shared = FAMILY_NOISE * rng.standard_normal((n, len(FAMILIES))).astype(np.float32)[:, world.family]
+    family_noise = FAMILY_NOISE * rng.standard_normal((n, len(FAMILIES))).astype(np.float32)
+    shared = family_noise[:, world.family]
     p = 1 / (1 + np.exp(-(s + shared + world.bias)))
     labels = (rng.random(p.shape) < p).astype(np.int8)
     click = labels[:, 0].astype(bool)
@@ -283,6 +321,12 @@ def _chunk(world: _World, chunk_index: int, n: int, day: int) -> pa.Table:
         elif world.partial[t]:
             mask = rng.random(n) >= 0.3
         out[name] = pa.array(labels[:, t], type=pa.int8(), mask=mask)
+    if cfg.regression_tasks:
+        reg_rng = np.random.default_rng([cfg.seed, chunk_index + 1, 0x7E6])  # binary labels stay as without them
+        y = world.regression_targets(cols["user_id"], cols["item_id"], cols["channel"], cols["_dense_std"],
+                                     family_noise, reg_rng)
+        for r, name in enumerate(world.reg_names):
+            out[name] = pa.array(y[:, r], type=pa.float32(), mask=~click if world.reg_post_click[r] else None)
     return pa.table(out)
 
 
@@ -305,13 +349,18 @@ def feature_spec_dict(cfg: SynthConfig) -> dict:
     for d, (mean, std) in zip(dense, world_stats):
         if d["transform"] in ("standard", "log1p_standard"):
             d["mean"], d["std"] = round(float(mean), 4), round(float(std), 4)
+    regression = f" + {cfg.regression_tasks} regression tasks" if cfg.regression_tasks else ""
     return {
-        "name": f"synthetic_{cfg.tasks}",
-        "description": f"recsys-mtl synthetic data: {cfg.tasks} tasks, seed {cfg.seed}, table_scale {cfg.table_scale}",
+        "name": f"synthetic_{cfg.tasks}" + (f"_r{cfg.regression_tasks}" if cfg.regression_tasks else ""),
+        "description": f"recsys-mtl synthetic data: {cfg.tasks} tasks{regression}, seed {cfg.seed}, table_scale "
+                       f"{cfg.table_scale}",
         "tables": tables,
         "sparse": sparse,
         "dense": dense,
-        "tasks": [{"name": n} for n in task_names(cfg.tasks)],
+        "tasks": [{"name": n} for n in task_names(cfg.tasks)] + [
+            {"name": n, "type": "regression", "transform": "log1p", "clip": [0.0, REGRESSION_CLIP_S],
+             **({"loss": "huber", "delta": 1.0} if r % 2 == 1 else {})}
+            for r, n in enumerate(regression_task_names(cfg.regression_tasks))],
     }
 
 
@@ -328,7 +377,8 @@ def _dense_stats(cfg: SynthConfig) -> list[tuple[float, float]]:
 
 
 def generate_synthetic(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), overwrite: bool = False) -> Path:
-    """Write date-partitioned Parquet (`date=YYYY-MM-DD/part-NNNNN.parquet`) and `feature_spec.yaml`.
+    """Write date-partitioned Parquet (`date=YYYY-MM-DD/part-NNNNN.parquet`), `_feature_spec.yaml` and
+    `_synthetic.json` (names Parquet readers skip: data/folder.py).
 
     Writes into a temporary sibling folder and renames it into place at the end, so an
     interrupted run never leaves a half-written dataset at `out_dir`.
@@ -371,14 +421,18 @@ def generate_synthetic(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), ov
                 part += 1
                 written += file_rows
         spec = feature_spec_dict(cfg)
-        (tmp / "feature_spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        (tmp / SPEC_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
         meta = dataclasses.asdict(cfg) | {
             "task_families": {n: FAMILIES[f] for n, f in zip(world.names, world.family)},
             "target_base_rates": {n: float(r) for n, r in zip(world.names, world.target_rate)},
             "post_click_tasks": [n for n, pc in zip(world.names, world.post_click) if pc],
             "partly_labelled_tasks": [n for n, pl in zip(world.names, world.partial) if pl],
+            "regression_tasks": {n: {"family": FAMILIES[f], "median_s": round(float(np.exp(mu)), 3),
+                                     "labelled_where_click": bool(pc)}
+                                 for n, f, mu, pc in zip(world.reg_names, world.reg_family, world.reg_mu,
+                                                         world.reg_post_click)},
         }
-        (tmp / "synthetic.json").write_text(json.dumps(meta, indent=1))
+        (tmp / SYNTHETIC_FILE).write_text(json.dumps(meta, indent=1))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -387,4 +441,4 @@ def generate_synthetic(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), ov
     return out
 
 
-__all__ = ["SynthConfig", "generate_synthetic", "feature_spec_dict", "task_names"]
+__all__ = ["SynthConfig", "generate_synthetic", "feature_spec_dict", "task_names", "regression_task_names"]

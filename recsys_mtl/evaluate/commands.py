@@ -5,13 +5,16 @@
     recsys-mtl evaluate --checkpoint runs/x/checkpoints --data data/eval [--set k=v ...]
 
 The model is loaded in this one process on CPU, unsharded, from its DCP checkpoint (however
-many ranks saved it). Metrics (NE, AUC, calibration = sum(p) / sum(y), log loss) are exact,
-over labelled rows only; with a baseline, per-task deltas get paired-bootstrap 95% CIs.
+many ranks saved it). Metrics (binary tasks: NE, AUC, calibration = sum(p) / sum(y), log loss; regression
+tasks: NMSE = MSE / label variance, MSE, RMSE, MAE on the transformed label, MAE on the raw scale) are exact,
+over labelled rows only; with a baseline, per-task deltas of the normalized error (NE, or NMSE) and AUC get
+paired-bootstrap 95% CIs.
 
 Logging: when the model comes from an MLflow run, a new *eval run* is created in that run's
 experiment, nested under it (`mlflow.parentRunId`), holding `eval/<metric>/<task>` (at the
 checkpoint's step), the report table, and with a baseline `eval/delta_ne/<task>`,
-`eval/rel_ne_change/<task>`, `eval/mean_rel_ne_change` and `plots/ne_change_vs_baseline.png`.
+`eval/rel_ne_change/<task>` (regression tasks: `eval/delta_nmse/<task>`, `eval/rel_nmse_change/<task>`),
+`eval/mean_rel_ne_change` (over all tasks' normalized errors) and `plots/ne_change_vs_baseline.png`.
 The training run itself is not changed, so one model evaluated on several data sets gives
 several eval runs, each tagged with its data's fingerprint. `--no-log` logs nothing.
 """
@@ -141,6 +144,13 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
 
             raise ConfigError(f"--baseline {args.baseline} has tasks {base.spec.task_names}, the model has {names}: "
                               "compare models of the same tasks, in the same order")
+        kinds = lambda spec: [(t.type, t.transform) for t in spec.tasks]  # noqa: E731
+        if kinds(base.spec) != kinds(loaded.spec):
+            from recsys_mtl.config.loader import ConfigError
+
+            differ = [n for n, a, b in zip(names, kinds(base.spec), kinds(loaded.spec)) if a != b]
+            raise ConfigError(f"--baseline {args.baseline}: task(s) {differ} have another type or label transform "
+                              "than the model's: compare models that predict the same targets")
     print(f"scoring {args.data} with {loaded.source} (checkpoint {loaded.checkpoint.name}, {len(names)} tasks)",
           flush=True)
     logits, labels, mask = score_eval_set(loaded.model, loaded.spec, args.data, args.batch_size)
@@ -156,7 +166,9 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
                               "the model's: compare models whose specs name the same label columns")
 
     report = evaluate_predictions(logits, labels, mask, names, from_logits=True, baseline_predictions=baseline_logits,
-                                  baseline=args.baseline, n_boot=args.n_boot, seed=args.seed)
+                                  baseline=args.baseline, n_boot=args.n_boot, seed=args.seed,
+                                  task_types=loaded.spec.task_types,
+                                  label_transforms=[t.transform for t in loaded.spec.tasks])
     table = report.to_table()
     print(table)
 

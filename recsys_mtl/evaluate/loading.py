@@ -89,8 +89,9 @@ def load_model(path: str | Path, config_path: str | Path | None = None, source: 
         spec = FeatureSpec.load(config.data.spec)
     elif saved:
         try:
-            trained = TrainConfig.load(str(beside / CONFIG_FILE))
-            config = TrainConfig.load(str(beside / CONFIG_FILE), overrides) if overrides else trained
+            trained = TrainConfig.load(str(beside / CONFIG_FILE), relative_to_file=False)
+            config = TrainConfig.load(str(beside / CONFIG_FILE), overrides, relative_to_file=False) \
+                if overrides else trained
         except ConfigError as exc:  # e.g. a key a later version renamed
             raise ConfigError(f"{exc}\n(that is the config saved with the checkpoint; give {config_flag} to build the "
                               f"model from another)") from None

@@ -42,7 +42,9 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+from recsys_mtl.data.folder import README_FILE, SPEC_FILE, SYNTHETIC_FILE, metadata_file, spec_file
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,9 @@ PREDICTIONS = "predictions.pt"
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentDataset:
-    """Where the prepared data lives (`dir/train`, `dir/test`, `dir/feature_spec.yaml`) and how to make it."""
+    """Where the prepared data lives (`dir/train`, `dir/test`, `dir/_feature_spec.yaml`) and how to make it."""
 
-    kind: Literal["kuairand", "synthetic"]
+    kind: str  # a registered dataset kind (EXPERIMENT_DATASETS): synthetic | kuairand
     dir: str
     src: str | None = None  # kuairand: the source folder
     # kuairand: train is `date <= split_date`, test `split_date < date <= end_date`; a validation split carved
@@ -76,12 +78,117 @@ class ExperimentDataset:
     test_days: int = 1
     table_scale: float = 0.02
     seed: int = 0
+    regression_tasks: int = 0  # synthetic: watch-time-like regression targets beside the binary tasks
+    spec: str = SPEC_FILE  # the spec in `dir` the runs train, e.g. kuairand's _feature_spec_play_time.yaml
 
     def validate(self, where) -> None:
-        if self.kind == "kuairand" and not self.src:
+        if self.kind not in EXPERIMENT_DATASETS:
+            raise where.child("kind").error(f"unknown dataset kind {self.kind!r}; set it to one of: "
+                                            f"{', '.join(sorted(EXPERIMENT_DATASETS))}")
+        EXPERIMENT_DATASETS[self.kind].validate(self, where)
+
+
+#: dataset kind -> how to make and recognise it (`@register_dataset`)
+EXPERIMENT_DATASETS: dict[str, "ExperimentDatasetKind"] = {}
+
+
+def register_dataset(name: str):
+    def decorator(cls: type) -> type:
+        EXPERIMENT_DATASETS[name] = cls()
+        return cls
+
+    return decorator
+
+
+class ExperimentDatasetKind:
+    """How one kind of experiment dataset is made: `prepare` writes `out/train`, `out/test` and the spec;
+    `stamp` is what decides its content (a folder made with other settings is refused)."""
+
+    def validate(self, ds: ExperimentDataset, where) -> None: ...
+
+    def stamp(self, ds: ExperimentDataset) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stamp_of_unstamped(self, out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
+        """The stamp of a folder prepared before stamps, from what it holds (None: cannot tell)."""
+        return None
+
+    def prepare(self, ds: ExperimentDataset, out: Path) -> None:
+        raise NotImplementedError
+
+
+@register_dataset("kuairand")
+class KuaiRandDataset(ExperimentDatasetKind):
+    def validate(self, ds: ExperimentDataset, where) -> None:
+        if ds.regression_tasks:
+            raise where.child("regression_tasks").error("applies to synthetic data; for KuaiRand's play_time_ms "
+                                                        "set spec: _feature_spec_play_time.yaml")
+        if not ds.src:
             raise where.child("src").error("kuairand needs the source folder (e.g. ../shared/data/kuairand)")
-        if self.kind == "synthetic" and not 1 <= self.test_days < self.days:
-            raise where.child("test_days").error(f"must be in [1, days - 1] = [1, {self.days - 1}], got {self.test_days}")
+
+    def stamp(self, ds: ExperimentDataset) -> dict[str, Any]:
+        from recsys_mtl.data.kuairand import SPLIT_DATE  # the converter's default split, which prepare makes
+
+        return {"kind": ds.kind, "split_date": ds.split_date or SPLIT_DATE, "end_date": ds.end_date}
+
+    def stamp_of_unstamped(self, out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
+        readme = metadata_file(out, README_FILE)
+        if not readme.exists():  # `recsys-mtl data kuairand` writes its split there
+            return None
+        import re
+
+        m = re.search(r"Train: date <= (\d+) \(\d+ rows\); test: (later|to (\d+))", readme.read_text())
+        if not m:
+            return None
+        return {"kind": "kuairand", "split_date": int(m.group(1)), "end_date": int(m.group(3)) if m.group(3) else None}
+
+    def prepare(self, ds: ExperimentDataset, out: Path) -> None:
+        from recsys_mtl.data.kuairand import SPLIT_DATE, convert_kuairand
+
+        log.info("converting KuaiRand from %s to %s", ds.src, out)
+        convert_kuairand(ds.src, out, overwrite=True, split_date=ds.split_date or SPLIT_DATE, end_date=ds.end_date)
+        (out / DATASET_STAMP).write_text(json.dumps(dataset_stamp(ds)))
+
+
+@register_dataset("synthetic")
+class SyntheticDataset(ExperimentDatasetKind):
+    def validate(self, ds: ExperimentDataset, where) -> None:
+        if not 1 <= ds.test_days < ds.days:
+            raise where.child("test_days").error(f"must be in [1, days - 1] = [1, {ds.days - 1}], got {ds.test_days}")
+
+    def stamp(self, ds: ExperimentDataset) -> dict[str, Any]:
+        stamp = {k: v for k, v in dataclasses.asdict(ds).items() if k not in ("dir", "src", "spec")}
+        if not stamp["regression_tasks"]:  # datasets stamped before regression tasks existed match
+            del stamp["regression_tasks"]
+        return stamp
+
+    def stamp_of_unstamped(self, out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
+        synth = metadata_file(out, SYNTHETIC_FILE)
+        if not synth.exists():
+            return None
+        made = json.loads(synth.read_text())
+        test_days = len(list((out / "test").glob("date=*")))
+        return {"kind": "synthetic", "test_days": test_days,
+                **{k: made.get(k) for k in ("tasks", "rows", "days", "table_scale", "seed")}}
+
+    def prepare(self, ds: ExperimentDataset, out: Path) -> None:
+        from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
+        from recsys_mtl.io import replace_dir
+
+        log.info("generating %d synthetic rows, %d tasks, %d days (last %d for test) into %s",
+                 ds.rows, ds.tasks, ds.days, ds.test_days, out)
+        raw = out.with_name(f".{out.name}.raw")
+        shutil.rmtree(raw, ignore_errors=True)
+        generate_synthetic(raw, SynthConfig(tasks=ds.tasks, rows=ds.rows, days=ds.days, seed=ds.seed,
+                                            table_scale=ds.table_scale, regression_tasks=ds.regression_tasks))
+        dates = sorted(p.name for p in raw.glob("date=*"))
+        for split, names in (("train", dates[: len(dates) - ds.test_days]),
+                             ("test", dates[len(dates) - ds.test_days:])):
+            (raw / split).mkdir()
+            for name in names:
+                os.replace(raw / name, raw / split / name)
+        (raw / DATASET_STAMP).write_text(json.dumps(dataset_stamp(ds)))
+        replace_dir(raw, out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,46 +235,30 @@ class WeightingExperimentConfig:
 # ------------------------------------------------------------------------------ data
 
 
-DATASET_STAMP = "dataset.json"  # in a prepared dataset: the settings it was made with
+DATASET_STAMP = "_dataset.json"  # in a prepared dataset: the settings it was made with (a name Parquet readers skip)
 
 
 def dataset_stamp(ds: ExperimentDataset) -> dict[str, Any]:
     """The settings that decide a prepared dataset's content (not where it or its source lives)."""
-    if ds.kind == "kuairand":  # the converter's default split, which prepare_data makes
-        from recsys_mtl.data.kuairand import SPLIT_DATE
-
-        return {"kind": ds.kind, "split_date": ds.split_date or SPLIT_DATE, "end_date": ds.end_date}
-    return {k: v for k, v in dataclasses.asdict(ds).items() if k not in ("dir", "src")}
+    return EXPERIMENT_DATASETS[ds.kind].stamp(ds)
 
 
 def _stamp_of_unstamped(out: Path, ds: ExperimentDataset) -> dict[str, Any] | None:
     """The stamp of a dataset prepared before stamps, from what it holds (None: cannot tell)."""
-    synth, readme = out / "synthetic.json", out / "README.md"
-    if ds.kind == "kuairand" and readme.exists():  # `recsys-mtl data kuairand` writes its split there
-        import re
-
-        m = re.search(r"Train: date <= (\d+) \(\d+ rows\); test: (later|to (\d+))", readme.read_text())
-        if m:
-            return {"kind": "kuairand", "split_date": int(m.group(1)),
-                    "end_date": int(m.group(3)) if m.group(3) else None}
-    if ds.kind != "synthetic" or not synth.exists():
-        return None
-    made = json.loads(synth.read_text())
-    test_days = len(list((out / "test").glob("date=*")))
-    return {"kind": "synthetic", "test_days": test_days,
-            **{k: made.get(k) for k in ("tasks", "rows", "days", "table_scale", "seed")}}
+    return EXPERIMENT_DATASETS[ds.kind].stamp_of_unstamped(out, ds)
 
 
 def prepare_data(ds: ExperimentDataset) -> Path:
-    """`ds.dir` with train/, test/ and feature_spec.yaml; made (atomically) if it is not there, and refused if it
+    """`ds.dir` with train/, test/ and _feature_spec.yaml; made (atomically) if it is not there, and refused if it
     was made with other settings."""
     from recsys_mtl.config.loader import ConfigError
 
     out = Path(ds.dir)
-    if (out / "feature_spec.yaml").exists() and (out / "train").is_dir() and (out / "test").is_dir():
-        stamp = out / DATASET_STAMP
+    if spec_file(out).exists() and (out / "train").is_dir() and (out / "test").is_dir():
+        stamp = metadata_file(out, DATASET_STAMP)
         made = json.loads(stamp.read_text()) if stamp.exists() else _stamp_of_unstamped(out, ds)
-        if made is not None and {k: made.get(k) for k in dataset_stamp(ds)} != dataset_stamp(ds):
+        if made is not None and ({k: made.get(k) for k in dataset_stamp(ds)} != dataset_stamp(ds)
+                                 or made.get("regression_tasks", 0) != ds.regression_tasks):
             raise ConfigError(f"dataset.dir {out} was prepared with {made}, and the config now says "
                               f"{dataset_stamp(ds)}: remove that folder (it is made again) or point dataset.dir "
                               "elsewhere")
@@ -178,43 +269,21 @@ def prepare_data(ds: ExperimentDataset) -> Path:
             stamp.write_text(json.dumps(dataset_stamp(ds)))
         return out
     if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out}: exists but is not a prepared dataset (no train/, test/, feature_spec.yaml); "
+        raise ConfigError(f"{out}: exists but is not a prepared dataset (no train/, test/, {SPEC_FILE}); "
                           "remove it or point dataset.dir elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if ds.kind == "kuairand":
-        from recsys_mtl.data.kuairand import SPLIT_DATE, convert_kuairand
-
-        log.info("converting KuaiRand from %s to %s", ds.src, out)
-        convert_kuairand(ds.src, out, overwrite=True, split_date=ds.split_date or SPLIT_DATE, end_date=ds.end_date)
-        (out / DATASET_STAMP).write_text(json.dumps(dataset_stamp(ds)))
-        return out
-    from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
-    from recsys_mtl.io import replace_dir
-
-    log.info("generating %d synthetic rows, %d tasks, %d days (last %d for test) into %s",
-             ds.rows, ds.tasks, ds.days, ds.test_days, out)
-    raw = out.with_name(f".{out.name}.raw")
-    shutil.rmtree(raw, ignore_errors=True)
-    generate_synthetic(raw, SynthConfig(tasks=ds.tasks, rows=ds.rows, days=ds.days, seed=ds.seed,
-                                        table_scale=ds.table_scale))
-    dates = sorted(p.name for p in raw.glob("date=*"))
-    for split, names in (("train", dates[: len(dates) - ds.test_days]), ("test", dates[len(dates) - ds.test_days:])):
-        (raw / split).mkdir()
-        for name in names:
-            os.replace(raw / name, raw / split / name)
-    (raw / DATASET_STAMP).write_text(json.dumps(dataset_stamp(ds)))
-    replace_dir(raw, out)
+    EXPERIMENT_DATASETS[ds.kind].prepare(ds, out)
     return out
 
 
-def train_base_rates(data_dir: Path) -> dict[str, float]:
+def train_base_rates(data_dir: Path, spec_name: str = SPEC_FILE) -> dict[str, float]:
     """Each task's label rate over the labelled training rows (label columns only)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     from recsys_mtl.config.features import FeatureSpec
 
-    spec = FeatureSpec.load(data_dir / "feature_spec.yaml")
+    spec = FeatureSpec.load(metadata_file(data_dir, spec_name))
     table = pads.dataset(data_dir / "train", format="parquet", partitioning="hive").to_table(
         columns=[t.source for t in spec.tasks])
     rates = {}
@@ -224,20 +293,29 @@ def train_base_rates(data_dir: Path) -> dict[str, float]:
     return rates
 
 
-def inverse_base_rate_entropy(data_dir: Path, seed: int) -> list[float]:
-    rates = train_base_rates(data_dir)
+def inverse_base_rate_entropy(data_dir: Path, seed: int, spec_name: str = SPEC_FILE) -> list[float]:
+    """1 / H(base rate) per binary task, normalised to mean 1; a regression task (no base rate) gets the binary
+    tasks' mean."""
+    from recsys_mtl.config.features import FeatureSpec
+
+    rates = train_base_rates(data_dir, spec_name)
+    regression = {t.name for t in FeatureSpec.load(metadata_file(data_dir, spec_name)).tasks if t.is_regression}
     inv = []
-    for p in rates.values():
+    for task, p in rates.items():
+        if task in regression:
+            inv.append(None)
+            continue
         p = min(max(p, 1e-6), 1 - 1e-6)
         inv.append(1.0 / -(p * math.log(p) + (1 - p) * math.log(1 - p)))
-    mean = sum(inv) / len(inv)
-    return [round(v / mean, 6) for v in inv]
+    binary = [v for v in inv if v is not None]
+    mean = sum(binary) / len(binary) if binary else 1.0
+    return [1.0 if v is None else round(v / mean, 6) for v in inv]
 
 
 #: method arguments that name a value computed from the training data or the run
 DERIVED_ARGUMENTS = {
     "inverse_base_rate_entropy": inverse_base_rate_entropy,
-    "train_seed": lambda data_dir, seed: seed,  # e.g. random weighting draws a different sequence per seed
+    "train_seed": lambda data_dir, seed, spec_name=SPEC_FILE: seed,  # e.g. random weighting draws a different sequence per seed
 }
 
 
@@ -246,8 +324,9 @@ def method_name(key: str) -> str:
     return key.split("@", 1)[0]
 
 
-def resolve_method_args(args: dict[str, Any], data_dir: Path, seed: int) -> dict[str, Any]:
-    return {k: DERIVED_ARGUMENTS[v](data_dir, seed) if isinstance(v, str) and v in DERIVED_ARGUMENTS else v
+def resolve_method_args(args: dict[str, Any], data_dir: Path, seed: int,
+                        spec_name: str = SPEC_FILE) -> dict[str, Any]:
+    return {k: DERIVED_ARGUMENTS[v](data_dir, seed, spec_name) if isinstance(v, str) and v in DERIVED_ARGUMENTS else v
             for k, v in args.items()}
 
 
@@ -263,7 +342,7 @@ def run_train_config(cfg: WeightingExperimentConfig, data_dir: Path, method: str
     data = read_yaml(cfg.train_config) or {}
     apply_overrides(data, list(cfg.set), source=cfg.train_config)
     data.setdefault("data", {}).update(train_path=str(data_dir / "train"), eval_path=None,
-                                       spec=str(data_dir / "feature_spec.yaml"))
+                                       spec=str(metadata_file(data_dir, cfg.dataset.spec)))
     data["weighting"] = {"method": method_name(method), "args": args}
     train = data.setdefault("train", {})
     train.update(seed=seed, output_dir=str(run_dir), progress_bar=False, eval_every=0)
@@ -322,8 +401,10 @@ def train_and_predict(run_dir: Path, threads: int | None = None) -> dict[str, An
     trainer.dmp.eval()
     logits, labels, mask = predict(trainer.module.model, test, trainer.spec, batch, trainer.device, trainer.env.world_size)
     n = int(meta["test_rows"])  # predict pads the last batch with unlabelled rows
-    torch.save({"logits": logits[:n].float(), "labels": labels[:n].to(torch.int8), "mask": mask[:n],
-                "tasks": trainer.spec.task_names}, run_dir / PREDICTIONS)
+    spec = trainer.spec  # int8 labels for binary-only specs (a quarter of the file); regression labels need floats
+    torch.save({"logits": logits[:n].float(), "labels": labels[:n].to(torch.float32 if spec.has_regression else torch.int8),
+                "mask": mask[:n], "tasks": spec.task_names, "task_types": spec.task_types,
+                "label_transforms": [t.transform for t in spec.tasks]}, run_dir / PREDICTIONS)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # predictions are what the experiment keeps
     weights = _mean_weights(run_dir / "train_log.jsonl")
     done = {
@@ -380,7 +461,7 @@ def run_grid(cfg: WeightingExperimentConfig, out: Path, methods: list[str], seed
     for seed in seeds:  # seed-major: an interrupted grid has whole seeds to compare
         for method in methods:
             run_dir = out / "runs" / method / f"seed{seed}"
-            args = resolve_method_args(cfg.methods[method], data_dir, seed)
+            args = resolve_method_args(cfg.methods[method], data_dir, seed, cfg.dataset.spec)
             train_cfg = run_train_config(cfg, data_dir, method, args, seed, run_dir)
             from_dict(TrainConfig, train_cfg, f"{method} seed {seed}")  # fail before launching anything
             finished = (run_dir / RUN_DONE).exists() and (run_dir / PREDICTIONS).exists()
@@ -471,7 +552,10 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
     for key, p in preds.items():
         if not (torch.equal(p["labels"], labels) and torch.equal(p["mask"], mask)):
             raise RuntimeError(f"run {key}: test labels differ from the other runs' (same test split expected)")
-    metrics = {key: task_metrics(p["logits"], labels, mask, from_logits=True) for key, p in preds.items()}
+    # predictions saved before task types existed are all binary
+    kinds = {"task_types": first.get("task_types"), "label_transforms": first.get("label_transforms")}
+    metrics = {key: task_metrics(p["logits"], labels, mask, from_logits=True, **kinds) for key, p in preds.items()}
+    error = {key: m.normalized_error for key, m in metrics.items()}  # NE, or NMSE for regression tasks
     base = cfg.baseline
     import yaml
 
@@ -484,7 +568,8 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
         "resolved_train_config": resolved, "packages": package_versions(),
         "git_commits": sorted({(r.get("git_commit") or "not recorded") + (" (dirty)" if r.get("git_dirty") else "")
                                for r in runs.values()}),
-        "baseline": base, "seeds": seeds, "tasks": tasks, "test_rows": int(labels.shape[0]),
+        "baseline": base, "seeds": seeds, "tasks": tasks, "task_types": kinds["task_types"] or ["binary"] * T,
+        "test_rows": int(labels.shape[0]),
         "labelled_test_rows": mask.sum(0).tolist(),
         "test_base_rate": [float(x) for x in metrics[next(iter(metrics))].base_rate], "methods": {},
     }
@@ -492,7 +577,7 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
         seeds_done = [s for s in seeds if (method, s) in runs]
         m: dict[str, Any] = {"args": cfg.methods[method], "seeds_done": seeds_done, "per_seed": {},
                              "resolved_args": runs[(method, seeds_done[0])]["args"] if seeds_done else {}}
-        ne = np.stack([metrics[(method, s)].ne for s in seeds_done]) if seeds_done else np.full((1, T), np.nan)
+        ne = np.stack([error[(method, s)] for s in seeds_done]) if seeds_done else np.full((1, T), np.nan)
         auc = np.stack([metrics[(method, s)].auc for s in seeds_done]) if seeds_done else np.full((1, T), np.nan)
         m["ne_mean"] = np.nanmean(ne, 0).tolist()
         m["ne_std"] = (ne.std(0, ddof=1) if len(seeds_done) > 1 else np.zeros(T)).tolist()
@@ -501,13 +586,13 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
         rels = []
         for s in seeds_done:
             r = runs[(method, s)]
-            seed_row = {"args": r["args"], "ne": metrics[(method, s)].ne.tolist(), "auc": metrics[(method, s)].auc.tolist(),
-                        "mean_ne": float(np.nanmean(metrics[(method, s)].ne)),
+            seed_row = {"args": r["args"], "ne": error[(method, s)].tolist(), "auc": metrics[(method, s)].auc.tolist(),
+                        "mean_ne": float(np.nanmean(error[(method, s)])),
                         "mean_auc": float(np.nanmean(metrics[(method, s)].auc)),
                         "train_seconds": r["train_seconds"], "steps": r["steps"], "last_loss": r["last_loss"],
                         "finite_predictions": r["finite_predictions"], "mean_weights": r.get("mean_weights", {})}
             if (base, s) in metrics:
-                rel = metrics[(method, s)].ne / metrics[(base, s)].ne - 1
+                rel = error[(method, s)] / error[(base, s)] - 1
                 seed_row["rel_ne_change"] = rel.tolist()
                 seed_row["mean_rel_ne_change"] = float(np.nanmean(rel))
                 seed_row["tasks_better"] = int(np.sum(rel < 0))
@@ -526,8 +611,9 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
             # seeds side by side as columns: one replicate resamples the same test rows for every seed
             a = torch.cat([preds[(base, s)]["logits"] for s in paired], dim=1)
             b = torch.cat([preds[(method, s)]["logits"] for s in paired], dim=1)
+            pooled = {k: None if v is None else list(v) * len(paired) for k, v in kinds.items()}
             c = compare_models(a, b, labels.repeat(1, len(paired)), mask.repeat(1, len(paired)), from_logits=True,
-                               n_boot=cfg.evaluation.n_boot, seed=cfg.evaluation.bootstrap_seed)
+                               n_boot=cfg.evaluation.n_boot, seed=cfg.evaluation.bootstrap_seed, **pooled)
             m["pooled_bootstrap"] = {"seeds": paired, "mean_rel_ne_change": c.mean_rel_ne_change,
                                      "ci95": list(c.mean_rel_ne_change_ci), "n_boot": c.n_boot,
                                      "n_buckets": c.n_buckets}
@@ -558,8 +644,14 @@ def _pm(mean: float, std: float, spec: str, n: int, scale: float = 1.0) -> str:
 
 
 def to_markdown(res: dict[str, Any], title: str) -> str:
+    from recsys_mtl.metrics.names import normalized_error_label
+
     base, tasks, methods = res["baseline"], res["tasks"], res["methods"]
     names = list(methods)
+    types = res.get("task_types") or ["binary"] * len(tasks)
+    err = normalized_error_label(types)  # "NE", or "NE|NMSE" with regression tasks
+    mixed = err != "NE"
+    labels = [f"{t} (nmse)" if mixed and k == "regression" else t for t, k in zip(tasks, types)]
     lines = [f"# {title}", ""]
     model = res.get("resolved_train_config", {}).get("model", {})
     lines.append(f"Test rows: {res['test_rows']:,}; tasks: {len(tasks)}; seeds: {res['seeds']}; baseline: `{base}`. "
@@ -567,6 +659,10 @@ def to_markdown(res: dict[str, Any], title: str) -> str:
                  f"(architecture {model.get('architecture', '?')}; the resolved config is in results.json). "
                  f"Code: {', '.join(res.get('git_commits', [])) or '?'}.")
     lines.append("")
+    if mixed:
+        lines.append(f"{err}: each task's normalized error, NE for binary tasks and NMSE (MSE / label variance, "
+                     "1 - R^2) for regression tasks, marked (nmse); every NE below is that value.")
+        lines.append("")
     lines.append("Mean relative NE change = mean over tasks of NE_method / NE_equal - 1 on the same seed "
                  "(negative = better); mean +- std over seeds, and a 95% paired bootstrap CI over test rows "
                  "on the pooled predictions of all seeds (it covers test-set sampling, not seed-to-seed "
@@ -593,18 +689,18 @@ def to_markdown(res: dict[str, Any], title: str) -> str:
 
     def per_task(key_mean: str, key_std: str, label: str, digits: str) -> None:
         lines.extend(["", f"## Per-task test {label} (mean +- std over seeds)", ""])
-        lines.append("| task | base rate | " + " | ".join(names) + " |")
+        lines.append(f"| task | {'base rate|mean' if mixed else 'base rate'} | " + " | ".join(names) + " |")
         lines.append("|---|---|" + "---|" * len(names))
-        for t, task in enumerate(tasks):
+        for t, task in enumerate(labels):
             cells = [_pm(methods[n][key_mean][t], methods[n][key_std][t], digits, len(methods[n]["seeds_done"]))
                      for n in names]
             lines.append(f"| {task} | {_f(res['test_base_rate'][t], '.4f')} | " + " | ".join(cells) + " |")
 
-    per_task("ne_mean", "ne_std", "NE", ".4f")
-    lines.extend(["", "## Per-task relative NE change vs equal (mean over seeds, %)", ""])
+    per_task("ne_mean", "ne_std", err, ".4f")
+    lines.extend(["", f"## Per-task relative {err} change vs equal (mean over seeds, %)", ""])
     lines.append("| task | " + " | ".join(n for n in names if n != base) + " |")
     lines.append("|---|" + "---|" * (len(names) - 1))
-    for t, task in enumerate(tasks):
+    for t, task in enumerate(labels):
         cells = [_f(100 * methods[n]["rel_ne_change_mean"][t], "+.2f") for n in names if n != base]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     per_task("auc_mean", "auc_std", "AUC", ".4f")

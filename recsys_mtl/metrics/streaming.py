@@ -8,7 +8,9 @@
 Built from `NEMetric` (with log loss), `CalibrationMetric` and `AUCMetric` in
 `RecComputeMode.FUSED_TASKS_COMPUTATION`: one [T, B] update per metric per step,
 no loop over tasks. Predictions are sigmoid(logits), weights are the label mask, so
-unlabelled rows count 0. NE, log loss and calibration have a window value (the last
+unlabelled rows count 0. Regression tasks (`task_types`) get TorchRec's `MSEMetric` (with R^2:
+nmse = 1 - R^2 = MSE / label variance) and `MAEMetric` on the head's output, fused over the
+regression tasks the same way; each value is [T] with NaN for the tasks of the other type. NE, log loss and calibration have a window value (the last
 `window_rows` rows, counting every row of a batch) and a lifetime value; AUC is
 windowed only (TorchRec keeps the window's raw predictions and sorts them at compute,
 so its window, `auc_window_rows`, is kept smaller). Lifetime values cover the whole
@@ -34,6 +36,12 @@ _REPORTS = {
     "calibration_lifetime": ("calibration", "calibration", "lifetime_"),
     "auc": ("auc", "auc", "window_"),
 }
+_REGRESSION_REPORTS = {
+    "mse": ("mse", "mse", "window_"), "mse_lifetime": ("mse", "mse", "lifetime_"),
+    "rmse": ("mse", "rmse", "window_"), "rmse_lifetime": ("mse", "rmse", "lifetime_"),
+    "nmse": ("mse", "r_squared", "window_"), "nmse_lifetime": ("mse", "r_squared", "lifetime_"),  # 1 - R^2
+    "mae": ("mae", "mae", "window_"), "mae_lifetime": ("mae", "mae", "lifetime_"),
+}
 
 
 class StreamingTaskMetrics:
@@ -45,10 +53,12 @@ class StreamingTaskMetrics:
 
     def __init__(self, task_names: list[str], batch_size: int, *, window_rows: int = 100_000,
                  auc_window_rows: int | None = None, world_size: int = 1, rank: int = 0, process_group: dist.ProcessGroup | None = None,
-                 device: torch.device | str = "cpu", auc: bool = True) -> None:
+                 device: torch.device | str = "cpu", auc: bool = True, task_types: list[str] | None = None) -> None:
         from torchrec.metrics.auc import AUCMetric
         from torchrec.metrics.calibration import CalibrationMetric
+        from torchrec.metrics.mae import MAEMetric
         from torchrec.metrics.metrics_config import RecComputeMode, RecTaskInfo
+        from torchrec.metrics.mse import MSEMetric
         from torchrec.metrics.ne import NEMetric
 
         auc_window_rows = window_rows if auc_window_rows is None else auc_window_rows
@@ -57,39 +67,74 @@ class StreamingTaskMetrics:
                 raise ValueError(f"{name} ({rows}) must be at least one global batch ({batch_size} x {world_size} ranks)")
         self.task_names = list(task_names)
         self.num_tasks = len(self.task_names)
-        tasks = [RecTaskInfo(name=n, label_name=n, prediction_name=n, weight_name=n) for n in self.task_names]
-        common = dict(world_size=world_size, my_rank=rank, batch_size=batch_size, tasks=tasks,
-                      compute_mode=RecComputeMode.FUSED_TASKS_COMPUTATION, window_size=window_rows,
-                      process_group=process_group)
-        by_kind = {"ne": NEMetric(**common, include_logloss=True), "calibration": CalibrationMetric(**common)}
-        if auc:
-            by_kind["auc"] = AUCMetric(**dict(common, window_size=auc_window_rows))
+        types = list(task_types) if task_types is not None else ["binary"] * self.num_tasks
+        if len(types) != self.num_tasks:
+            raise ValueError(f"task_types has {len(types)} entries for {self.num_tasks} tasks")
+        self._device = torch.device(device)
+        binary = [i for i, t in enumerate(types) if t != "regression"]
+        regression = [i for i, t in enumerate(types) if t == "regression"]
+        # the [T] columns each group of metrics reads (None: all of them, no gather)
+        self._binary_index = None if not regression else torch.tensor(binary, dtype=torch.long, device=self._device)
+        self._regression_index = torch.tensor(regression, dtype=torch.long, device=self._device) if regression else None
+        self._groups = {"binary": binary, "regression": regression}
+
+        def common(group: list[int], rows: int) -> dict:
+            tasks = [RecTaskInfo(name=self.task_names[i], label_name=self.task_names[i],
+                                 prediction_name=self.task_names[i], weight_name=self.task_names[i]) for i in group]
+            return dict(world_size=world_size, my_rank=rank, batch_size=batch_size, tasks=tasks,
+                        compute_mode=RecComputeMode.FUSED_TASKS_COMPUTATION, window_size=rows,
+                        process_group=process_group)
+
+        by_kind = {}
+        if binary:
+            by_kind["ne"] = NEMetric(**common(binary, window_rows), include_logloss=True)
+            by_kind["calibration"] = CalibrationMetric(**common(binary, window_rows))
+            if auc:
+                by_kind["auc"] = AUCMetric(**common(binary, auc_window_rows))
+        if regression:
+            by_kind["mse"] = MSEMetric(**common(regression, window_rows), include_r_squared=True)
+            by_kind["mae"] = MAEMetric(**common(regression, window_rows))
         self._by_kind = {kind: m.to(device) for kind, m in by_kind.items()}
         self._metrics = list(self._by_kind.values())
         self._world_size, self._process_group = world_size, process_group
-        self._device = torch.device(device)
         self._keys = self._report_keys(by_kind)
         self.updates = 0
 
-    def _report_keys(self, by_kind: dict) -> dict[str, list[str]]:
-        """TorchRec's result key of every (our name, task), e.g. `ne-ctr|window_ne`."""
+    def _report_keys(self, by_kind: dict) -> dict[str, tuple[list[int], list[str]]]:
+        """(task columns, TorchRec's result key of each) of every name of ours, e.g. `ne-ctr|window_ne`."""
         from torchrec.metrics.metrics_namespace import MetricName, MetricPrefix, compose_metric_key
 
         out = {}
-        for ours, (kind, name, prefix) in _REPORTS.items():
-            if kind in by_kind:
-                out[ours] = [compose_metric_key(by_kind[kind]._namespace, task, MetricName(name), MetricPrefix(prefix))
-                             for task in self.task_names]
+        for group, reports in (("binary", _REPORTS), ("regression", _REGRESSION_REPORTS)):
+            for ours, (kind, name, prefix) in reports.items():
+                if kind in by_kind:
+                    columns = self._groups[group]
+                    out[ours] = (columns, [compose_metric_key(by_kind[kind]._namespace, self.task_names[i],
+                                                              MetricName(name), MetricPrefix(prefix)) for i in columns])
         return out
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
         """logits, labels, mask: [B, T] (the model's outputs and the batch's labels)."""
-        predictions = torch.sigmoid(logits.detach().float()).t().contiguous()
-        labels = labels.to(predictions.device, torch.float32, non_blocking=True).t().contiguous()
-        weights = mask.to(predictions.device, torch.float32, non_blocking=True).t().contiguous()
-        for m in self._metrics:
-            m.update(predictions=predictions, labels=labels, weights=weights)
+        outputs = logits.detach().float()
+        labels = labels.to(outputs.device, torch.float32, non_blocking=True)
+        weights = mask.to(outputs.device, torch.float32, non_blocking=True)
+
+        def columns(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+            return (x if index is None else x.index_select(1, index)).t().contiguous()
+
+        if self._groups["binary"]:
+            b = self._binary_index
+            inputs = dict(predictions=torch.sigmoid(columns(outputs, b)), labels=columns(labels, b),
+                          weights=columns(weights, b))
+            for kind in ("ne", "calibration", "auc"):
+                if kind in self._by_kind:
+                    self._by_kind[kind].update(**inputs)
+        if self._groups["regression"]:
+            r = self._regression_index
+            inputs = dict(predictions=columns(outputs, r), labels=columns(labels, r), weights=columns(weights, r))
+            for kind in ("mse", "mae"):
+                self._by_kind[kind].update(**inputs)
         self.updates += 1
 
     @torch.no_grad()
@@ -118,31 +163,62 @@ class StreamingTaskMetrics:
                     "or set tracking.train_metrics: false"
                 ) from e
         out = {}
-        for ours, keys in self._keys.items():
+        for ours, (columns, keys) in self._keys.items():
             if not all(k in raw for k in keys):  # rank != 0 gets nothing back from TorchRec
                 continue
             values = torch.stack([raw[k].reshape(()).double() for k in keys])
             values = values * math.log(2) if ours.startswith("logloss") else values
-            out[ours] = torch.where(defined[ours].to(values.device), values, torch.full_like(values, math.nan))
+            values = 1 - values if ours.startswith("nmse") else values  # from R^2
+            values = torch.where(defined[ours].to(values.device), values, torch.full_like(values, math.nan))
+            full = torch.full((self.num_tasks,), math.nan, dtype=values.dtype, device=values.device)
+            full[columns] = values  # NaN for the tasks of the other type
+            out[ours] = full
         return out
 
     def _defined(self) -> dict[str, torch.Tensor]:
-        """Per report, [T] bool: whether its rows (all ranks') hold what the value needs. A collective."""
-        ne = self._by_kind["ne"]._metrics_computations[0]  # the labelled positives/negatives of NE's states
-        parts = [ne.window_pos_labels, ne.window_neg_labels, ne.pos_labels, ne.neg_labels]
-        if "auc" in self._by_kind:  # AUC keeps its (smaller) window's raw labels and weights
-            auc = self._by_kind["auc"]._metrics_computations[0]
-            labels, weights = torch.cat(list(auc.labels), dim=-1), torch.cat(list(auc.weights), dim=-1)
-            parts += [(labels * weights).sum(-1), ((1 - labels) * weights).sum(-1)]
-        counts = torch.stack([p.reshape(-1).double() for p in parts])
+        """Per report, [its tasks] bool: whether its rows (all ranks') hold what the value needs. A collective."""
+        parts, regression_parts = [], []
+        if "ne" in self._by_kind:
+            ne = self._by_kind["ne"]._metrics_computations[0]  # the labelled positives/negatives of NE's states
+            parts = [ne.window_pos_labels, ne.window_neg_labels, ne.pos_labels, ne.neg_labels]
+            if "auc" in self._by_kind:  # AUC keeps its (smaller) window's raw labels and weights
+                auc = self._by_kind["auc"]._metrics_computations[0]
+                labels, weights = torch.cat(list(auc.labels), dim=-1), torch.cat(list(auc.weights), dim=-1)
+                parts += [(labels * weights).sum(-1), ((1 - labels) * weights).sum(-1)]
+        if "mse" in self._by_kind:  # labelled rows and the label's sums, window and lifetime
+            mse = self._by_kind["mse"]._metrics_computations[0]
+            for prefix in ("window", "lifetime"):
+                state = (mse.get_window_state if prefix == "window" else lambda name: getattr(mse, name))
+                regression_parts += [state("weighted_num_samples"), state("label_sum"), state("label_squared_sum")]
+        n_binary = len(parts)
+        flat = [p.reshape(-1).double() for p in parts + regression_parts]
+        sizes = [len(p) for p in flat]
+        stats = torch.cat(flat) if flat else torch.zeros(0, dtype=torch.float64, device=self._device)
         if self._world_size > 1:
-            dist.all_reduce(counts, group=self._process_group)
-        pos, neg = counts[0::2] > 0, counts[1::2] > 0  # [window, lifetime, (auc window)] x T
+            dist.all_reduce(stats, group=self._process_group)
+        values = list(stats.split(sizes)) if flat else []
         out = {}
-        for ours in self._keys:
-            i = 2 if ours == "auc" else int(ours.endswith("_lifetime"))
-            kind = ours.removesuffix("_lifetime")
-            out[ours] = pos[i] & neg[i] if kind in ("ne", "auc") else pos[i] if kind == "calibration" else pos[i] | neg[i]
+        if n_binary:
+            counts = torch.stack(values[:n_binary])
+            pos, neg = counts[0::2] > 0, counts[1::2] > 0  # [window, lifetime, (auc window)] x T
+            for ours in _REPORTS:
+                if ours not in self._keys:
+                    continue
+                i = 2 if ours == "auc" else int(ours.endswith("_lifetime"))
+                kind = ours.removesuffix("_lifetime")
+                out[ours] = (pos[i] & neg[i] if kind in ("ne", "auc") else pos[i] if kind == "calibration"
+                             else pos[i] | neg[i])
+        if regression_parts:
+            for i, prefix in enumerate(("window", "lifetime")):
+                n, total, total_sq = values[n_binary + 3 * i: n_binary + 3 * i + 3]
+                labelled = n > 0
+                mean = total / n.clamp_min(1e-12)
+                variance = total_sq / n.clamp_min(1e-12) - mean * mean
+                varied = labelled & (variance > 1e-12 * mean.square().clamp_min(1.0))
+                suffix = "" if prefix == "window" else "_lifetime"
+                for kind in ("mse", "rmse", "mae"):
+                    out[kind + suffix] = labelled
+                out["nmse" + suffix] = varied
         return out
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.config.features import FeatureSpec
-from recsys_mtl.models.architectures import ARCHITECTURES
+from recsys_mtl.models.architectures import architectures, build_architecture
 from recsys_mtl.models.embedding_init import init_embedding_state_
 from recsys_mtl.models.layers import MLP, BatchedLinear, BatchedMLP
 
@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # models take the config's values; only config/ imports the r
     from recsys_mtl.config.train import ModelConfig
 
 _POOLING = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+#: model.embedding_dtype -> TorchRec's table data type
+TABLE_DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
 
 
 def wide_columns(spec: FeatureSpec, wide: bool) -> int:
@@ -33,8 +35,8 @@ def wide_columns(spec: FeatureSpec, wide: bool) -> int:
     return -(-spec.num_tasks // 4) * 4 if wide else 0
 
 
-def embedding_bag_configs(spec: FeatureSpec, wide: bool = False) -> list[EmbeddingBagConfig]:
-    """One EmbeddingBagConfig per spec table, listing every feature that reads it."""
+def embedding_bag_configs(spec: FeatureSpec, wide: bool = False, dtype: str = "fp32") -> list[EmbeddingBagConfig]:
+    """One EmbeddingBagConfig per spec table, listing every feature that reads it, stored as `dtype` (fp32|fp16)."""
     extra = wide_columns(spec, wide)
     return [
         EmbeddingBagConfig(
@@ -43,6 +45,7 @@ def embedding_bag_configs(spec: FeatureSpec, wide: bool = False) -> list[Embeddi
             num_embeddings=table.num_embeddings,
             feature_names=spec.features_of_table(name),
             pooling=_POOLING[table.pooling],
+            data_type=TABLE_DATA_TYPES[dtype],
         )
         for name, table in spec.tables.items()
     ]
@@ -61,18 +64,25 @@ class MultiTaskModel(nn.Module):
 
     embedding_device="meta" builds the tables without memory (DMP materialises
     only each rank's shards; call `init_embeddings_` on the sharded state).
+
+    `autocast` (None: float32; the trainer sets ("cuda" or "cpu", torch.bfloat16) for train.precision bf16):
+    the dense tower, architecture, task towers, heads and wide dense part run under autocast to that dtype on
+    that device type; the embedding lookup does not, and the logits and penalty come out float32, so losses,
+    weighting and metrics stay float32. (A device type, not read from the batch: the pipeline traces forward.)
     """
+
+    autocast: tuple[str, torch.dtype] | None = None
 
     def __init__(self, spec: FeatureSpec, config: ModelConfig, *, seed: int = 0,
                  device: torch.device | str | None = None,
                  embedding_device: torch.device | str | None = None) -> None:
         super().__init__()
-        if config.architecture not in ARCHITECTURES:
-            from recsys_mtl.config.loader import ConfigError
+        from recsys_mtl.config.loader import ConfigError
 
+        if config.architecture not in architectures():
             raise ConfigError(
                 f"model.architecture: unknown architecture {config.architecture!r}; "
-                f"set it to one of: {', '.join(sorted(ARCHITECTURES))}"
+                f"set it to one of: {', '.join(sorted(architectures()))}"
             )
         self.spec = spec
         self.seed = seed
@@ -101,7 +111,7 @@ class MultiTaskModel(nn.Module):
         self.feature_dropout = {name: p for name, p in config.feature_dropout.items() if p > 0}
         self.deep_dims = [spec.tables[f.table].embedding_dim for f in spec.sparse]
         embedding_device = embedding_device if embedding_device is not None else device
-        self.ebc = EmbeddingBagCollection(tables=embedding_bag_configs(spec, config.wide),
+        self.ebc = EmbeddingBagCollection(tables=embedding_bag_configs(spec, config.wide, config.embedding_dtype),
                                           device=torch.device(embedding_device or "cpu"))
         if self.ebc.embedding_bags[next(iter(spec.tables))].weight.device.type != "meta":
             self.init_embeddings_(self.state_dict(), prefix="")
@@ -110,7 +120,12 @@ class MultiTaskModel(nn.Module):
             self.dense_tower = MLP(spec.num_dense, config.dense_tower, config.dropout) if spec.num_dense else None
             dense_out = self.dense_tower.out_dim if self.dense_tower is not None else 0
             emb_out = sum(spec.tables[f.table].embedding_dim for f in spec.sparse)
-            self.architecture = ARCHITECTURES[config.architecture](emb_out + dense_out, self.num_tasks, config)
+            args = config.architecture_args()
+            try:
+                self.architecture = build_architecture(config.architecture, emb_out + dense_out, self.num_tasks, args,
+                                                       config.dropout)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"model.args: cannot build {config.architecture!r} with {args}: {exc}") from None
             self.task_towers = BatchedMLP(self.num_tasks, self.architecture.out_dim, config.task_tower, config.dropout)
             self.heads = BatchedLinear(self.num_tasks, self.task_towers.out_dim, 1)
             self.wide_dense = nn.Linear(spec.num_dense, self.num_tasks) if config.wide and spec.num_dense else None
@@ -130,9 +145,18 @@ class MultiTaskModel(nn.Module):
 
     @torch.no_grad()
     def set_head_bias_from_rates_(self, rates: torch.Tensor) -> None:
-        """bias_t = log(p_t / (1 - p_t)): the model starts at each task's base rate."""
-        p = rates.clamp(1e-4, 1 - 1e-4).to(self.heads.bias)
-        self.heads.bias.copy_(torch.log(p / (1 - p)).view_as(self.heads.bias))
+        """`rates` [T]: each task's mean label. A binary head starts at its base rate p (bias log(p / (1 - p))), a
+        regression head at the mean of its transformed label (the prior's analogue: the best constant under MSE)."""
+        means = rates.to(self.heads.bias)
+        p = means.clamp(1e-4, 1 - 1e-4)
+        regression = torch.tensor([t.is_regression for t in self.spec.tasks], device=means.device)
+        bias = torch.where(regression, means, torch.log(p / (1 - p)))
+        self.heads.bias.copy_(bias.view_as(self.heads.bias))
+
+    @torch.no_grad()
+    def zero_head_bias_(self) -> None:
+        """Every head starts at 0 (p = 0.5 for binary tasks), instead of the layer's random init."""
+        self.heads.bias.zero_()
 
     def table_state_keys(self, prefix: str) -> dict[str, tuple[int, int, int | None]]:
         """state_dict key of each table's weight -> (table index, num_embeddings, first wide column)."""
@@ -156,6 +180,14 @@ class MultiTaskModel(nn.Module):
         pooled = self.ebc(sparse).to_dict()  # by key: column order changes after sharding
         if self.training and self.feature_dropout:
             pooled = self._drop_features(pooled)
+        pooled = {name: pooled[name].float() for name in self.sparse_names}  # fp16 tables: float32 from here on
+        if self.autocast is None:
+            return self._dense_part(dense, pooled)
+        with torch.autocast(self.autocast[0], dtype=self.autocast[1]):
+            logits, penalty = self._dense_part(dense, pooled)
+        return logits.float(), penalty.float()
+
+    def _dense_part(self, dense: torch.Tensor, pooled: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         penalty = None
         if self.wide:
             parts = [pooled[name][:, :dim] for name, dim in zip(self.sparse_names, self.deep_dims)]

@@ -39,7 +39,7 @@ class RegistryConfig:
 class DailyPipelineConfig:
     """name: job name (MLflow run names are `<name>-<date>`; the experiment is tracking.experiment)
     data: date-partitioned roots (`date=YYYY-MM-DD/` folders); several roots are merged
-    spec: feature spec (default: feature_spec.yaml beside the first root)
+    spec: feature spec (default: the first root's _feature_spec.yaml, data/folder.py)
     train_config: the base training config; the pipeline sets its data paths, output
         folder, warm start and tracking per date
     train_overrides: `section.key=value` applied to the base config for every date

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from recsys_mtl.config.loader import ConfigError, load_yaml
+from recsys_mtl.data.folder import spec_file
 from recsys_mtl.pipeline.config import DailyPipelineConfig
 from recsys_mtl.pipeline.gate import decide
 from recsys_mtl.pipeline.registry import ChampionRegistry
@@ -56,7 +57,7 @@ class DailyPipeline:
         self.work = Path(config.work_dir)
         self.store = StepStore(self.work / "state")
         self.partitions = self._discover()
-        spec = config.spec or str(Path(config.data[0]) / "feature_spec.yaml")
+        spec = config.spec or str(spec_file(config.data[0]))
         self.spec_path = spec
         self.tracking_uri = config.tracking.resolved_uri()
         self._check_guarded_tasks()
@@ -194,44 +195,54 @@ class DailyPipeline:
                                                             tracking_uri=self.tracking_uri))
         return local / MODEL_ARTIFACT
 
-    def _scores(self, model_dir: str, data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], int]:
-        """Probabilities, labels, mask, task names, and how many logits are NaN or infinite (a sigmoid hides
-        an infinity)."""
+    def _scores(self, model_dir: str, data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], int, dict]:
+        """Predictions (probabilities; regression tasks: values), labels, mask, task names, how many logits are
+        NaN or infinite (a sigmoid hides an infinity), and the tasks' types and label transforms."""
         import torch
 
         from recsys_mtl.evaluate.loading import load_model
         from recsys_mtl.evaluate.scoring import score_eval_set
+        from recsys_mtl.losses import task_predictions
 
         loaded = load_model(model_dir)
         with torch.no_grad():
             logits, labels, mask = score_eval_set(loaded.model, loaded.spec, data, batch_size=8192)
         non_finite = int((~torch.isfinite(logits)).sum())
-        return torch.sigmoid(logits).numpy(), labels.numpy(), mask.numpy(), loaded.spec.task_names, non_finite
+        regression = torch.tensor([t.is_regression for t in loaded.spec.tasks])
+        kinds = {"task_types": loaded.spec.task_types, "label_transforms": [t.transform for t in loaded.spec.tasks]}
+        return (task_predictions(logits, regression).numpy(), labels.numpy(), mask.numpy(), loaded.spec.task_names,
+                non_finite, kinds)
 
     def _step_evaluate(self, date: str) -> dict[str, Any]:
+        from recsys_mtl.metrics.names import normalized_error_name
         from recsys_mtl.metrics.offline import compare_models, task_metrics
         from recsys_mtl.tracking.tracker import RunTracker
 
         train = self.store.get(date, "train")
         eval_date = train["eval_date"]
         data = self.partitions[eval_date]
-        cand, labels, mask, tasks, non_finite = self._scores(train["model_dir"], data)
-        exact = task_metrics(cand, labels, mask)
+        cand, labels, mask, tasks, non_finite, kinds = self._scores(train["model_dir"], data)
+        exact = task_metrics(cand, labels, mask, **kinds)
+        # "ne" in the record: each task's normalized error (NE of binary tasks, NMSE of regression tasks)
         record: dict[str, Any] = {
-            "eval_date": eval_date, "tasks": tasks, "candidate_ne": _floats(exact.ne),
+            "eval_date": eval_date, "tasks": tasks, "candidate_ne": _floats(exact.normalized_error),
             "candidate_non_finite": non_finite,  # NaN/inf logits: a diverged model, never promoted
-            "candidate_mean_ne": float(np.nanmean(exact.ne)), "champion_ne": None, "champion_mean_ne": None,
-            "rel_ne_change": None, "mean_rel_ne_change": None, "mean_rel_ne_change_ci": None,
+            "candidate_mean_ne": float(np.nanmean(exact.normalized_error)), "champion_ne": None,
+            "champion_mean_ne": None, "rel_ne_change": None, "mean_rel_ne_change": None, "mean_rel_ne_change_ci": None,
+            "task_types": kinds["task_types"],
         }
-        metrics = {f"eval/ne/{t}": float(v) for t, v in zip(tasks, exact.ne) if np.isfinite(v)}
+        metrics = {f"eval/{normalized_error_name(k)}/{t}": float(v)
+                   for t, k, v in zip(tasks, kinds["task_types"], exact.normalized_error) if np.isfinite(v)}
         if train["champion_version"] is not None:
             champion = self._registry().version(train["champion_version"])
-            champ, champ_labels, champ_mask, champ_tasks, _ = self._scores(champion.checkpoint, data)
-            if champ_tasks != tasks or not np.array_equal(champ_mask, mask):
-                raise RuntimeError(f"{date}: champion version {champion.version} scores other tasks or rows than the candidate")
-            cmp = compare_models(champ, cand, labels, mask, n_boot=self.config.gate.bootstrap_samples, seed=0)
-            champ_exact = task_metrics(champ, labels, mask)
-            record.update(champion_ne=_floats(champ_exact.ne), champion_mean_ne=float(np.nanmean(champ_exact.ne)),
+            champ, champ_labels, champ_mask, champ_tasks, _, champ_kinds = self._scores(champion.checkpoint, data)
+            if champ_tasks != tasks or champ_kinds != kinds or not np.array_equal(champ_mask, mask):
+                raise RuntimeError(f"{date}: champion version {champion.version} scores other tasks, task types or "
+                                   "rows than the candidate")
+            cmp = compare_models(champ, cand, labels, mask, n_boot=self.config.gate.bootstrap_samples, seed=0, **kinds)
+            champ_exact = task_metrics(champ, labels, mask, **kinds)
+            record.update(champion_ne=_floats(champ_exact.normalized_error),
+                          champion_mean_ne=float(np.nanmean(champ_exact.normalized_error)),
                           rel_ne_change=_floats(cmp.rel_ne_change), mean_rel_ne_change=float(cmp.mean_rel_ne_change),
                           mean_rel_ne_change_ci=_floats(cmp.mean_rel_ne_change_ci))
             metrics.update({f"eval/rel_ne_change_vs_champion/{t}": float(v)

@@ -15,7 +15,8 @@ class Decision:
 
 
 def decide(task_names: list[str], rel_ne_change: list[float], mean_rel_ne_change: float, gate: GateConfig) -> Decision:
-    """`rel_ne_change[t]` = NE(candidate)/NE(champion) - 1 per task (negative is better)."""
+    """`rel_ne_change[t]` = E(candidate)/E(champion) - 1 per task (negative is better), E the task's normalized
+    error: NE for binary tasks, NMSE for regression tasks; the mean is over all tasks."""
     unknown = [t for t in gate.guarded_tasks if t not in task_names]
     if unknown:
         raise ValueError(f"gate.guarded_tasks names unknown tasks {unknown}; tasks: {', '.join(task_names)}")

@@ -12,7 +12,9 @@ What a run holds:
   GO4Align), `train/loss_total`, `train/weighting/<summary>`, and the streaming TorchRec
   metrics `train/{ne,logloss,calibration,auc}/<task>` (window) and
   `train/{ne,logloss,calibration}_lifetime/<task>`;
-- each evaluation: `eval/{ne,auc,logloss,calibration,count}/<task>`, `eval/mean_ne`, `eval/mean_auc`;
+- each evaluation: `eval/{ne,auc,logloss,calibration,count}/<task>` of binary tasks,
+  `eval/{nmse,mse,rmse,mae,mae_raw,count}/<task>` of regression tasks, `eval/mean_ne`, `eval/mean_auc` (binary
+  tasks), `eval/mean_nmse` (regression tasks);
 - system metrics (`system/...`), heatmaps `plots/train_weight.png`, `plots/train_group.png`;
 - a training resumed from a checkpoint continues the same run (`tracking.continue_run`): its first params stay,
   changed ones are listed in a tag, the resume steps are in `recsys_mtl.resumed_at_steps`, and steps logged
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVAL_METRICS = ("ne", "auc", "logloss", "calibration", "count")
+EVAL_METRICS = ("ne", "auc", "logloss", "calibration", "nmse", "mse", "rmse", "mae", "mae_raw", "count")
 
 
 class TrackingCallback(TrainerCallback):
@@ -73,6 +75,8 @@ class TrackingCallback(TrainerCallback):
             artifacts=[spec_file], data_paths=data_paths, work_dir=trainer.output_dir, rank=trainer.env.rank,
             continue_run_id=continue_run_id, resumed_at_step=trainer.resumed_from_step)
         self.run_id = self.tracker.run_id
+        if trainer.spec.has_regression:
+            self.tracker.set_task_types(dict(zip(trainer.spec.task_names, trainer.spec.task_types)))
         if self.run_id:
             (work / "run_id").write_text(self.run_id + "\n")
 
@@ -102,8 +106,8 @@ class TrackingCallback(TrainerCallback):
             for key in EVAL_METRICS:
                 if key in m and math.isfinite(m[key]):
                     out[f"eval/{key}/{task}"] = float(m[key])
-        for key in ("ne", "auc"):
-            vals = [m[key] for m in metrics.values() if math.isfinite(m[key])]
+        for key in ("ne", "auc", "nmse"):  # each over the tasks that have it (nmse: regression tasks)
+            vals = [m[key] for m in metrics.values() if key in m and math.isfinite(m[key])]
             if vals:
                 out[f"eval/mean_{key}"] = sum(vals) / len(vals)
         self.tracker.log_metrics(step, out)

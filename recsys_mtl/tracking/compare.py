@@ -1,7 +1,9 @@
 """Compare runs task by task from their logged eval metrics (built on MlflowClient.search_runs).
 
 Reads the latest `eval/ne/<task>`, `eval/auc/<task>`, `eval/calibration/<task>` and
-`eval/logloss/<task>` of each run; the first run is the reference for the NE change.
+`eval/logloss/<task>` of each run's binary tasks, and `eval/nmse/<task>`, `eval/rmse/<task>` of its
+regression tasks; the first run is the reference for the change of each task's normalized error (NE, or
+NMSE for a regression task).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-METRICS = ("ne", "auc", "calibration", "logloss")
+METRICS = ("ne", "nmse", "auc", "calibration", "logloss", "rmse")
+#: the metrics that say a run was evaluated on a task: its normalized error (NE, or NMSE for regression tasks)
+_NORMALIZED_ERROR_PREFIXES = ("eval/ne/", "eval/nmse/")
+
+
+def _normalized_error_task(key: str) -> str | None:
+    for prefix in _NORMALIZED_ERROR_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return None
 
 
 @dataclasses.dataclass
@@ -27,29 +38,49 @@ class RunComparison:
     values: dict[str, np.ndarray]  # metric -> [R, T], NaN where a run lacks the metric
 
     @property
+    def task_types(self) -> list[str]:
+        """"regression" for a task some run logged NMSE for, else "binary"."""
+        return ["regression" if np.isfinite(self.values["nmse"][:, t]).any() else "binary"
+                for t in range(len(self.tasks))]
+
+    @property
+    def normalized_error(self) -> np.ndarray:
+        """[R, T]: NE of binary tasks, NMSE of regression tasks."""
+        regression = np.array([k == "regression" for k in self.task_types], dtype=bool)
+        return np.where(regression[None, :], self.values["nmse"], self.values["ne"])
+
+    @property
     def rel_ne_change(self) -> np.ndarray:
-        """[R, T]: NE_run / NE_first - 1."""
-        ne = self.values["ne"]
+        """[R, T]: E_run / E_first - 1 of each task's normalized error E (NE or NMSE)."""
+        error = self.normalized_error
         with np.errstate(all="ignore"):
-            return ne / ne[:1] - 1
+            return error / error[:1] - 1
 
     def to_table(self) -> str:
         def f(x: float, spec: str) -> str:
             return "-" if math.isnan(x) else format(x, spec)
 
-        head = ["task", "run", "NE", "AUC", "calib", "logloss", "NE chg % vs first"]
+        from recsys_mtl.metrics.names import normalized_error_label
+
+        types = self.task_types
+        regression = "regression" in types
+        error_name = normalized_error_label(types)
+        head = ["task", "run", error_name, "AUC", "calib", "logloss"] + (["RMSE"] if regression else [])
+        head += [f"{error_name} chg % vs first"]
         rows = []
-        rel = self.rel_ne_change
+        rel, error = self.rel_ne_change, self.normalized_error
         for t, task in enumerate(self.tasks):
+            label = f"{task} (nmse)" if regression and types[t] == "regression" else task
             for r, name in enumerate(self.run_names):
                 v = {m: self.values[m][r, t] for m in METRICS}
-                rows.append([task if r == 0 else "", name, f(v["ne"], ".5f"), f(v["auc"], ".5f"),
-                             f(v["calibration"], ".4f"), f(v["logloss"], ".5f"),
-                             "ref" if r == 0 else f(100 * rel[r, t], "+.3f")])
+                rows.append([label if r == 0 else "", name, f(error[r, t], ".5f"), f(v["auc"], ".5f"),
+                             f(v["calibration"], ".4f"), f(v["logloss"], ".5f")]
+                            + ([f(v["rmse"], ".5f")] if regression else [])
+                            + ["ref" if r == 0 else f(100 * rel[r, t], "+.3f")])
         for r, name in enumerate(self.run_names[1:], start=1):
             with np.errstate(all="ignore"):
                 mean = np.nanmean(rel[r]) if np.isfinite(rel[r]).any() else float("nan")
-            rows.append(["(mean)", name, "", "", "", "", f(100 * mean, "+.3f")])
+            rows.append(["(mean)", name, "", "", "", ""] + ([""] if regression else []) + [f(100 * mean, "+.3f")])
         widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
@@ -85,7 +116,7 @@ def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None
         page = client.search_runs([exp.experiment_id], filter_string, max_results=max(100, max_results + 1),
                                   order_by=["attributes.start_time DESC"], page_token=token)
         for run in page:
-            evaluated = any(k.startswith("eval/ne/") for k in run.data.metrics)
+            evaluated = any(_normalized_error_task(k) for k in run.data.metrics)
             if evaluated and len(runs) == max_results:
                 more = True  # an older evaluated run is left out
                 break
@@ -106,10 +137,10 @@ def find_runs(client, run_ids: Sequence[str] = (), experiment: str | None = None
 
 
 def compare_runs(runs: Sequence) -> RunComparison:
-    per_run = [[k[len("eval/ne/"):] for k in run.data.metrics if k.startswith("eval/ne/")] for run in runs]
+    per_run = [[t for t in map(_normalized_error_task, run.data.metrics) if t] for run in runs]
     tasks = list(dict.fromkeys(t for names in per_run for t in names))  # in first-seen order
     if not tasks:
-        raise ValueError("none of the runs has eval/ne/<task> metrics")
+        raise ValueError("none of the runs has eval/ne/<task> (or eval/nmse/<task>) metrics")
     shared = set.intersection(*map(set, per_run))
     if len(shared) < len(tasks):
         log.warning("the runs score different tasks (%d in all, %d shared%s): NE changes, and their mean, cover only "
@@ -132,5 +163,9 @@ def plot_comparison(comparison: RunComparison, path: str | Path) -> Path:
 
     rel = comparison.rel_ne_change[1:] if len(comparison.run_ids) > 1 else comparison.rel_ne_change
     names = comparison.run_names[1:] if len(comparison.run_ids) > 1 else comparison.run_names
-    return plot_relative_ne_change(comparison.tasks, rel, path, series_names=names,
-                                   title=f"NE change vs {comparison.run_names[0]}")
+    from recsys_mtl.metrics.names import normalized_error_label
+
+    types = comparison.task_types
+    return plot_relative_ne_change(comparison.tasks, rel, path, series_names=names, task_types=types,
+                                   error_label=normalized_error_label(types),
+                                   title=f"{normalized_error_label(types)} change vs {comparison.run_names[0]}")

@@ -55,10 +55,10 @@ def heatmap_norm(values, log_scale: bool):
 
 def plot_task_heatmap(values, steps: Sequence[int], task_names: Sequence[str], path: str | Path, *,
                       title: str = "", discrete: bool = False, colorbar_label: str = "",
-                      log_scale: bool = False) -> Path:
+                      log_scale: bool = False, task_types: Sequence[str] | None = None) -> Path:
     """values: [S, T] (one row per logged step). With `discrete`, integer values (group ids) get one
     colour each and a labelled colorbar tick per group; with `log_scale`, colours follow log(value) and
-    values <= 0 are left blank (light grey)."""
+    values <= 0 are left blank (light grey). `task_types` marks regression tasks among binary ones."""
     plt = _pyplot()
     from matplotlib.colors import BoundaryNorm, ListedColormap
 
@@ -87,16 +87,27 @@ def plot_task_heatmap(values, steps: Sequence[int], task_names: Sequence[str], p
         cbar = fig.colorbar(mesh, ax=ax, pad=0.01)
     cbar.set_label(colorbar_label)
     ax.set_yticks(np.arange(T))
-    ax.set_yticklabels(task_names, fontsize=_label_fontsize(T))
+    ax.set_yticklabels(task_labels(task_names, task_types), fontsize=_label_fontsize(T))
     ax.set_ylim(T - 0.5, -0.5)  # first task on top
     ax.set_xlabel("step")
     ax.set_ylabel("task")
     return _save(plt, fig, ax, title, path)
 
 
+def task_labels(task_names: Sequence[str], task_types: Sequence[str] | None, mark: str = "regression") -> list[str]:
+    """Axis labels of tasks: a regression task is marked `(mark)` when binary tasks share the axis (e.g. `(nmse)`:
+    which normalized error its value is)."""
+    if not task_types or all(t == task_types[0] for t in task_types):
+        return list(task_names)
+    return [f"{n} ({mark})" if t == "regression" else n for n, t in zip(task_names, task_types)]
+
+
 def plot_relative_ne_change(task_names: Sequence[str], rel_change, path: str | Path, *, ci=None,
-                            series_names: Sequence[str] | None = None, title: str = "") -> Path:
-    """rel_change: [T] or [R, T] (NE_run / NE_baseline - 1); ci: matching [.., T, 2] or None.
+                            series_names: Sequence[str] | None = None, title: str = "",
+                            task_types: Sequence[str] | None = None, error_label: str = "NE") -> Path:
+    """rel_change: [T] or [R, T] (normalized error of the run / of the baseline - 1: NE for binary tasks, NMSE
+    for regression tasks, `task_types`; `error_label` names it on the axis, e.g. "NE|NMSE"); ci: matching [.., T, 2]
+    or None.
     Bars are in percent; negative (left, green) is better."""
     plt = _pyplot()
 
@@ -125,9 +136,9 @@ def plot_relative_ne_change(task_names: Sequence[str], rel_change, path: str | P
                 error_kw={"elinewidth": 0.8, "capsize": 1.5}, label=names[r])
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(y)
-    ax.set_yticklabels(task_names, fontsize=_label_fontsize(T))
+    ax.set_yticklabels(task_labels(task_names, task_types, "nmse"), fontsize=_label_fontsize(T))
     ax.set_ylim(T - 0.5, -0.5)
-    ax.set_xlabel("relative NE change vs baseline (%)  -  lower is better")
+    ax.set_xlabel(f"relative {error_label} change vs baseline (%)  -  lower is better")
     ax.grid(axis="x", alpha=0.3)
     if R > 1:
         ax.legend(loc="best", fontsize=8)

@@ -125,6 +125,9 @@ class NullTracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
 
+    def set_task_types(self, task_types: Mapping[str, str]) -> None:
+        pass
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
@@ -208,6 +211,7 @@ class RunTracker(NullTracker):
         self._tags: dict[str, str] = {}
         self._artifacts: list[tuple[str, str | None]] = []
         self._histories: dict[str, _VectorHistory] = {}
+        self._task_types: dict[str, str] = {}  # task -> "binary" / "regression", for the plots' labels
         self._controls: list[tuple] = []
         self._name_ok: dict[str, bool] = {}
         self._key_cache: dict[tuple, list[str | None]] = {}
@@ -326,6 +330,10 @@ class RunTracker(NullTracker):
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._queue.put(("p", dict(params)))
+
+    def set_task_types(self, task_types: Mapping[str, str]) -> None:
+        """Task -> "binary" / "regression": the per-task plots mark regression tasks among binary ones."""
+        self._task_types = dict(task_types)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self._queue.put(("t", dict(tags)))
@@ -590,7 +598,8 @@ class RunTracker(NullTracker):
                 path = plots.plot_task_heatmap(
                     hist.rows, hist.steps, hist.names, out_dir / f"{name}.png",
                     title=f"{prefix} per task over steps", discrete=prefix == "train/group",
-                    colorbar_label=prefix.rsplit("/", 1)[-1], log_scale=prefix == "train/weight")
+                    colorbar_label=prefix.rsplit("/", 1)[-1], log_scale=prefix == "train/weight",
+                    task_types=[self._task_types.get(n, "binary") for n in hist.names] if self._task_types else None)
                 self._artifacts.append((str(path), "plots"))
         except Exception:  # noqa: BLE001 - a plot must never lose the metrics
             log.exception("could not render tracking plots")

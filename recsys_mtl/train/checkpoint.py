@@ -33,6 +33,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from recsys_mtl.config.loader import ConfigError, to_dict
+from recsys_mtl.config.train import LEGACY_ARCHITECTURE_SECTIONS
 from recsys_mtl.weighting import weighting_signature  # the package: every method registered
 
 if TYPE_CHECKING:
@@ -64,11 +65,16 @@ def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
         "sparse_features": spec.sparse_names,
         "dense_features": spec.dense_names,
         "tasks": spec.task_names,
+        **spec.task_type_signature(),
         # wide_l2 and feature_dropout act in training only, not on the model's shape or output: a checkpoint
         # trained with other values (or before they existed) loads. An empty per-task map (wide_id_scale: {})
         # is its feature off, the same model as a checkpoint made before the map existed: it is left out
-        "model": {k: v for k, v in to_dict(config.model).items()
-                  if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout") and v != {}},
+        # the architecture's arguments under its name (`"mmoe": {...}`), not every architecture's section;
+        # fp32 tables (the default, and every checkpoint from before embedding_dtype) are left out likewise
+        "model": {**{k: v for k, v in to_dict(config.model).items()
+                     if k not in ("wide_l2", "wide_l2_tasks", "feature_dropout", "args", *LEGACY_ARCHITECTURE_SECTIONS)
+                     and v != {} and not (k == "embedding_dtype" and v == "fp32")},
+                  config.model.architecture: config.model.architecture_args()},
         "optim": {"embedding": config.optim.embedding.type, "dense": config.optim.dense.type},
         # the method's name; GO4Align's rec mode adds its mode (its state is not paper mode's)
         "weighting": weighting_signature(config.weighting.method, config.weighting.args),
@@ -127,6 +133,17 @@ def describe_dcp_error(exc: BaseException) -> str:
         parts = [f"rank {rank}: {type(e).__name__}: {str(e)[:300]}".rstrip(": ") for rank, (e, _) in exc.failures.items()]
         return "; ".join(parts)
     return f"{type(exc).__name__}: {str(exc)[:500]}"
+
+
+def upgrade_signature(saved: dict[str, Any]) -> dict[str, Any]:
+    """A signature saved before `model.args`: it held every built-in architecture's section; only the chosen one's
+    describes the model (the same `"mmoe": {...}` a signature has now)."""
+    model = saved.get("model")
+    if not isinstance(model, dict):
+        return saved
+    chosen = model.get("architecture")
+    return {**saved, "model": {k: v for k, v in model.items()
+                               if k not in LEGACY_ARCHITECTURE_SECTIONS or k == chosen}}
 
 
 def _signature_diff(saved: dict, current: dict) -> list[str]:
@@ -238,7 +255,8 @@ class CheckpointManager:
                         ignore: tuple[str, ...] = ()) -> None:
         """Refuse a checkpoint whose model.json differs from `signature` (keys in `ignore` aside), listing
         each difference and then `advice` (what to change: it depends on who loads the checkpoint)."""
-        saved = {k: v for k, v in json.loads((path / SIGNATURE).read_text()).items() if k not in ignore}
+        saved = {k: v for k, v in upgrade_signature(json.loads((path / SIGNATURE).read_text())).items()
+                 if k not in ignore}
         current = {k: v for k, v in json.loads(json.dumps(signature)).items() if k not in ignore}
         diffs = _signature_diff(saved, current)
         if diffs:

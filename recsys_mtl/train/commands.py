@@ -1,8 +1,13 @@
-"""`recsys-mtl train CONFIG [--set key=value ...] [--nproc N]`.
+"""`recsys-mtl train CONFIG [--set key=value ...] [--nproc N] [--nnodes M --rdzv-endpoint HOST:PORT]`.
 
 One process by default. `--nproc N` re-launches the same command under
 torchrun (`--standalone`, N processes on this machine: gloo on CPU, nccl on
 GPUs); `torchrun --nproc_per_node N -m recsys_mtl.cli train CONFIG` works too.
+Across machines, run the same command on each of M machines with `--nnodes M
+--rdzv-endpoint HOST:PORT` (torchrun's c10d rendezvous, hosted by the machine
+named HOST; N processes on each): `torchrun --nnodes M --nproc_per_node N
+--rdzv_backend c10d --rdzv_endpoint HOST:PORT --rdzv_id ID -m recsys_mtl.cli
+train CONFIG` by hand. The output_dir (checkpoints) must be one shared folder.
 """
 
 from __future__ import annotations
@@ -23,6 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config value, e.g. --set train.seed=1 (repeatable; value parsed as YAML)")
     p.add_argument("--nproc", type=at_least_one("processes"), default=None,
                    help="run N processes on this machine through torchrun (default: 1, no torchrun)")
+    p.add_argument("--nnodes", type=at_least_one("machines"), default=1,
+                   help="machines in the run (default 1); with M > 1 run this same command on each machine, "
+                        "with --rdzv-endpoint; --nproc is then per machine")
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                   help="torchrun's c10d rendezvous, hosted by the machine HOST (port default 29400); "
+                        "the same on every machine; needed with --nnodes > 1")
+    p.add_argument("--rdzv-id", default="recsys-mtl", metavar="ID",
+                   help="the run's id at the rendezvous, the same on every machine (default recsys-mtl); "
+                        "runs sharing an endpoint need different ids")
     p.add_argument("--register-model", metavar="NAME",
                    help="register the trained model in the MLflow model registry as NAME (= --set tracking.register_model=NAME)")
     p.set_defaults(func=run)
@@ -64,7 +78,20 @@ def quiet_library_logs() -> None:
     warnings.filterwarnings("ignore", message=r"fbgemm::dense_embedding_codegen_lookup_function: an autograd kernel")
 
 
-def launch_torchrun(config: str, overrides: list[str], nproc: int) -> int:
+def torchrun_args(config: str, overrides: list[str], nproc: int, nnodes: int = 1,
+                  rdzv_endpoint: str | None = None, rdzv_id: str = "recsys-mtl") -> list[str]:
+    """torchrun's command line: `--standalone` on one machine, a c10d rendezvous across several."""
+    if nnodes > 1:
+        launch = [f"--nnodes={nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv_endpoint}",
+                  f"--rdzv_id={rdzv_id}"]
+    else:
+        launch = ["--standalone"]
+    return launch + [f"--nproc_per_node={nproc}", "-m", "recsys_mtl.cli", "train", config] + [
+        f"--set={o}" for o in overrides]
+
+
+def launch_torchrun(config: str, overrides: list[str], nproc: int, nnodes: int = 1,
+                    rdzv_endpoint: str | None = None, rdzv_id: str = "recsys-mtl") -> int:
     """torchrun in this process (its agent stops the workers on SIGTERM/SIGINT); returns the exit code.
 
     A worker's own error (a config error: exit 2) has already been printed by the worker; torchrun's
@@ -75,8 +102,7 @@ def launch_torchrun(config: str, overrides: list[str], nproc: int) -> int:
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
 
-    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "recsys_mtl.cli", "train", config]
-                      + [f"--set={o}" for o in overrides])
+    args = parse_args(torchrun_args(config, overrides, nproc, nnodes, rdzv_endpoint, rdzv_id))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     # torchrun gives each worker 1 thread (and warns) unless told; share the machine's cores instead
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
@@ -94,13 +120,19 @@ def launch_torchrun(config: str, overrides: list[str], nproc: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recsys_mtl.config.loader import ConfigError
     from recsys_mtl.config.train import TrainConfig
 
     if args.register_model:
         args.overrides = args.overrides + [f"tracking.register_model={args.register_model}"]
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        raise ConfigError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the machine that hosts the rendezvous, "
+                          "the same on every machine)")
     config = TrainConfig.load(args.config, args.overrides)  # fail fast, once, before launching anything
-    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return launch_torchrun(args.config, args.overrides, args.nproc)
+    config.check_paths()
+    if ((args.nproc or 1) > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(args.config, args.overrides, args.nproc or 1, args.nnodes, args.rdzv_endpoint,
+                               args.rdzv_id)
 
     quiet_library_logs()
     from recsys_mtl.train.distributed import die_with_launcher, init_distributed, shutdown_distributed

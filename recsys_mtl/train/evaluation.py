@@ -23,16 +23,22 @@ log = logging.getLogger(__name__)
 
 
 def task_metrics(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-                 task_names: list[str]) -> dict[str, dict[str, float]]:
-    """task -> {auc, ne, logloss, calibration, count} over labelled rows (exact, recsys_mtl.metrics.offline)."""
+                 task_names: list[str], tasks=None) -> dict[str, dict[str, float]]:
+    """task -> {auc, ne, logloss, calibration, count} of binary tasks, {nmse, mse, rmse, mae, mae_raw, count} of
+    regression tasks, over labelled rows (exact, recsys_mtl.metrics.offline). `tasks`: the spec's TaskSpecs
+    (None: all binary)."""
+    from recsys_mtl.metrics import names
     from recsys_mtl.metrics.offline import task_metrics as offline_task_metrics
 
-    m = offline_task_metrics(logits, labels, mask, from_logits=True)
-    return {
-        name: {"auc": float(m.auc[t]), "ne": float(m.ne[t]), "logloss": float(m.logloss[t]),
-               "calibration": float(m.calibration[t]), "count": int(m.n_labelled[t])}
-        for t, name in enumerate(task_names)
-    }
+    types = [t.type for t in tasks] if tasks is not None else None
+    transforms = [t.transform for t in tasks] if tasks is not None else None
+    m = offline_task_metrics(logits, labels, mask, from_logits=True, task_types=types, label_transforms=transforms)
+    out = {}
+    for t, name in enumerate(task_names):
+        keys = names.REGRESSION_METRICS if m.task_types[t] == names.REGRESSION else names.BINARY_METRICS
+        out[name] = {key: float(getattr(m, key)[t]) for key in keys}
+        out[name][names.COUNT] = int(m.n_labelled[t])
+    return out
 
 
 def pad_batch(batch: Batch, size: int) -> Batch:
@@ -107,14 +113,18 @@ def predict(model: torch.nn.Module, batches: Sized, spec: FeatureSpec, batch_siz
 
 
 def format_eval_line(step: int, epochs_done: float, total_epochs: int, metrics: dict[str, dict[str, float]]) -> str:
-    """`eval step S (epoch E/N): ...`; E counts the epochs done, with a fraction when evaluated mid-epoch."""
-    aucs = [m["auc"] for m in metrics.values() if m["auc"] == m["auc"]]
-    mean_auc = sum(aucs) / len(aucs) if aucs else float("nan")
-    lls = [m["logloss"] for m in metrics.values() if m["logloss"] == m["logloss"]]
-    mean_ll = sum(lls) / len(lls) if lls else float("nan")
-    per_task = " ".join(f"{name}={m['auc']:.4f}" for name, m in metrics.items())
+    """`eval step S (epoch E/N): ...`; E counts the epochs done, with a fraction when evaluated mid-epoch.
+    Binary tasks show AUC, regression tasks their normalized MSE (`nmse`)."""
+    def mean(key: str) -> float:
+        vals = [m[key] for m in metrics.values() if key in m and m[key] == m[key]]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    per_task = " ".join(f"{name}={m['auc']:.4f}" if "auc" in m else f"{name}=nmse {m['nmse']:.4f}"
+                        for name, m in metrics.items())
+    regression = any("nmse" in m for m in metrics.values())
     done = f"{epochs_done:.0f}" if float(epochs_done).is_integer() else f"{epochs_done:.2f}"
-    return f"eval step {step} (epoch {done}/{total_epochs}): mean AUC {mean_auc:.4f}, mean logloss {mean_ll:.4f} | AUC {per_task}"
+    return (f"eval step {step} (epoch {done}/{total_epochs}): mean AUC {mean('auc'):.4f}, mean logloss "
+            f"{mean('logloss'):.4f}" + (f", mean NMSE {mean('nmse'):.4f}" if regression else "") + f" | AUC {per_task}")
 
 
 class TrainerEvaluation:
@@ -135,7 +145,8 @@ class TrainerEvaluation:
             self.dmp.train()
             self._reattach()
         # rank 0 holds the whole set; every rank keeps the same last_eval (it goes into the checkpoint)
-        metrics = computed_on_rank0(lambda: task_metrics(*predictions, self.spec.task_names), self.env.world_size)
+        metrics = computed_on_rank0(lambda: task_metrics(*predictions, self.spec.task_names, self.spec.tasks),
+                                    self.env.world_size)
         self.last_eval, self._evaluated_at = metrics, self.step
         if self.env.is_main:
             epochs_done = self.epoch + (self.step_in_epoch / self._steps_in_epoch if self._steps_in_epoch else 0)

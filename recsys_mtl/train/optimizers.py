@@ -13,11 +13,12 @@ import random
 import numpy as np
 import torch
 import torch.distributed as dist
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.clipping import GradientClipping, GradientClippingOptimizer
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsys_mtl.config.loader import ConfigError
-from recsys_mtl.config.train import DenseOptimConfig
+from recsys_mtl.config.train import DenseOptimConfig, TrainSection
 from recsys_mtl.models import MultiTaskModel
 from recsys_mtl.models.multitask import wide_columns
 from recsys_mtl.train.schedule import LrSchedule
@@ -40,9 +41,20 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=False)
 
 
-def build_dense_optimizer(named_params: dict[str, torch.nn.Parameter], cfg: DenseOptimConfig) -> KeyedOptimizerWrapper:
+def set_precision(model: MultiTaskModel, train: TrainSection, device: torch.device) -> None:
+    """train.precision: bf16 autocast of the model's dense part; tf32 matmuls on CUDA (a process-wide flag, set
+    for every training on CUDA so an earlier tf32 run in the same process does not leak into an fp32 one)."""
+    model.autocast = (device.type, torch.bfloat16) if train.precision == "bf16" else None
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = train.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = train.precision == "tf32"
+
+
+def build_dense_optimizer(named_params: dict[str, torch.nn.Parameter], cfg: DenseOptimConfig) -> KeyedOptimizer:
     """One optimizer over the dense parameters; with `cfg.wide_lr`, the wide part's (`wide_dense`) in a
-    second param group at that learning rate."""
+    second param group at that learning rate; with `cfg.clip_norm`, the gradient clipped to that global L2 norm
+    first (TorchRec's GradientClippingOptimizer; its state_dict is the wrapped optimizer's, so checkpoints
+    load with or without clipping)."""
     wide = {id(p) for name, p in named_params.items() if "wide_dense." in name} if cfg.wide_lr else set()
 
     def factory(params):
@@ -55,7 +67,10 @@ def build_dense_optimizer(named_params: dict[str, torch.nn.Parameter], cfg: Dens
             return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.SGD(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    return KeyedOptimizerWrapper(named_params, factory)
+    optimizer = KeyedOptimizerWrapper(named_params, factory)
+    if cfg.clip_norm is None:
+        return optimizer
+    return GradientClippingOptimizer(optimizer, clipping=GradientClipping.NORM, max_gradient=cfg.clip_norm)
 
 
 class TrainerOptimizers:
@@ -66,6 +81,7 @@ class TrainerOptimizers:
         # model: dense parts built identically on every rank from the seed; tables on meta until sharded
         self.weighting: WeightingMethod = self._build_weighting()
         self.model = MultiTaskModel(self.spec, config.model, seed=tc.seed, device=self.device, embedding_device="meta")
+        set_precision(self.model, tc, self.device)
         module = MultiTaskTrainModule(self.model, self.weighting, self.env.world_size, dist.group.WORLD,
                                       compile_weighting=config.weighting.compile)
         self.dmp = shard_model(module, self.spec, config.sharding, config.optim.embedding, self.device,
@@ -105,4 +121,4 @@ class TrainerOptimizers:
         return LrSchedule(self.optimizer, cfg, self.planned_steps)
 
 
-__all__ = ["build_dense_optimizer", "seed_everything", "set_deterministic", "TrainerOptimizers"]
+__all__ = ["build_dense_optimizer", "seed_everything", "set_deterministic", "set_precision", "TrainerOptimizers"]

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from recsys_mtl.data.batch import Batch
-from recsys_mtl.losses import masked_bce_sums
+from recsys_mtl.losses import TaskKinds, masked_task_loss_sums
 from recsys_mtl.weighting.base import LabelStats, WeightingMethod
 
 
@@ -29,15 +29,18 @@ class WeightedTaskLoss(nn.Module):
 
     Holds no sharded module, so the pipeline's tracer treats it as one leaf.
     The weighting is not a submodule: it has no gradients for DDP to reduce and
-    the checkpoint saves its state on its own. `binary_tasks` [T] bool says which tasks are binary
-    (None: all), for the label statistics the weighting gets.
+    the checkpoint saves its state on its own. `task_kinds` (None: all binary) picks each task's loss
+    and tells the weighting's label statistics which tasks are binary.
     """
 
     def __init__(self, weighting: WeightingMethod, world_size: int = 1,
                  process_group: dist.ProcessGroup | None = None, compile: bool = False,
-                 binary_tasks: torch.Tensor | None = None) -> None:
+                 task_kinds: TaskKinds | None = None) -> None:
         super().__init__()
-        self._binary_tasks = None if binary_tasks is None else torch.as_tensor(binary_tasks, dtype=torch.bool)
+        # per-task loss kinds (None: all binary), as buffers so they move with the module; not in checkpoints
+        for name, value in (task_kinds._asdict() if task_kinds is not None else {}).items():
+            self.register_buffer(f"kind_{name}", value, persistent=False)
+        self.has_task_kinds = task_kinds is not None
         object.__setattr__(self, "weighting", weighting)
         # the compiled callable shares the module's buffers: state_dict and checkpoints are unchanged
         object.__setattr__(self, "_weigh", torch.compile(weighting, fullgraph=True) if compile else weighting)
@@ -69,7 +72,8 @@ class WeightedTaskLoss(nn.Module):
                        sample_weights: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """(this rank's sums[T] with grad, global L[T], present[T], global label counts clamped to >= 1,
         global LabelStats)."""
-        sums, counts = masked_bce_sums(logits, labels, mask, sample_weights)
+        kinds = TaskKinds(self.kind_regression, self.kind_huber, self.kind_delta) if self.has_task_kinds else None
+        sums, counts = masked_task_loss_sums(logits, labels, mask, kinds, sample_weights)
         num_tasks = sums.shape[0]
         # unlabelled rows may hold anything (NaN): where, not multiply
         masked = torch.where(mask, labels.to(sums.dtype), torch.zeros((), dtype=sums.dtype, device=sums.device))
@@ -78,16 +82,10 @@ class WeightedTaskLoss(nn.Module):
             dist.all_reduce(stats, group=self.process_group)  # one collective for losses and label moments
         global_sums, global_counts, label_total, label_total_sq = stats.detach().split(num_tasks)
         denom = global_counts.clamp(min=1.0)
-        binary = (torch.ones(num_tasks, dtype=torch.bool, device=sums.device) if self._binary_tasks is None
-                  else self._binary_on(sums.device))
+        binary = (~self.kind_regression if self.has_task_kinds
+                  else torch.ones(num_tasks, dtype=torch.bool, device=sums.device))
         label_stats = LabelStats(global_counts, label_total, label_total_sq, binary)
         return sums, global_sums / denom, global_counts > 0, denom, label_stats
-
-    def _binary_on(self, device: torch.device) -> torch.Tensor:
-        """The binary-task mask on `device`, copied there once (not a host copy every step)."""
-        if self._binary_tasks.device != device:
-            self._binary_tasks = self._binary_tasks.to(device)
-        return self._binary_tasks
 
 
 class MultiTaskTrainModule(nn.Module):
@@ -95,11 +93,13 @@ class MultiTaskTrainModule(nn.Module):
 
     def __init__(self, model: nn.Module, weighting: WeightingMethod, world_size: int = 1,
                  process_group: dist.ProcessGroup | None = None, compile_weighting: bool = False,
-                 binary_tasks: torch.Tensor | None = None) -> None:
+                 task_kinds: TaskKinds | None = None) -> None:
         super().__init__()
         self.model = model
+        if task_kinds is None and getattr(model, "spec", None) is not None and model.spec.has_regression:
+            task_kinds = TaskKinds.from_spec(model.spec, model.heads.bias.device)
         self.task_loss = WeightedTaskLoss(weighting, world_size, process_group, compile=compile_weighting,
-                                          binary_tasks=binary_tasks)
+                                          task_kinds=task_kinds)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         # the penalty is a per-rank mean over rows; averaging gradients over ranks makes it the global batch's mean

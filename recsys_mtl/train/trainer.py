@@ -66,6 +66,15 @@ def build_parquet_source(path: str, spec: FeatureSpec, batch_size: int, env: Dis
                          drop_remainder=drop_remainder, pin_memory=env.device.type == "cuda")
 
 
+def _load_spec(path: str) -> FeatureSpec:
+    try:
+        return FeatureSpec.load(path)
+    except ConfigError as exc:
+        if not Path(path).exists():  # name the setting that gave it
+            raise ConfigError(f"data.spec: {path}: file not found (a config's paths are relative to its file)") from None
+        raise
+
+
 class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEvaluation):
     """Builds everything from a TrainConfig; `fit()` trains, evaluates, checkpoints and resumes.
 
@@ -81,7 +90,7 @@ class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEval
         self.config = config
         self.env = env or init_distributed(config.train.device)
         self.device = self.env.device
-        self.spec = spec or FeatureSpec.load(config.data.spec)
+        self.spec = spec or _load_spec(config.data.spec)
         self.callbacks = callbacks or []
         self.output_dir = Path(config.train.output_dir)
         tc = config.train
@@ -144,7 +153,8 @@ class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEval
 
         global_batch = self.config.data.batch_size * self.env.world_size
         return StreamingTaskMetrics(
-            self.spec.task_names, self.config.data.batch_size, window_rows=max(tr.train_metrics_window_rows, global_batch),
+            self.spec.task_names, self.config.data.batch_size, task_types=self.spec.task_types,
+            window_rows=max(tr.train_metrics_window_rows, global_batch),
             auc_window_rows=max(tr.train_metrics_auc_window_rows, global_batch), world_size=self.env.world_size,
             rank=self.env.rank, process_group=dist.group.WORLD, device=self.device)
 
@@ -156,12 +166,21 @@ class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEval
 
     def _default_source(self, path: str, train: bool) -> BatchSource:
         d = self.config.data
-        return build_parquet_source(
+        source = build_parquet_source(
             path, self.spec, d.batch_size if train else (d.eval_batch_size or d.batch_size), self.env,
             seed=self.config.train.seed, shuffle=d.shuffle and train,
             shuffle_buffer_rows=d.shuffle_buffer_rows if train else 0, num_workers=d.num_workers,
             drop_remainder=train,
         )
+
+        def check_ids() -> None:  # before the first step: a bad eval id would otherwise surface after an epoch
+            try:
+                source.check_ids()
+            except DataError as exc:
+                raise DataError(f"{'data.train_path' if train else 'data.eval_path'}: {exc}") from None
+
+        computed_on_rank0(check_ids, self.env.world_size)
+        return source
 
     @property
     def module(self) -> MultiTaskTrainModule:
@@ -233,8 +252,8 @@ class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEval
         elif not resumed:
             if self.config.model.head_bias == "prior":
                 self.init_head_bias()
-            else:  # "zero": p = 0.5, instead of the layer's random init
-                self.module.model.set_head_bias_from_rates_(torch.full((self.spec.num_tasks,), 0.5))
+            else:  # "zero": p = 0.5 (regression: 0), instead of the layer's random init
+                self.module.model.zero_head_bias_()
             if self.env.is_main:
                 (self.output_dir / TRAIN_LOG).unlink(missing_ok=True)
         def start_callbacks() -> None:  # rank 0 only; a failure (e.g. the tracking store) stops every rank

@@ -1,7 +1,7 @@
 """Task weighting: per-task losses L[T] -> detached weights w[T]. See base.py for the API."""
 
-from recsys_mtl.weighting.base import (LabelStats, WeightingMethod, build_weighting, register_weighting,
-                                       weighting_methods, weighting_signature)
+from recsys_mtl.weighting.base import (LabelStats, WeightingMethod, build_weighting, check_weighting_args,
+                                      register_weighting, weighting_methods, weighting_signature)
 from recsys_mtl.weighting.dwa import DynamicWeightAverage
 from recsys_mtl.weighting.equal import EqualWeights
 from recsys_mtl.weighting.famo import FAMO
@@ -18,6 +18,7 @@ __all__ = [
     "LabelStats",
     "WeightingMethod",
     "build_weighting",
+    "check_weighting_args",
     "register_weighting",
     "weighting_methods",
     "weighting_signature",

@@ -73,6 +73,8 @@ class WeightingMethod(nn.Module):
 
     #: config name, set by `@register_weighting("name")`
     name: ClassVar[str] = ""
+    #: one line for the README's plug-in table: when to reach for this method
+    when_to_use: ClassVar[str] = ""
     #: True if the method wants the same batch's losses re-evaluated after the optimizer step
     #: (FAMO); the trainer then calls `post_step(losses_after, present)` with no method branches.
     needs_post_step_losses: ClassVar[bool] = False
@@ -181,6 +183,13 @@ def weighting_signature(name: str, args: dict[str, Any]) -> str:
 
 def build_weighting(name: str, num_tasks: int, /, **kwargs: Any) -> WeightingMethod:
     """Construct a registered method from its config name and keyword arguments."""
+    check_weighting_args(name, kwargs)
+    return _REGISTRY[name](num_tasks=num_tasks, **kwargs)
+
+
+def check_weighting_args(name: str, kwargs: dict[str, Any], *, require_all: bool = True) -> None:
+    """ValueError unless `name` is registered and `kwargs` are arguments its constructor takes (names only: the
+    values are checked when it is built); with `require_all`, also unless every required argument is given."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown weighting method {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     cls = _REGISTRY[name]
@@ -192,9 +201,8 @@ def build_weighting(name: str, num_tasks: int, /, **kwargs: Any) -> WeightingMet
     if unknown:
         raise ValueError(f"weighting method {name!r}: unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(params) or 'none'}")
     missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty and p not in kwargs]
-    if missing:
+    if missing and require_all:
         raise ValueError(f"weighting method {name!r}: missing required argument(s) {', '.join(missing)}")
-    return cls(num_tasks=num_tasks, **kwargs)
 
 
 def check_number(owner: str, name: str, value: Any, *, low: float | None = None, low_inclusive: bool = True,

@@ -24,6 +24,8 @@ from recsys_mtl.weighting.base import LabelStats, WeightingMethod, check_number,
 class DynamicWeightAverage(WeightingMethod):
     """Args: num_tasks; temperature: tau (> 0, default 2.0 as the paper); min_loss (>= 0, default 1e-6)."""
 
+    when_to_use = "Tasks whose losses fall at different speeds: weights from the ratio of the last two losses (Liu et al. 2019)."
+
     def __init__(self, num_tasks: int, temperature: float = 2.0, min_loss: float = 1e-6) -> None:
         super().__init__(num_tasks)
         self.temperature = check_number("DynamicWeightAverage", "temperature", temperature, low=0.0, low_inclusive=False)

@@ -33,6 +33,8 @@ class FAMO(WeightingMethod):
     """Args: num_tasks; lr: Adam step size of the logits (> 0, default 0.025);
     weight_decay: L2 on the logits, the official `gamma` (>= 0, default 1e-5)."""
 
+    when_to_use = "Balanced loss decrease (Liu et al. 2023); one extra forward of each batch per step."
+
     needs_post_step_losses: ClassVar[bool] = True
 
     def __init__(self, num_tasks: int, lr: float = 0.025, weight_decay: float = 1e-5) -> None:

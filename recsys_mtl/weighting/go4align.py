@@ -82,6 +82,7 @@ from typing import Any
 import torch
 
 from recsys_mtl.weighting.base import LabelStats, WeightingMethod, check_number, register_weighting
+from recsys_mtl.weighting.go4align_fused import fused_step_applies, go4align_paper_step, go4align_rec_step
 from recsys_mtl.weighting.kmeans1d import kmeans_1d_exact
 
 #: guard for L_m = 0 in P_m = sum(L) / L_m
@@ -139,7 +140,15 @@ class GO4Align(WeightingMethod):
     `label_count`, `label_mean`, `label_m2` with `prior` (the constant predictor's loss from them).
     Tracking only: `group` (-1 for absent tasks), `gamma` (rec: relative to the median task) and, in
     rec mode, `risk` (the risks the latest weights used).
+
+    On CUDA (T <= 256, float32 state, triton installed) the whole step is one Triton program
+    (go4align_triton.py); `use_fused_kernel` on an instance: None (default) there, False never
+    (the torch path), True also on the CPU under Triton's interpreter (tests).
     """
+
+    when_to_use = "Many heads whose losses differ in scale (binary + regression). `mode: rec` (default) is lagged and bounded; `mode: paper` is the official code and collapses rare binary tasks."
+    #: where to take the fused Triton step (go4align_fused.fused_step_applies)
+    use_fused_kernel: bool | None = None
 
     def __init__(self, num_tasks: int, num_groups: int | None = None, beta: float | None = None, mode: str = "rec",
                  alpha: float | None = None, ema_decay: float | None = None, max_ratio: float | None = None,
@@ -193,7 +202,15 @@ class GO4Align(WeightingMethod):
             return self._paper(losses, present)
         return self._rec(losses, present, label_stats)
 
+    def _fused(self, losses: torch.Tensor, state: torch.Tensor) -> bool:
+        return self.use_fused_kernel is not False and fused_step_applies(losses, state, self.num_tasks,
+                                                                         on_cpu=bool(self.use_fused_kernel))
+
     def _paper(self, losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        if self._fused(losses, self.cum_loss):
+            weights = go4align_paper_step(losses, present, self.cum_loss, self.group, self.gamma,
+                                          self.num_groups, self.beta, self.min_loss)
+            return weights.to(losses.dtype)
         dt = self.cum_loss.dtype
         loss = torch.where(present, losses.to(dt), torch.zeros((), dtype=dt, device=losses.device))
         present = present & (loss > self.min_loss)  # the L_m = 0 guard: no signal, left out this step
@@ -209,6 +226,13 @@ class GO4Align(WeightingMethod):
         return weights.to(losses.dtype)
 
     def _rec(self, losses: torch.Tensor, present: torch.Tensor, label_stats: LabelStats | None = None) -> torch.Tensor:
+        if self._fused(losses, self.risk_avg):
+            stats = (None,) * 4 if label_stats is None else tuple(label_stats)
+            weights = go4align_rec_step(losses, present, *stats, self.risk_avg, self.risk_updates, self.cum_risk,
+                                        self.label_count, self.label_mean, self.label_m2, self.prior, self.risk,
+                                        self.group, self.gamma, self.num_groups, self.beta, self.alpha,
+                                        self.ema_decay, self.max_ratio, max(self.min_loss, LOSS_EPS))
+            return weights.to(losses.dtype)
         dt = self.risk_avg.dtype
         zero = torch.zeros_like(self.risk_avg)
         loss = torch.where(present, losses.to(dt), zero)  # an absent task's loss may be NaN (0/0)

@@ -20,6 +20,8 @@ from recsys_mtl.weighting.base import LabelStats, WeightingMethod, check_number,
 class GroupDRO(WeightingMethod):
     """Args: num_tasks; step_size: eta (> 0, default 0.01)."""
 
+    when_to_use = "Protect the worst task: exponentiated-gradient weight on the largest losses (Sagawa et al. 2020)."
+
     def __init__(self, num_tasks: int, step_size: float = 0.01) -> None:
         super().__init__(num_tasks)
         self.step_size = check_number("GroupDRO", "step_size", step_size, low=0.0, low_inclusive=False)

@@ -50,6 +50,8 @@ def counter_normal(seed: int, step: torch.Tensor, n: int, dtype: torch.dtype) ->
 class RandomLossWeighting(WeightingMethod):
     """Args: num_tasks; seed: integer in [0, 2^32) (default 0)."""
 
+    when_to_use = "A sanity baseline: random weights each step (Lin et al. 2022)."
+
     def __init__(self, num_tasks: int, seed: int = 0) -> None:
         super().__init__(num_tasks)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:

@@ -22,6 +22,8 @@ EPS = 1e-8
 class SoftmaxUncertaintyWeighting(WeightingMethod):
     """Args: num_tasks; temperature: tau (> 0, default 1.0)."""
 
+    when_to_use = "Softmax of 1/L: at tau = 1 nearly all weight goes to the rarest tasks (measured +13-23% NE); avoid with rare tasks."
+
     def __init__(self, num_tasks: int, temperature: float = 1.0) -> None:
         super().__init__(num_tasks)
         self.temperature = check_number("SoftmaxUncertaintyWeighting", "temperature", temperature, low=0.0, low_inclusive=False)

@@ -20,6 +20,8 @@ from recsys_mtl.weighting.base import LabelStats, WeightingMethod, register_weig
 class StaticWeights(WeightingMethod):
     """Args: num_tasks; weights: T finite non-negative numbers (buffer `static_weights`, not in the state dict)."""
 
+    when_to_use = "Fixed per-task weights, e.g. business value, or 1/H(base rate) to optimise the sum of NEs."
+
     def __init__(self, num_tasks: int, weights: Sequence[float]) -> None:
         super().__init__(num_tasks)
         values = [as_number(v) for v in weights] if isinstance(weights, Sequence) and not isinstance(weights, str) \

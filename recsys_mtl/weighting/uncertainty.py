@@ -25,6 +25,8 @@ from recsys_mtl.weighting.masked_adam import masked_adam_step_
 class UncertaintyWeighting(WeightingMethod):
     """Args: num_tasks; lr: Adam step size for the log variances (> 0, default 1e-3)."""
 
+    when_to_use = "Losses of different kinds and scales: learns a log-variance per task (Kendall et al. 2018)."
+
     def __init__(self, num_tasks: int, lr: float = 1e-3) -> None:
         super().__init__(num_tasks)
         self.lr = check_number("UncertaintyWeighting", "lr", lr, low=0.0, low_inclusive=False)

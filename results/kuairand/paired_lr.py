@@ -12,6 +12,11 @@ validation fold, `--data data/kuairand_valid`). Then, per task and seed, it prin
 standard error for two correlated AUCs (DeLong, DeLong and Clarke-Pearson, Biometrics 1988), with its
 two-sided p. The LR is the one of results/kuairand/README.md: sklearn LogisticRegression on the one-hot
 sparse columns (ids and user categoricals), fitted on the train days.
+
+When the data has `play_time_ms` (as `recsys-mtl data kuairand` writes it), it also fits a ridge regression of
+log1p(play_time_ms) on the same one-hot columns (alpha = 1 / C) and prints its test NMSE (MSE / label variance) per C;
+runs trained with feature_specs/kuairand_play_time.yaml (`--config configs/kuairand_play_time.yaml`) are compared
+with it on NMSE by the same paired bootstrap.
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from scipy.stats import norm
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import OneHotEncoder
 
-from recsys_mtl.data.kuairand import TASKS, USER_CATEGORICAL
+from recsys_mtl.data.kuairand import PLAY_TIME, TASKS, USER_CATEGORICAL
 from recsys_mtl.evaluate.loading import load_model
 from recsys_mtl.evaluate.scoring import score_eval_set
 from recsys_mtl.metrics.offline import compare_models
@@ -92,6 +97,18 @@ def main() -> None:
     print("| --- |" + " --- |" * len(TASKS))
     for c in args.sweep:
         print(f"| {c:g} | " + " | ".join(f"{auc(lr[c], j):.4f}" for j in range(len(TASKS))) + " |")
+    ridge: dict[float, np.ndarray] = {}
+    if PLAY_TIME in train.columns:
+        y_play_train = np.log1p(train[PLAY_TIME].to_numpy(dtype=float))
+        y_play = np.log1p(test[PLAY_TIME].to_numpy(dtype=float))
+        for c in sorted(set(args.C) | set(args.sweep)):
+            ridge[c] = Ridge(alpha=1.0 / c).fit(x_train, y_play_train).predict(x_test)
+        print()
+        print(f"ridge regression of log1p({PLAY_TIME}): test NMSE (MSE / label variance; 1 = predicting the mean)")
+        print("| C | NMSE |")
+        print("| --- | --- |")
+        for c in args.sweep:
+            print(f"| {c:g} | {np.mean((ridge[c] - y_play) ** 2) / np.var(y_play):.4f} |")
     if not args.runs:
         return
     print()
@@ -100,10 +117,23 @@ def main() -> None:
     for run in args.runs:
         loaded = load_model(run / "checkpoints", args.config)
         logits, labels, mask = score_eval_set(loaded.model, loaded.spec, args.data / "test", 2048)
-        if not (np.array_equal(mask.numpy().astype(bool), labelled)
-                and np.array_equal(np.where(labelled, labels.numpy(), 0), y)):
+        binary = [loaded.spec.task_names.index(t) for t in TASKS]
+        if not (np.array_equal(mask[:, binary].numpy().astype(bool), labelled)
+                and np.array_equal(np.where(labelled, labels[:, binary].numpy(), 0), y)):
             raise SystemExit(f"{run}: the scored rows are not the test files' rows in path order")
-        p = torch.sigmoid(logits).double().numpy()
+        if PLAY_TIME in loaded.spec.task_names and ridge:
+            j = loaded.spec.task_names.index(PLAY_TIME)
+            model_play = logits[:, j].double()[:, None]
+            for c in args.C:
+                cmp = compare_models(torch.from_numpy(ridge[c])[:, None], model_play,
+                                     torch.from_numpy(y_play)[:, None], n_boot=args.n_boot, seed=0,
+                                     task_types=["regression"])
+                nmse_model = float(np.mean((model_play[:, 0].numpy() - y_play) ** 2) / np.var(y_play))
+                lo, hi = cmp.rel_ne_change_ci[0]
+                print(f"| {run.name} | {c:g} | {PLAY_TIME} (NMSE) | {nmse_model:.4f} | "
+                      f"{np.mean((ridge[c] - y_play) ** 2) / np.var(y_play):.4f} | {100 * cmp.rel_ne_change[0]:+.2f}% | "
+                      f"[{100 * lo:+.2f}%, {100 * hi:+.2f}%] | - | - |")
+        p = torch.sigmoid(logits[:, binary]).double().numpy()
         for c in args.C:
             q = lr[c]
             cmp = compare_models(torch.from_numpy(q), torch.from_numpy(p), torch.from_numpy(y),

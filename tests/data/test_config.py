@@ -93,7 +93,7 @@ def test_multi_valued_column_declared_single_is_a_type_error(tmp_path):
         ParquetStream(folder, spec, 10)
 
 
-def test_non_binary_label_names_column_and_value(tmp_path):
+def test_non_binary_label_names_column_row_and_value(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -102,19 +102,49 @@ def test_non_binary_label_names_column_and_value(tmp_path):
     table = tiny_table(0, 100, click=pa.array([0, 1, 2, 1] * 25, pa.int8()))
     pq.write_table(table, folder / "part-0.parquet")
     spec, _ = tiny_spec(tmp_path)
-    with pytest.raises(DataError, match=r"part-0.parquet \(row group 0\): column 'click' \(label of task 'click'\) has value 2; expected binary"):
+    with pytest.raises(DataError, match=r"part-0.parquet \(row group 0\): column 'click' \(label of task 'click'\) has "
+                                        r"value 2 at row 2; expected binary"):
         list(ParquetStream(folder, spec, 10))
 
 
-def test_float_label_column_is_rejected_at_schema_check(tmp_path):
+def test_a_binary_float_column_holding_0_3_names_file_column_and_row(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder = tmp_path / "d"
     folder.mkdir()
-    pq.write_table(tiny_table(0, 10, click=pa.array([0.5] * 10)), folder / "p.parquet")
+    pq.write_table(tiny_table(0, 10, click=pa.array([0.0] * 7 + [0.3, 1.0, 0.0])), folder / "p.parquet")
     spec, _ = tiny_spec(tmp_path)
-    with pytest.raises(ConfigError, match="column 'click' .*has type double, expected binary integers"):
+    with pytest.raises(DataError, match=r"p.parquet \(row group 0\): column 'click' \(label of task 'click'\) has "
+                                        r"value 0.3 at row 7; expected binary labels 0/1.*type: regression"):
+        list(ParquetStream(folder, spec, 5))
+
+
+def test_a_binary_float_column_of_0_1_and_nan_reads_nan_as_unlabelled(tmp_path):
+    """pandas writes an integer label column with missing values as floats with NaN."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    click = pa.array(np.array([1.0, np.nan, 0.0, 1.0] * 25), mask=np.array([False, False, False, True] * 25))
+    pq.write_table(tiny_table(0, 100, click=click), folder / "p.parquet")
+    spec, _ = tiny_spec(tmp_path)
+    batch = next(iter(ParquetStream(folder, spec, 4, shuffle=False)))
+    assert batch.labels[:, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert batch.label_mask[:, 0].tolist() == [True, False, True, False]
+
+
+def test_a_string_label_column_is_rejected_at_schema_check(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    pq.write_table(tiny_table(0, 10, click=pa.array(["yes"] * 10)), folder / "p.parquet")
+    spec, _ = tiny_spec(tmp_path)
+    with pytest.raises(ConfigError, match="p.parquet: column 'click' .*has type string, expected binary labels"):
         ParquetStream(folder, spec, 5)
 
 

@@ -124,10 +124,26 @@ def test_epoch_shuffle_is_seeded_and_changes_between_epochs(tiny):
     def order(seed, epoch):
         s = ParquetStream(folder, spec, 250, seed=seed)
         s.set_epoch(epoch)
-        return [rows_of(b)[0] for b in s]
+        return [min(rows_of(b)) for b in s]  # a batch is one row group here (its rows shuffled inside it)
     assert order(1, 0) == order(1, 0)
     assert order(1, 0) != order(1, 1)
     assert sorted(order(1, 0)) == sorted(order(1, 1))
+
+
+def test_shuffle_reorders_the_rows_inside_a_single_row_group_file(tmp_path):
+    spec, _ = tiny_spec(tmp_path)
+    folder = write_tiny(tmp_path / "one", files=1, rows_per_file=1000, row_group=1000)  # e.g. one time-sorted file
+
+    def rows(shuffle, epoch=0, seed=3):
+        stream = ParquetStream(folder, spec, 100, seed=seed, shuffle=shuffle)
+        stream.set_epoch(epoch)
+        return np.concatenate([rows_of(b) for b in stream])
+
+    assert rows(False).tolist() == list(range(1000))
+    shuffled = rows(True)
+    assert sorted(shuffled.tolist()) == list(range(1000))  # every row once
+    assert abs(np.corrcoef(shuffled, np.arange(1000))[0, 1]) < 0.1  # not in file order
+    assert (rows(True) == shuffled).all() and (rows(True, epoch=1) != shuffled).mean() > 0.9
 
 
 def test_shuffle_buffer_permutes_rows_within_windows(tiny):
@@ -178,10 +194,35 @@ def test_too_little_data_for_the_slots_is_a_clear_error(tiny):
 def test_hive_date_partitions_are_read(synth_small):
     from recsys_mtl.config import FeatureSpec
 
-    spec = FeatureSpec.load(synth_small / "feature_spec.yaml")
+    spec = FeatureSpec.load(synth_small / "_feature_spec.yaml")
     days = sorted(p.name for p in synth_small.iterdir() if p.name.startswith("date="))
     assert days == ["date=2026-01-01", "date=2026-01-02", "date=2026-01-03"]
     one_day = ParquetStream(synth_small / days[0], spec, 1000, drop_remainder=False)
     assert one_day.num_rows == 8000
     everything = ParquetStream(synth_small, spec, 1000, drop_remainder=False)
     assert everything.num_rows == 24_000 and len(everything.units) == 12
+
+
+def test_a_pyarrow_filesystem_uri_reads_the_same_batches_as_the_local_path(tiny):
+    spec, folder = tiny
+    (folder / "_SUCCESS").write_text("")  # side files are skipped under a URI as under a path
+    local = ParquetStream(folder, spec, 100, rank=1, world_size=2, shuffle=True, seed=3)
+    remote = ParquetStream(folder.resolve().as_uri(), spec, 100, rank=1, world_size=2, shuffle=True, seed=3)
+    assert remote.num_rows == local.num_rows == 3000 and remote.fingerprint == local.fingerprint
+    pairs = list(zip(collect(remote), collect(local), strict=True))
+    assert len(pairs) == len(local)
+    for a, b in pairs:
+        assert torch.equal(a.dense, b.dense) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.sparse.values(), b.sparse.values())
+    one_file = sorted(folder.glob("*.parquet"))[0]
+    assert ParquetStream(one_file.resolve().as_uri(), spec, 100).num_rows == 1000
+
+
+def test_a_bad_or_missing_uri_is_a_clear_error(tiny, tmp_path):
+    spec, folder = tiny
+    with pytest.raises(DataError, match=r"file://.*/nowhere: no such file or directory"):
+        ParquetStream((tmp_path / "nowhere").as_uri(), spec, 100)
+    with pytest.raises(DataError, match=r"nosuchscheme://x: cannot open this URI as a pyarrow filesystem"):
+        ParquetStream("nosuchscheme://x", spec, 100)
+    with pytest.raises(DataError, match="either all local or all URIs"):
+        ParquetStream([folder, folder.resolve().as_uri()], spec, 100)

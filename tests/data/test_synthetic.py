@@ -43,7 +43,7 @@ def test_default_row_groups_are_128k_rows(tmp_path):
 
 
 def test_spec_has_zipf_sparse_ids_multi_valued_lists_and_dense_features(synth_small):
-    spec = FeatureSpec.load(synth_small / "feature_spec.yaml")
+    spec = FeatureSpec.load(synth_small / "_feature_spec.yaml")
     assert len(spec.sparse) >= 20 and len(spec.dense) >= 10
     multi = [f.name for f in spec.sparse if f.multi_valued]
     assert {"hist_items", "user_tags"} <= set(multi)
@@ -55,8 +55,8 @@ def test_spec_has_zipf_sparse_ids_multi_valued_lists_and_dense_features(synth_sm
 
 def test_tasks_span_base_rates_have_nulls_and_come_in_correlated_families(tmp_path):
     out = generate_synthetic(tmp_path / "d", SynthConfig(tasks=32, rows=120_000, days=1, table_scale=0.01))
-    meta = json.loads((out / "synthetic.json").read_text())
-    spec = FeatureSpec.load(out / "feature_spec.yaml")
+    meta = json.loads((out / "_synthetic.json").read_text())
+    spec = FeatureSpec.load(out / "_feature_spec.yaml")
     y = labels(out, spec.task_names)
     rates = np.nanmean(y, 0)
     assert rates.min() < 0.003 and rates.max() > 0.5

@@ -185,6 +185,24 @@ def test_a_run_config_written_as_text_or_as_numbers_is_the_same_run(tmp_path):
     assert exp._same_training(as_text, as_number) and not exp._same_training(as_text, other)
 
 
+def test_an_experiment_with_a_regression_task_tabulates_its_nmse_beside_the_binary_ne(tmp_path):
+    """dataset.regression_tasks adds watch-time targets; the tables rank every task by its normalized error."""
+    cfg = tiny_experiment(tmp_path, methods={"equal": {}, "static": {"weights": [1, 1, 1, 1, 0.5]}})
+    cfg = exp.WeightingExperimentConfig(**{**cfg.__dict__,
+                                           "dataset": exp.ExperimentDataset(**{**cfg.dataset.__dict__,
+                                                                               "regression_tasks": 1})})
+    res = exp.run_experiment(cfg, tmp_path / "out", jobs=0, threads=1)
+    assert res["tasks"][-1] == "watch_time" and res["task_types"] == ["binary"] * 4 + ["regression"]
+    for method in ("equal", "static"):
+        nmse = res["methods"][method]["ne_mean"][-1]  # the regression task's normalized error is its NMSE
+        assert 0.3 < nmse < 2.0
+    assert math.isfinite(res["methods"]["static"]["pooled_bootstrap"]["mean_rel_ne_change"])
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "watch_time (nmse)" in table and "Per-task test NE|NMSE" in table
+    saved = yaml.safe_load((tmp_path / "out" / "runs" / "equal" / "seed0" / "train_config.yaml").read_text())
+    assert saved["data"]["spec"].endswith("feature_spec.yaml")
+
+
 def test_a_kuairand_validation_dataset_holds_only_train_days(kuairand_src, tmp_path):
     """split_date / end_date carve a validation split from the train days: no test day (after 20220418) is read."""
     import pyarrow.dataset as pads
@@ -204,3 +222,35 @@ def test_a_kuairand_validation_dataset_holds_only_train_days(kuairand_src, tmp_p
     other = ExperimentDataset(kind="kuairand", dir=ds.dir, src=ds.src)  # the default (test) split
     with pytest.raises(Exception, match="prepared with"):
         prepare_data(other)
+
+
+def test_a_registered_dataset_kind_is_prepared_and_stamped_without_a_branch_on_its_name(tmp_path):
+    import yaml
+
+    from recsys_mtl.config.loader import ConfigError, from_dict
+    from tests.data.tiny import TINY_SPEC, write_tiny
+
+    @exp.register_dataset("test_tiny_kind")
+    class TinyKind(exp.ExperimentDatasetKind):
+        def stamp(self, ds):
+            return {"kind": ds.kind, "rows": ds.rows}
+
+        def prepare(self, ds, out):
+            write_tiny(out / "train", files=1, rows_per_file=ds.rows)
+            write_tiny(out / "test", files=1, rows_per_file=ds.rows, seed=1)
+            (out / "_feature_spec.yaml").write_text(yaml.safe_dump(TINY_SPEC))
+            (out / exp.DATASET_STAMP).write_text(json.dumps(self.stamp(ds)))
+
+    try:
+        ds = from_dict(exp.ExperimentDataset, {"kind": "test_tiny_kind", "dir": str(tmp_path / "d"), "rows": 300}, "x")
+        out = exp.prepare_data(ds)
+        assert exp.train_base_rates(out).keys() == {"click", "buy"}
+        assert exp.prepare_data(ds) == out  # made once, then recognised by its stamp
+        with pytest.raises(ConfigError, match=r"was prepared with \{'kind': 'test_tiny_kind', 'rows': 300\}"):
+            exp.prepare_data(from_dict(exp.ExperimentDataset, {"kind": "test_tiny_kind", "dir": str(out),
+                                                               "rows": 200}, "x"))
+    finally:
+        exp.EXPERIMENT_DATASETS.pop("test_tiny_kind")
+    with pytest.raises(ConfigError, match=r"x: kind: unknown dataset kind 'test_tiny_kind'; set it to one of: "
+                                          r"kuairand, synthetic"):
+        from_dict(exp.ExperimentDataset, {"kind": "test_tiny_kind", "dir": "d"}, "x")

@@ -10,8 +10,11 @@ from recsys_mtl.config.loader import from_dict
 from recsys_mtl.data.batch import Batch
 
 
-def tiny_spec(num_tasks: int = 6, num_dense: int = 3, rows: tuple[int, int] = (40, 30)) -> FeatureSpec:
-    """Two tables; `item` is shared by a single-valued and a multi-valued feature."""
+def tiny_spec(num_tasks: int = 6, num_dense: int = 3, rows: tuple[int, int] = (40, 30),
+              regression: dict[int, dict] | None = None) -> FeatureSpec:
+    """Two tables; `item` is shared by a single-valued and a multi-valued feature. `regression`: task index ->
+    its regression settings (e.g. {"loss": "huber"}); those tasks are regression tasks."""
+    regression = regression or {}
     return from_dict(
         FeatureSpec,
         {
@@ -26,7 +29,8 @@ def tiny_spec(num_tasks: int = 6, num_dense: int = 3, rows: tuple[int, int] = (4
                 {"name": "hist_items", "table": "item", "multi_valued": True},
             ],
             "dense": [{"name": f"d{i}"} for i in range(num_dense)],
-            "tasks": [{"name": f"task{i}"} for i in range(num_tasks)],
+            "tasks": [{"name": f"task{i}", **({"type": "regression", **regression[i]} if i in regression else {})}
+                      for i in range(num_tasks)],
         },
         "tiny_spec",
     )
@@ -47,6 +51,10 @@ def random_batch(spec: FeatureSpec, batch_size: int, seed: int = 0, label_rate: 
     for a in absent_tasks:
         mask[:, a] = False
     labels = ((torch.rand(batch_size, t, generator=g) < 0.4) & mask).float()
+    regression = torch.tensor([task.is_regression for task in spec.tasks])
+    if regression.any():  # log1p of a log-normal watch time: around 3, heavy upper tail
+        targets = torch.log1p(torch.exp(2.5 + 1.0 * torch.randn(batch_size, t, generator=g)))
+        labels = torch.where(regression & mask, targets, labels)
     return Batch(dense=torch.randn(batch_size, spec.num_dense, generator=g), sparse=sparse, labels=labels,
                  label_mask=mask)
 

@@ -73,3 +73,22 @@ def test_heatmap_norm_is_logarithmic_over_the_positive_values():
     norm = heatmap_norm(np.array([[0.0, 0.01, 1.0, 100.0]]), log_scale=True)
     assert np.allclose(norm(np.array([0.01, 1.0, 100.0])), [0.0, 0.5, 1.0])
     assert np.allclose(heatmap_norm(np.array([[0.0, 50.0, 100.0]]), log_scale=False)(np.array([50.0])), 0.5)
+
+
+def test_mixed_task_plots_mark_the_regression_tasks_and_name_both_normalized_errors(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from recsys_mtl.tracking import plots
+
+    names, types = ["click", "watch_time", "like"], ["binary", "regression", "binary"]
+    assert plots.task_labels(names, types, "nmse") == ["click", "watch_time (nmse)", "like"]
+    assert plots.task_labels(names, ["binary"] * 3) == names  # one kind: names as they are
+    seen = {}
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlabel", lambda self, text, *a, **k: seen.update(x=text))
+    real = matplotlib.axes.Axes.set_yticklabels
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yticklabels",
+                        lambda self, labels, *a, **k: (seen.update(y=list(labels)), real(self, labels, *a, **k))[1])
+    plot_relative_ne_change(names, [0.01, -0.2, 0.0], tmp_path / "c.png", task_types=types, error_label="NE|NMSE")
+    assert seen["x"].startswith("relative NE|NMSE change") and seen["y"][1] == "watch_time (nmse)"
+    plot_task_heatmap(np.ones((3, 3)), [0, 1, 2], names, tmp_path / "w.png", task_types=types)
+    assert seen["y"][1] == "watch_time (regression)"

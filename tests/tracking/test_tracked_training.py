@@ -40,7 +40,7 @@ def data(tmp_path_factory) -> Path:
 
 def overrides(data: Path, out: Path, uri: str, artifacts: Path | None, *extra: str) -> list[str]:
     sets = [f"data.train_path={data / 'train'}", f"data.eval_path={data / 'eval'}",
-            f"data.spec={data / 'feature_spec.yaml'}", f"train.output_dir={out}", "train.epochs=2",
+            f"data.spec={data / '_feature_spec.yaml'}", f"train.output_dir={out}", "train.epochs=2",
             "train.log_every=2", "tracking.enabled=true", f"tracking.tracking_uri={uri}",
             f"tracking.train_metrics_every_n_steps={EVERY}", "tracking.flush_interval_s=0.2",
             "tracking.system_metrics_interval_s=1", "tracking.experiment=tiny", *extra]
@@ -335,7 +335,7 @@ def test_evaluate_on_an_eval_set_with_no_rows_is_one_line_naming_it(store, data,
 
 @pytest.mark.parametrize("name, ok", [("like+share", False), ("x,y", False), ("ads/click", True), ("a//b", False)])
 def test_a_task_name_mlflow_cannot_hold_stops_a_tracked_run_before_it_starts(data, tmp_path, capsys, name, ok):
-    spec = yaml.safe_load((data / "feature_spec.yaml").read_text())
+    spec = yaml.safe_load((data / "_feature_spec.yaml").read_text())
     spec["tasks"][0] = dict(spec["tasks"][0], name=name, label=spec["tasks"][0].get("label") or spec["tasks"][0]["name"])
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -371,7 +371,7 @@ def test_training_with_an_empty_eval_set_is_refused_before_it_trains(data, tmp_p
     (tmp_path / "empty").mkdir()
     pq.write_table(pq.read_table(first).slice(0, 0), tmp_path / "empty" / "part-0.parquet")
     argv = ["train", str(CONFIG), f"--set=data.train_path={data / 'train'}", f"--set=data.eval_path={tmp_path / 'empty'}",
-            f"--set=data.spec={data / 'feature_spec.yaml'}", f"--set=train.output_dir={tmp_path / 'out'}"]
+            f"--set=data.spec={data / '_feature_spec.yaml'}", f"--set=train.output_dir={tmp_path / 'out'}"]
     assert main(argv) == 2
     assert f"data.eval_path {tmp_path / 'empty'}: the eval set has no rows" in capsys.readouterr().err
     assert not (tmp_path / "out" / "checkpoints").exists()

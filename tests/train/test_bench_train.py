@@ -2,6 +2,8 @@
 
 import argparse
 
+import pytest
+
 from recsys_mtl.bench.train import DEFAULTS, PRESETS, add_arguments, one_table_per_feature, resolve_arguments, run
 from recsys_mtl.config.features import FeatureSpec
 from recsys_mtl.data.stream import ParquetStream
@@ -23,6 +25,22 @@ def test_bench_prints_both_throughputs_and_their_ratio(tmp_path, repo_root, monk
     assert "ratio framework/plain:" in out and "4 tasks" in out
 
 
+@pytest.mark.slow
+def test_precisions_and_weightings_are_timed_in_every_combination_with_final_losses(repo_root, monkeypatch, capsys):
+    monkeypatch.chdir(repo_root)
+    args = _args("--rows", "3000", "--tasks", "4", "--batch-size", "256", "--steps", "2", "--warmup", "2",
+                 "--repeat", "1", "--set", "data.shuffle_buffer_rows=0", "--precision", "fp32", "bf16",
+                 "--weighting", "equal", "go4align")
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("precision  weighting"):].splitlines()
+    rows = [line.split() for line in table[1:5]]
+    assert [(r[0], r[1]) for r in rows] == [("fp32", "equal"), ("fp32", "go4align"), ("bf16", "equal"),
+                                           ("bf16", "go4align")]
+    assert rows[0][-1] == "+0.000%" and rows[2][-1] != "+0.000%"  # bf16 ends on another loss than fp32
+    assert "go4align / equal framework throughput at fp32:" in out and "go4align / equal framework throughput at bf16:" in out
+
+
 def test_preset_fills_only_the_options_not_given():
     args = _args("--preset", "dlrm", "--steps", "20", "--set", "weighting.method=go4align")
     resolve_arguments(args)
@@ -36,7 +54,7 @@ def test_preset_fills_only_the_options_not_given():
 
 
 def test_one_table_per_feature_keeps_every_id_in_range(synth_small, tmp_path):
-    spec = FeatureSpec.load(one_table_per_feature(synth_small / "feature_spec.yaml", tmp_path / "spec.yaml", 2000, 8))
+    spec = FeatureSpec.load(one_table_per_feature(synth_small / "_feature_spec.yaml", tmp_path / "spec.yaml", 2000, 8))
     assert len(spec.tables) == len(spec.sparse) and all(t.num_embeddings == 2000 for t in spec.tables.values())
     assert {f.table for f in spec.sparse} == {f"t_{f.name}" for f in spec.sparse}
     # the stream checks every id against its table: reading all of it is the test

@@ -47,7 +47,7 @@ def test_an_unreachable_tracking_server_is_one_line_with_exit_2(tmp_path, capsys
     from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
 
     data = generate_synthetic(tmp_path / "data", SynthConfig(tasks=2, rows=512, days=1, table_scale=0.0005))
-    argv = ["train", str(CONFIG), "--set", f"data.train_path={data}", "--set", f"data.spec={data / 'feature_spec.yaml'}",
+    argv = ["train", str(CONFIG), "--set", f"data.train_path={data}", "--set", f"data.spec={data / '_feature_spec.yaml'}",
             "--set", "tracking.enabled=true", "--set", "tracking.tracking_uri=http://127.0.0.1:9",
             "--set", f"train.output_dir={tmp_path / 'out'}"]
     assert main(argv) == 2

@@ -37,7 +37,7 @@ def parquet(tmp_path_factory) -> Path:
 
 def train_cmd(data: Path, out: Path, *overrides: str, nproc: int = 1) -> list[str]:
     cmd = [sys.executable, "-m", "recsys_mtl.cli", "train", str(CONFIG),
-           f"--set=data.train_path={data}", f"--set=data.spec={data / 'feature_spec.yaml'}",
+           f"--set=data.train_path={data}", f"--set=data.spec={data / '_feature_spec.yaml'}",
            f"--set=train.output_dir={out}"]
     cmd += [f"--set={o}" for o in overrides]
     if nproc > 1:
@@ -215,7 +215,7 @@ def test_a_second_run_in_a_busy_output_dir_is_refused_and_killing_the_launcher_s
 def test_an_error_found_inside_the_nproc_workers_exits_2_with_the_message_and_no_traceback(parquet, tmp_path):
     import yaml
 
-    spec = yaml.safe_load((parquet / "feature_spec.yaml").read_text())
+    spec = yaml.safe_load((parquet / "_feature_spec.yaml").read_text())
     spec["tables"]["user"]["num_embeddings"] = 3_000_000_000  # known only once the workers plan the sharding
     (tmp_path / "big.yaml").write_text(yaml.safe_dump(spec))
     cmd = train_cmd(parquet, tmp_path / "out", f"data.spec={tmp_path / 'big.yaml'}", "sharding.tables={user: table_wise}",
@@ -251,3 +251,57 @@ def test_ctrl_c_or_sigterm_stops_a_run_with_one_line_and_exit_128_plus_signal_an
     log = run_ok(train_cmd(parquet, out, "train.epochs=1000", "train.checkpoint.every=5",
                            f"train.max_steps={stopped + 2}"))
     assert f"at step {stopped} " in log and len(steps(out)) == stopped + 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_two_agents(cmd: list[str], timeout: int = 300) -> str:
+    """Two torchrun agents (`--nnodes 2`, one process each) on this machine, as two machines would run them."""
+    agents = [subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    try:
+        logs = [a.communicate(timeout=timeout)[1] for a in agents]
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.kill()
+    for a, log in zip(agents, logs):
+        assert a.returncode == 0, log[-4000:]
+    return "\n".join(logs)
+
+
+@pytest.mark.slow
+def test_two_torchrun_agents_with_a_c10d_rendezvous_train_checkpoint_and_resume_like_a_standalone_run(parquet,
+                                                                                                     tmp_path):
+    """`--nnodes 2 --rdzv-endpoint 127.0.0.1:PORT` run twice (two machines' agents), reading the data through a
+    file:// URI: the same steps, checkpoint and resume as `--nproc 2` on one machine from the local path."""
+    common = ("train.epochs=1", f"data.batch_size={ROW_GROUP}", "train.checkpoint.every=2")  # 6 steps of 2 x 64 rows
+    standalone = tmp_path / "standalone"
+    run_ok(train_cmd(parquet, standalone, *common, nproc=2))
+
+    nodes = tmp_path / "nodes"
+    launch = ["--nnodes=2", f"--rdzv-endpoint=127.0.0.1:{_free_port()}"]
+    cmd = train_cmd(parquet, nodes, *common, f"data.train_path={parquet.resolve().as_uri()}")
+    _run_two_agents(cmd + ["--set=train.max_steps=3"] + launch + ["--rdzv-id=first"])
+    assert (nodes / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+    assert steps(nodes) == steps(standalone)[:3]
+    log = _run_two_agents(cmd + launch + ["--rdzv-id=resumed"])
+    assert "resumed from" in log and "step-00000003" in log
+    assert len(steps(standalone)) == 6 and steps(nodes) == steps(standalone)
+    a, b = final_state(standalone), final_state(nodes)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_nnodes_without_a_rendezvous_endpoint_is_a_one_line_error(parquet, tmp_path):
+    proc = subprocess.run(train_cmd(parquet, tmp_path / "out") + ["--nnodes=2"], env=env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "recsys-mtl: error: --nnodes > 1 needs --rdzv-endpoint HOST:PORT" in proc.stderr
+    assert "Traceback" not in proc.stderr

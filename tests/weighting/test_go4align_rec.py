@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from recsys_mtl.losses import TaskKinds
 from recsys_mtl.train import Trainer
 from recsys_mtl.train.checkpoint import CheckpointMismatchError
 from recsys_mtl.train.train_module import WeightedTaskLoss
@@ -208,6 +209,11 @@ def test_paper_mode_collapses_a_rare_task_and_rec_mode_keeps_it_calibrated(seed)
     assert 0.5 <= rec[0] <= 2.0 and ((0.5 <= rec) & (rec <= 2.0)).all()
 
 
+def _kinds(binary: list[bool]) -> TaskKinds:
+    regression = ~torch.tensor(binary)
+    return TaskKinds(regression, torch.zeros_like(regression), torch.ones(len(binary)))
+
+
 def test_weighted_task_loss_all_reduces_the_masked_label_moments():
     """One process: the moments the weighting gets are those of the labelled rows (NaN elsewhere ignored)."""
     seen = []
@@ -219,7 +225,7 @@ def test_weighted_task_loss_all_reduces_the_masked_label_moments():
 
     labels = torch.tensor([[1.0, 2.0], [0.0, float("nan")], [1.0, 4.0]])
     mask = torch.tensor([[True, True], [True, False], [False, True]])
-    task_loss = WeightedTaskLoss(Recording(2), binary_tasks=torch.tensor([True, False]))
+    task_loss = WeightedTaskLoss(Recording(2), task_kinds=_kinds([True, False]))
     task_loss(torch.zeros(3, 2, requires_grad=True), labels, mask)
     stats = seen[0]
     assert stats.count.tolist() == [2.0, 2.0] and stats.total.tolist() == [1.0, 6.0]
@@ -239,7 +245,7 @@ def _weights_over_steps(rank: int, world_size: int, group) -> dict:
     """WeightedTaskLoss with GO4Align rec on this rank's rows of a fixed global batch stream."""
     g = torch.Generator().manual_seed(21)
     task_loss = WeightedTaskLoss(GO4Align(4, num_groups=2, beta=0.1), world_size, group,
-                                 binary_tasks=torch.tensor([True, True, True, False]))
+                                 task_kinds=_kinds([True, True, True, False]))
     weights = []
     for _ in range(8):
         logits = torch.randn(32, 4, generator=g)

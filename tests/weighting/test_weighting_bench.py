@@ -58,3 +58,19 @@ def test_bench_weighting_is_a_registered_benchmark(capsys):
 
     args = build_parser().parse_args(["bench", "weighting", "--tasks", "8", "--methods", "equal", "--compile", "none"])
     assert args.tasks == [8] and args.compile == ["none"]
+
+
+def test_go4align_variants_time_its_paper_mode_and_torch_path():
+    import pytest
+
+    from recsys_mtl.bench.weighting import build_bench_method
+
+    rows = run_weighting_bench(tasks=(4,), methods=["go4align@paper", "go4align@paper@torch"], warmup=1, iters=2,
+                               compiled=["go4align"], print_table=False)
+    assert [r["method"] for r in rows] == ["go4align@paper", "go4align@paper@torch"]
+    assert all(r["compiled_us"] > 0 for r in rows)  # --compile go4align covers its variants
+    m = build_bench_method("go4align@paper@torch", 4, "cpu")
+    assert m.mode == "paper" and m.use_fused_kernel is False
+    assert build_bench_method("go4align", 4, "cpu").mode == "rec"
+    with pytest.raises(ValueError, match="unknown method variant 'go4align@fast'"):
+        build_bench_method("go4align@fast", 4, "cpu")

@@ -1,13 +1,15 @@
 """The weighting step has no host sync: it compiles with fullgraph=True (CPU), and on CUDA it runs
 under sync debug mode "error" and inside a CUDA graph (those tests skip without CUDA). Every method
 gets the label statistics the trainer passes (GO4Align's rec mode reads them), and GO4Align runs in
-both modes."""
+both modes. On CUDA GO4Align runs its fused Triton step (where triton is installed) and, as
+"...@torch" cases, its torch path."""
 
 import pytest
 import torch
 import torch._dynamo
 
 from recsys_mtl.weighting import GO4Align, LabelStats, build_weighting, weighting_methods
+from recsys_mtl.weighting.go4align_fused import TRITON_AVAILABLE, fused_step_applies
 
 T = 6
 KWARGS = {"static": dict(weights=[1.0] * T), "go4align": dict(num_groups=3, beta=0.05),
@@ -74,12 +76,25 @@ def test_go4align_rec_compiles_without_label_stats_too():
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CUDA_CASES = ALL + ["go4align@torch", "go4align@paper@torch"]
+
+
+def build_cuda(case):
+    """The method on CUDA; a "...@torch" case is GO4Align on its torch path, else GO4Align takes the fused step."""
+    name = case.removesuffix("@torch")
+    m = build(name).cuda()
+    if case.endswith("@torch"):
+        m.use_fused_kernel = False
+    elif isinstance(m, GO4Align) and TRITON_AVAILABLE:
+        state = m.cum_loss if m.mode == "paper" else m.risk_avg
+        assert fused_step_applies(torch.ones(T, device="cuda"), state, T), "GO4Align should take the fused step"
+    return m
 
 
 @cuda
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", CUDA_CASES)
 def test_weighting_step_does_not_sync_with_the_host_on_cuda(name):
-    m = build(name).cuda()
+    m = build_cuda(name)
     steps, present, stats = _steps("cuda"), PRESENT.cuda(), _label_stats("cuda")
     m(steps[0], present, stats[0])  # first call may allocate / lazily initialise
     torch.cuda.synchronize()
@@ -94,16 +109,16 @@ def test_weighting_step_does_not_sync_with_the_host_on_cuda(name):
 
 
 @cuda
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", CUDA_CASES)
 def test_weighting_step_is_capturable_in_a_cuda_graph(name):
-    eager, graphed = build(name).cuda(), build(name).cuda()
+    eager, graphed = build_cuda(name), build_cuda(name)
     steps, present, stats = _steps("cuda", n=4), PRESENT.cuda(), _label_stats("cuda", n=4)
     static_losses = steps[0].clone()
     static_stats = LabelStats(*(v.clone() for v in stats[0]))
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):  # warm up on a side stream, as the CUDA graph docs require
-        warm = build(name).cuda()
+        warm = build_cuda(name)
         warm(static_losses, present, static_stats)
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()

@@ -6,25 +6,28 @@ all T gates as one linear layer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from recsys_mtl.models.architectures.registry import register_architecture
 from recsys_mtl.models.layers import BatchedMLP
 
-if TYPE_CHECKING:  # models take the config's values; only config/ imports the registry
-    from recsys_mtl.config.train import ModelConfig
 
-
+@register_architecture("mmoe")
 class MMoE(nn.Module):
-    def __init__(self, in_dim: int, num_tasks: int, config: ModelConfig) -> None:
+    """Multi-gate mixture of experts (Ma et al. 2018): shared experts, one softmax gate per task."""
+
+    def __init__(self, in_dim: int, num_tasks: int, *, num_experts: int = 4, expert_hidden: Sequence[int] = (128, 64),
+                 dropout: float = 0.0) -> None:
         super().__init__()
-        cfg = config.mmoe
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
         self.num_tasks = num_tasks
-        self.num_experts = cfg.num_experts
-        self.experts = BatchedMLP(cfg.num_experts, in_dim, cfg.expert_hidden, config.dropout)
-        self.gates = nn.Linear(in_dim, num_tasks * cfg.num_experts)
+        self.num_experts = num_experts
+        self.experts = BatchedMLP(num_experts, in_dim, list(expert_hidden), dropout)
+        self.gates = nn.Linear(in_dim, num_tasks * num_experts)
         self.out_dim = self.experts.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

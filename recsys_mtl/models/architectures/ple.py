@@ -7,15 +7,13 @@ expert, fed with the shared input. All T*K task experts run as one batched MLP.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from recsys_mtl.models.architectures.registry import register_architecture
 from recsys_mtl.models.layers import BatchedLinear, BatchedMLP
-
-if TYPE_CHECKING:  # models take the config's values; only config/ imports the registry
-    from recsys_mtl.config.train import ModelConfig
 
 
 class CGCLevel(nn.Module):
@@ -47,15 +45,21 @@ class CGCLevel(nn.Module):
         return task_next, shared_next
 
 
+@register_architecture("ple")
 class PLE(nn.Module):
-    def __init__(self, in_dim: int, num_tasks: int, config: ModelConfig) -> None:
+    """Progressive layered extraction (Tang et al. 2020): CGC levels of task-specific and shared experts."""
+
+    def __init__(self, in_dim: int, num_tasks: int, *, levels: int = 2, shared_experts: int = 2, task_experts: int = 1,
+                 expert_hidden: Sequence[int] = (64,), dropout: float = 0.0) -> None:
         super().__init__()
-        cfg = config.ple
+        for name, value in (("levels", levels), ("shared_experts", shared_experts), ("task_experts", task_experts)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.num_tasks = num_tasks
-        levels = []
-        for i in range(cfg.levels):
-            level = CGCLevel(in_dim, num_tasks, cfg.task_experts, cfg.shared_experts, cfg.expert_hidden,
-                             config.dropout, last=i == cfg.levels - 1)
+        num_levels, levels = levels, []
+        for i in range(num_levels):
+            level = CGCLevel(in_dim, num_tasks, task_experts, shared_experts, list(expert_hidden),
+                             dropout, last=i == num_levels - 1)
             levels.append(level)
             in_dim = level.out_dim
         self.levels = nn.ModuleList(levels)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from recsys_mtl.models.architectures.registry import register_architecture
 from recsys_mtl.models.layers import MLP
 
-if TYPE_CHECKING:  # models take the config's values; only config/ imports the registry
-    from recsys_mtl.config.train import ModelConfig
 
-
+@register_architecture("shared_bottom")
 class SharedBottom(nn.Module):
-    def __init__(self, in_dim: int, num_tasks: int, config: ModelConfig) -> None:
+    """Shared-bottom MLP feeding every task tower: the simplest, fewest parameters."""
+
+    def __init__(self, in_dim: int, num_tasks: int, *, hidden: Sequence[int] = (256, 128), dropout: float = 0.0) -> None:
         super().__init__()
         self.num_tasks = num_tasks
-        self.bottom = MLP(in_dim, config.shared_bottom.hidden, config.dropout)
+        self.bottom = MLP(in_dim, list(hidden), dropout)
         self.out_dim = self.bottom.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
