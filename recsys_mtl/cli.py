@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "recsys_mtl.tracking.commands",
     "recsys_mtl.pipeline.commands",
     "recsys_mtl.evaluate.commands",
+    "recsys_mtl.evaluate.predict",
     "recsys_mtl.experiments.commands",
 ]
 
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_argv = list(sys.argv[1:] if argv is None else argv)  # what a command relaunches under torchrun
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

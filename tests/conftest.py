@@ -89,3 +89,61 @@ def _restore_logging():
     state = _logging_state()
     yield
     _restore(state)
+
+
+def _mount(*args: str) -> bool:
+    import subprocess
+
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def read_only():
+    """make(folder): the folder, contents included, becomes unwritable for this process: a read-only bind mount
+    as root (root ignores file modes), else mode 0o555 / 0o444. Undone after the test."""
+    import stat
+
+    mounted: list[Path] = []
+    chmodded: list[tuple[Path, int]] = []
+
+    def make(folder: Path) -> Path:
+        if os.geteuid() == 0:
+            if not (_mount("--bind", str(folder), str(folder))
+                    and _mount("-o", "remount,bind,ro", str(folder), str(folder))):
+                pytest.skip("running as root, and cannot mount a read-only folder here")
+            mounted.append(folder)
+            return folder
+        for path in [folder, *folder.rglob("*")]:
+            chmodded.append((path, stat.S_IMODE(path.stat().st_mode)))
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        return folder
+
+    yield make
+    for folder in reversed(mounted):
+        _mount_undo(folder)
+    for path, mode in reversed(chmodded):
+        path.chmod(mode)
+
+
+def _mount_undo(folder: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """make(bytes): a folder on a file system of that size (a tmpfs, as root), or None where none can be mounted."""
+    mounted: list[Path] = []
+
+    def make(size: int) -> Path | None:
+        folder = tmp_path / f"small-fs-{len(mounted)}"
+        folder.mkdir()
+        if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)):
+            return None
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in reversed(mounted):
+        _mount_undo(folder)

@@ -63,8 +63,12 @@ class DataConfig:
     shuffle: bool = True
     shuffle_buffer_rows: int = 0
     num_workers: int = 0
+    #: a task with no labelled row in the training set: "warn" (at start) or "error" (stop before training)
+    unlabelled_tasks: str = "warn"
 
     def validate(self, where: Where) -> None:
+        if self.unlabelled_tasks not in ("warn", "error"):
+            raise where.child("unlabelled_tasks").error(f"must be warn or error, got {self.unlabelled_tasks!r}")
         _positive(where, "batch_size", self.batch_size)
         _positive(where, "eval_batch_size", self.eval_batch_size)
         _positive(where, "shuffle_buffer_rows", self.shuffle_buffer_rows, allow_zero=True)

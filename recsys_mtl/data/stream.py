@@ -163,11 +163,9 @@ def _discover(path: str | Path | list, spec: FeatureSpec) -> tuple[ds.Dataset, l
     return dataset, units, fragments
 
 
-def _id_statistics(meta: pq.RowGroupMetaData, column: str) -> tuple[int, int] | None:
-    """(min, max) of an integer id column (or a list column's items) from a row group's statistics; None when the
-    writer stored none (or the column is not integer: the schema check reports that)."""
-    leaves = [meta.column(i) for i in range(meta.num_columns)
-              if meta.column(i).path_in_schema == column or meta.column(i).path_in_schema.startswith(column + ".")]
+def _id_statistics(leaves: list[pq.ColumnChunkMetaData]) -> tuple[int, int] | None:
+    """(min, max) of an integer id column (or a list column's items) from its row-group chunk's statistics; None
+    when the writer stored none (or the column is not integer: the schema check reports that)."""
     if len(leaves) != 1:
         return None
     stats = leaves[0].statistics
@@ -293,9 +291,13 @@ class ParquetStream:
             by_column.setdefault(f.source, []).append(f)
         for unit in self.units:
             meta = self._fragments[unit.path].metadata.row_group(unit.index)
+            leaves: dict[str, list] = {}  # top-level column -> its leaf chunks (a list column has one)
+            for i in range(meta.num_columns):
+                chunk = meta.column(i)
+                leaves.setdefault(chunk.path_in_schema.split(".")[0], []).append(chunk)
             unread = []
             for column, feats in by_column.items():
-                low_high = _id_statistics(meta, column)
+                low_high = _id_statistics(leaves.get(column, []))
                 if low_high is None:
                     unread.append(column)
                     continue
@@ -310,6 +312,11 @@ class ParquetStream:
                         low, high = _min_max(values)
                         _check_id_range(by_column[column], low, high, self.spec,
                                         f"{unit.path} (row group {unit.index})")
+
+    @property
+    def fragments(self) -> dict:
+        """The dataset's Parquet fragments by path (their footers are read once, here)."""
+        return self._fragments
 
     # -- planning ------------------------------------------------------------------------
     @property
@@ -459,6 +466,47 @@ class ParquetStream:
                     pending, have = [], 0
         if pending:
             yield Columns.concat(pending).to_batch(keys)
+
+    def row_groups_of_rank(self, epoch: int | None = None) -> list[RowGroup]:
+        """The row groups this rank reads in `epoch` (all its slots), in reading order."""
+        slots, _ = self._plan(self.epoch if epoch is None else epoch)
+        first = self.rank * self.slots_per_rank
+        return [u for slot in slots[first:first + self.slots_per_rank] for u in slot]
+
+    def read_row_group(self, unit: RowGroup, columns: list[str]) -> pa.Table:
+        """`columns` of one row group as an Arrow table (any columns of the file, not only the spec's)."""
+        try:
+            return self._fragments[unit.path].subset(row_group_ids=[unit.index]).to_table(columns=columns,
+                                                                                          use_threads=True)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{unit.path} (row group {unit.index}): cannot read: {exc}") from None
+
+    def batch_row_positions(self, epoch: int | None = None) -> Iterator[np.ndarray]:
+        """The position of each row in the whole data set (files sorted by path, row groups in order), batch by
+        batch, for the batches this rank yields in `epoch` from its first: the same row has the same position
+        however many ranks read the data. Needs a reader whose batches follow its slot's rows
+        (no shuffle buffer, no loader workers)."""
+        if self.window or self.num_workers:
+            raise ValueError("batch_row_positions: needs shuffle_buffer_rows=0 and num_workers=0")
+        epoch = self.epoch if epoch is None else epoch
+        first_row, offset = {}, 0
+        for unit in self.units:
+            first_row[(unit.path, unit.index)] = offset
+            offset += unit.num_rows
+        slots, counts = self._plan(epoch)
+        ranges = [(first_row[(u.path, u.index)], u.num_rows) for u in slots[self.rank]]
+        end = min(counts[self.rank] * self.batch_size, sum(n for _, n in ranges))
+        pending: list[np.ndarray] = []
+        have = 0
+        for start, n in ranges:
+            rows = np.arange(start, start + n, dtype=np.int64)
+            while rows.size and end > 0:
+                take = min(self.batch_size - have, rows.size, end)
+                pending.append(rows[:take])
+                rows, have, end = rows[take:], have + take, end - take
+                if have == self.batch_size or end == 0:
+                    yield np.concatenate(pending)
+                    pending, have = [], 0
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, start = self.epoch, self.batch

@@ -1,14 +1,18 @@
-"""`recsys-mtl evaluate`: exact per-task metrics of a trained model on an eval set, optionally vs a baseline.
+"""`recsys-mtl evaluate`: per-task metrics of a trained model on an eval set, optionally vs a baseline.
 
-    recsys-mtl evaluate --run RUN_ID --data data/eval [--baseline BASELINE_RUN_ID]
+    recsys-mtl evaluate --run RUN_ID --data data/eval [--baseline BASELINE_RUN_ID] [--nproc N]
     recsys-mtl evaluate --run models:/NAME/VERSION --data data/eval
-    recsys-mtl evaluate --checkpoint runs/x/checkpoints --data data/eval [--set k=v ...]
+    recsys-mtl evaluate --checkpoint runs/x/checkpoints --data data/eval [--set k=v ...] [--exact]
 
-The model is loaded in this one process on CPU, unsharded, from its DCP checkpoint (however
-many ranks saved it). Metrics (binary tasks: NE, AUC, calibration = sum(p) / sum(y), log loss; regression
-tasks: NMSE = MSE / label variance, MSE, RMSE, MAE on the transformed label, MAE on the raw scale) are exact,
-over labelled rows only; with a baseline, per-task deltas of the normalized error (NE, or NMSE) and AUC get
-paired-bootstrap 95% CIs.
+The model is loaded on CPU, unsharded, from its DCP checkpoint (however many ranks saved it).
+Metrics (binary tasks: NE, AUC, calibration = sum(p) / sum(y), log loss; regression tasks: NMSE = MSE /
+label variance, MSE, RMSE, MAE on the transformed label, MAE on the raw scale) are over labelled rows only.
+By default they stream: per-task sums and fine logit histograms for AUC (within 1e-4 of exact), memory
+independent of the number of rows; with a baseline, both models score each batch and per-task deltas of
+the normalized error (NE, or NMSE) and AUC get 95% CIs from a Poisson bootstrap keyed by row position.
+`--nproc N` runs N processes (torchrun), each scoring its row groups; their statistics are summed, so
+results equal one process's to float tolerance. `--exact` keeps every row in memory (one process): exact
+AUC and a paired bootstrap over row buckets, the reference for small sets.
 
 Logging: when the model comes from an MLflow run, a new *eval run* is created in that run's
 experiment, nested under it (`mlflow.parentRunId`), holding `eval/<metric>/<task>` (at the
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -30,13 +35,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from recsys_mtl.argtypes import at_least_one
+from recsys_mtl.evaluate.loading import ModelRefs, is_path_ref
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="exact per-task NE/AUC/calibration/log loss of a trained model on an eval set",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", metavar="RUN_ID", help="an MLflow run id whose `model/` artifact to load, "
-                       "or models:/NAME/VERSION from the model registry")
+                       "or models:/NAME/VERSION or models:/NAME@ALIAS from the model registry")
     which.add_argument("--checkpoint", metavar="PATH", help="a model directory (config.yaml, feature_spec.yaml, "
                        "checkpoint/) or a checkpoint directory (its saved config is used)")
     p.add_argument("--config", help="training config to build the model from instead of the saved one (needed for a "
@@ -44,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the model's training config, as `train --set` does (repeatable)")
     p.add_argument("--data", required=True, metavar="EVAL_DIR", help="Parquet eval data (files or a folder)")
-    p.add_argument("--baseline", metavar="RUN_ID|PATH", help="baseline model: run id, models:/NAME/VERSION or a path; "
+    p.add_argument("--baseline", metavar="RUN_ID|PATH", help="baseline model: run id, models:/NAME/VERSION, models:/NAME@ALIAS or a path; "
                    "adds per-task deltas with bootstrap 95%% CIs")
     p.add_argument("--baseline-config", help="as --config, for --baseline")
     p.add_argument("--baseline-set", dest="baseline_overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -55,46 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--experiment", help="log a --checkpoint evaluation to this experiment (runs log to their own)")
     p.add_argument("--no-log", action="store_true", help="print only; log nothing to MLflow")
-    p.add_argument("--out", type=Path, help="where to keep the report and plot (default: a temporary folder)")
+    p.add_argument("--out", type=Path, help="where to keep the report, its metrics (eval_metrics.json) and the plot "
+                   "(default: a temporary folder)")
+    p.add_argument("--exact", action="store_true", help="keep every row's scores in memory: exact AUC (one process, "
+                   "small sets; the streaming default is within 1e-4)")
+    p.add_argument("--nproc", type=at_least_one("processes"), default=None,
+                   help="score with N processes on this machine through torchrun (default: 1)")
     p.set_defaults(func=run)
-
-
-def _is_path(ref: str) -> bool:
-    return Path(ref).exists() or os.sep in ref and not ref.startswith("models:/")
-
-
-class _Models:
-    """Resolves model references (run id, models:/NAME/VERSION, path) to loaded models."""
-
-    def __init__(self, tracking_uri: str | None, tmp: Path) -> None:
-        self.tracking_uri, self.tmp = tracking_uri, tmp
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            from recsys_mtl.config.tracking import default_tracking_uri
-
-            if self.tracking_uri is None and not Path("mlflow.db").exists():
-                raise FileNotFoundError(f"no mlflow.db in {Path.cwd()}; pass --tracking-uri")
-            self.tracking_uri = self.tracking_uri or default_tracking_uri()
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
-        return self._client
-
-    def load(self, ref: str, config: str | None, is_path: bool, overrides: list[str], flags: tuple[str, str]):
-        from recsys_mtl.evaluate.loading import load_model, resolve_model_dir
-
-        if is_path:
-            return load_model(ref, config, overrides=overrides, flags=flags), None
-        from mlflow.exceptions import MlflowException
-
-        try:
-            local, run_id = resolve_model_dir(self.client, self.tracking_uri, ref, self.tmp / ref.replace("/", "_"))
-        except MlflowException as exc:
-            raise FileNotFoundError(f"{ref}: not found in the tracking store {self.tracking_uri} ({exc.message})") from None
-        return load_model(local, config, source=ref, overrides=overrides, flags=flags), run_id
 
 
 @dataclasses.dataclass
@@ -106,6 +81,16 @@ class EvalOutcome:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc and args.nproc > 1 and args.exact:
+        from recsys_mtl.config.loader import ConfigError
+
+        raise ConfigError("--exact keeps every row in one process: drop --nproc, or drop --exact to stream")
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if not Path(args.data).exists():  # once, before starting N processes that would each say so
+            raise FileNotFoundError(f"--data {args.data}: no such file or folder")
+        from recsys_mtl.train.commands import launch_command
+
+        return launch_command(getattr(args, "command_argv", None) or sys.argv[1:], args.nproc, "evaluation")
     return 1 if evaluate(args).spooled is not None else 0
 
 
@@ -122,22 +107,37 @@ def evaluate(args: argparse.Namespace) -> EvalOutcome:
 
         raise ConfigError("--baseline-config and --baseline-set describe a --baseline model: give --baseline too, "
                           "or use --config / --set for the evaluated model")
-    with tempfile.TemporaryDirectory(prefix="recsys-mtl-eval-") as tmp:
-        return _evaluate(args, Path(tmp))
+    world = _join_workers()
+    try:
+        with tempfile.TemporaryDirectory(prefix="recsys-mtl-eval-") as tmp:
+            return _evaluate(args, Path(tmp), *world)
+    finally:
+        if world[1] > 1:
+            from recsys_mtl.train.distributed import shutdown_distributed
+
+            shutdown_distributed()
 
 
-def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
-    from recsys_mtl.evaluate.scoring import score_eval_set
-    from recsys_mtl.metrics.offline import evaluate_predictions
+def _join_workers() -> tuple[int, int]:
+    """(rank, world size): torchrun's group when launched by it (gloo, CPU), else (0, 1) without a group."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1
+    from recsys_mtl.train.distributed import die_with_launcher, init_distributed
 
-    models = _Models(args.tracking_uri, tmp)
+    die_with_launcher()
+    env = init_distributed("cpu")
+    return env.rank, env.world_size
+
+
+def _evaluate(args: argparse.Namespace, tmp: Path, rank: int = 0, world_size: int = 1) -> EvalOutcome:
+    models = ModelRefs(args.tracking_uri, tmp)
     ref = args.run or args.checkpoint
     loaded, run_id = models.load(ref, args.config, is_path=args.checkpoint is not None, overrides=args.overrides,
                                  flags=("--config", "--set"))
     names = loaded.spec.task_names
     base, baseline_run = None, None
     if args.baseline:  # loaded (and checked) before anything is scored
-        base, baseline_run = models.load(args.baseline, args.baseline_config, is_path=_is_path(args.baseline),
+        base, baseline_run = models.load(args.baseline, args.baseline_config, is_path=is_path_ref(args.baseline),
                                          overrides=args.baseline_overrides, flags=("--baseline-config", "--baseline-set"))
         if base.spec.task_names != names:
             from recsys_mtl.config.loader import ConfigError
@@ -151,30 +151,22 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
             differ = [n for n, a, b in zip(names, kinds(base.spec), kinds(loaded.spec)) if a != b]
             raise ConfigError(f"--baseline {args.baseline}: task(s) {differ} have another type or label transform "
                               "than the model's: compare models that predict the same targets")
-    print(f"scoring {args.data} with {loaded.source} (checkpoint {loaded.checkpoint.name}, {len(names)} tasks)",
-          flush=True)
-    logits, labels, mask = score_eval_set(loaded.model, loaded.spec, args.data, args.batch_size)
-
-    baseline_logits = None
-    if base is not None:
-        print(f"scoring {args.data} with baseline {base.source}", flush=True)
-        baseline_logits, base_labels, base_mask = score_eval_set(base.model, base.spec, args.data, args.batch_size)
-        if not (base_labels.equal(labels) and base_mask.equal(mask)):
-            from recsys_mtl.config.loader import ConfigError
-
-            raise ConfigError(f"--baseline {args.baseline}: its feature spec reads other labels from {args.data} than "
-                              "the model's: compare models whose specs name the same label columns")
-
-    report = evaluate_predictions(logits, labels, mask, names, from_logits=True, baseline_predictions=baseline_logits,
-                                  baseline=args.baseline, n_boot=args.n_boot, seed=args.seed,
-                                  task_types=loaded.spec.task_types,
-                                  label_transforms=[t.transform for t in loaded.spec.tasks])
+    if rank == 0:
+        what = f" with baseline {base.source}" if base is not None else ""
+        how = "exact, in memory" if args.exact else f"streaming, {world_size} process{'es' * (world_size > 1)}"
+        print(f"scoring {args.data} with {loaded.source} (checkpoint {loaded.checkpoint.name}, {len(names)} tasks)"
+              f"{what} [{how}]", flush=True)
+    report = (_exact_report(args, loaded, base) if args.exact else
+              _streaming_report(args, loaded, base, rank, world_size))
+    if rank != 0:  # rank 0 prints and logs what every rank computed
+        return EvalOutcome(report, run_id, None)
     table = report.to_table()
     print(table)
 
     out = args.out or tmp / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_report.txt").write_text(table + "\n")
+    (out / "eval_metrics.json").write_text(json.dumps(_metrics_record(report), indent=1, sort_keys=True) + "\n")
     plot = report.save_ne_change_plot(out / "ne_change_vs_baseline.png") if report.comparison is not None else None
     if plot is not None and args.out:
         print(f"plot: {plot}")
@@ -206,6 +198,63 @@ def _evaluate(args: argparse.Namespace, tmp: Path) -> EvalOutcome:
     return EvalOutcome(report, run_id, eval_run, spooled)
 
 
+def _metrics_record(report) -> dict[str, Any]:
+    """What eval_metrics.json holds: the logged metrics, and with a baseline the 95% intervals per task."""
+    record: dict[str, Any] = {"metrics": report.to_metrics("eval")}
+    c = report.comparison
+    if c is not None:
+        record["intervals"] = {
+            f"eval/{name}/{task}": [float(lo), float(hi)]
+            for name, ci in (("delta_ne", c.delta_ne_ci), ("delta_auc", c.delta_auc_ci), ("rel_ne_change", c.rel_ne_change_ci))
+            for task, (lo, hi) in zip(report.task_names, ci)}
+        record["intervals"]["eval/mean_rel_ne_change"] = list(c.mean_rel_ne_change_ci)
+    return record
+
+
+def _exact_report(args: argparse.Namespace, loaded, base):
+    """Every row's logits in memory: exact AUC, paired bootstrap over row buckets."""
+    from recsys_mtl.evaluate.scoring import score_eval_set
+    from recsys_mtl.metrics.offline import evaluate_predictions
+
+    logits, labels, mask = score_eval_set(loaded.model, loaded.spec, args.data, args.batch_size)
+    baseline_logits = None
+    if base is not None:
+        baseline_logits, base_labels, base_mask = score_eval_set(base.model, base.spec, args.data, args.batch_size)
+        if not (base_labels.equal(labels) and base_mask.equal(mask)):
+            from recsys_mtl.config.loader import ConfigError
+
+            raise ConfigError(f"--baseline {args.baseline}: its feature spec reads other labels from {args.data} than "
+                              "the model's: compare models whose specs name the same label columns")
+    return evaluate_predictions(logits, labels, mask, loaded.spec.task_names, from_logits=True,
+                                baseline_predictions=baseline_logits, baseline=args.baseline, n_boot=args.n_boot,
+                                seed=args.seed, task_types=loaded.spec.task_types,
+                                label_transforms=[t.transform for t in loaded.spec.tasks])
+
+
+def _streaming_report(args: argparse.Namespace, loaded, base, rank: int, world_size: int):
+    """Per-task statistics streamed over this rank's row groups, summed over the ranks."""
+    from recsys_mtl.evaluate.scoring import score_statistics
+
+    models = [loaded] + ([base] if base is not None else [])
+    if args.n_boot < 10 and base is not None:
+        from recsys_mtl.config.loader import ConfigError
+
+        raise ConfigError(f"--n-boot {args.n_boot}: the bootstrap needs at least 10 replicates")
+    with _progress(rank, args.data) as bar:
+        evaluator = score_statistics([m.model for m in models], [m.spec for m in models], args.data, args.batch_size,
+                                     n_boot=args.n_boot, seed=args.seed, rank=rank, world_size=world_size,
+                                     on_batch=bar.update)
+    return evaluator.report(loaded.spec.task_names, baseline=args.baseline)
+
+
+def _progress(rank: int, data: str):
+    """A rows-scored bar on rank 0's terminal (nothing in a log file or on other ranks)."""
+    from tqdm import tqdm
+
+    return tqdm(desc=f"scoring (rank 0's share)" if os.environ.get("WORLD_SIZE", "1") != "1" else "scoring",
+                unit="row", unit_scale=True, disable=rank != 0 or not sys.stderr.isatty(), mininterval=1.0)
+
+
 def _durable_spool_dir() -> Path:
     """Where an eval run's undelivered metrics are kept when no --out was given (XDG state folder)."""
     from recsys_mtl.tracking.tracker import SPOOL_DIRNAME
@@ -214,7 +263,7 @@ def _durable_spool_dir() -> Path:
     return state / "recsys-mtl" / "eval" / SPOOL_DIRNAME
 
 
-def _log_eval_run(models: _Models, experiment: str, run_id: str | None, loaded, args, baseline_run, report,
+def _log_eval_run(models: ModelRefs, experiment: str, run_id: str | None, loaded, args, baseline_run, report,
                   out: Path, plot: Path | None) -> tuple[str, Path | None]:
     """The eval run's id, and its spool file if the store did not take everything."""
     from recsys_mtl.config.tracking import TrackingConfig

@@ -11,13 +11,14 @@ A *model directory* (what a tracked run logs as its `model/` artifact) holds:
 the resolved config and feature spec the trainer saved with it (a checkpoint older than that
 needs the training config given separately). Tables sharded over any number of ranks
 (table-, row-, column-wise) are read back into plain tensors by DCP's resharding load.
-`resolve_model_dir` finds the model directory of an MLflow run id or a `models:/NAME/VERSION` URI.
+`resolve_model_dir` finds the model directory of an MLflow run id or a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -138,13 +139,18 @@ def local_artifact_dir(artifact_uri: str) -> Path | None:
 
 
 def resolve_model_dir(client, tracking_uri: str, ref: str, dst: str | Path) -> tuple[Path, str | None]:
-    """(local model directory, run id) for a run id or `models:/NAME/VERSION`; downloads into `dst` unless local."""
+    """(local model directory, run id) for a run id, `models:/NAME/VERSION` or `models:/NAME@ALIAS`; downloads into
+    `dst` unless local."""
     run_id, artifact_uri = None, None
     if ref.startswith("models:/"):
         name, _, version = ref[len("models:/"):].partition("/")
-        if not version:
-            raise ValueError(f"{ref}: expected models:/NAME/VERSION")
-        mv = client.get_model_version(name, version)
+        if version:
+            mv = client.get_model_version(name, version)
+        elif "@" in name:
+            name, _, alias = name.partition("@")
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            raise ValueError(f"{ref}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
         run_id, artifact_uri = mv.run_id, mv.source
     else:
         run_id = ref
@@ -163,5 +169,49 @@ def resolve_model_dir(client, tracking_uri: str, ref: str, dst: str | Path) -> t
                                    tracking_uri=tracking_uri)), run_id
 
 
-__all__ = ["MODEL_ARTIFACT", "CONFIG_FILE", "SPEC_FILE", "CHECKPOINT_DIR", "LoadedModel", "load_model",
+def is_path_ref(ref: str) -> bool:
+    """Whether a model reference names a local folder (else a run id or a models:/ URI)."""
+    return Path(ref).exists() or os.sep in ref and not ref.startswith("models:/")
+
+
+class ModelRefs:
+    """Resolves model references (run id, models:/NAME/VERSION, models:/NAME@ALIAS, path) to loaded models;
+    `load` returns (LoadedModel, the run id or None)."""
+
+    def __init__(self, tracking_uri: str | None, tmp: Path) -> None:
+        self.tracking_uri, self.tmp = tracking_uri, tmp
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            from recsys_mtl.config.tracking import default_tracking_uri
+
+            if self.tracking_uri is None and not Path("mlflow.db").exists():
+                raise FileNotFoundError(f"no mlflow.db in {Path.cwd()}; pass --tracking-uri")
+            self.tracking_uri = self.tracking_uri or default_tracking_uri()
+            from recsys_mtl.tracking.sqlite_store import check_sqlite_store
+
+            check_sqlite_store(self.tracking_uri, "--tracking-uri", must_exist=True, writable=False)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def load(self, ref: str, config: str | None, is_path: bool, overrides: list[str], flags: tuple[str, str]):
+        if is_path:
+            return load_model(ref, config, overrides=overrides, flags=flags), None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            local, run_id = resolve_model_dir(self.client, self.tracking_uri, ref, self.tmp / ref.replace("/", "_"))
+        except MlflowException as exc:
+            raise FileNotFoundError(f"{ref}: not found in the tracking store {self.tracking_uri} ({exc.message})") from None
+        from recsys_mtl.tracking.model_manifest import verify_run_model
+
+        verify_run_model(self.client, run_id, local, ref)  # before torch reads any of it (DCP metadata is a pickle)
+        return load_model(local, config, source=ref, overrides=overrides, flags=flags), run_id
+
+
+__all__ = ["ModelRefs", "is_path_ref", "MODEL_ARTIFACT", "CONFIG_FILE", "SPEC_FILE", "CHECKPOINT_DIR", "LoadedModel", "load_model",
            "resolve_model_dir", "local_artifact_dir"]

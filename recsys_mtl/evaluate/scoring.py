@@ -1,29 +1,131 @@
-"""Score a whole eval set with a loaded model: logits, labels and mask of every row, in file order."""
+"""Score an eval set with loaded models.
+
+- `score_statistics`: streaming. Each process reads its share of the row groups once, runs every model on
+  each batch (forward only, inference mode) and adds the batch to a `StreamingEvaluator`; the processes'
+  statistics are summed by one all-reduce at the end. Memory does not depend on the number of rows.
+- `score_eval_set`: the exact reference path (`evaluate --exact`): logits, labels and mask of every row in memory.
+- `score_table`: predictions of an Arrow table (`recsys-mtl predict`, the MLflow pyfunc model).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
+from recsys_mtl.metrics.streaming_eval import evaluator_for, task_kinds
 
-def score_eval_set(model: torch.nn.Module, spec, data_path: str | Path,
-                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every row of `data_path` once, [N, T] each (reader in eval mode: one slot, no shuffle,
-    `drop_remainder=False`). `predict` pads the last batch with unlabelled rows; they are cut off."""
+#: the prediction column of task t is PREDICTION_PREFIX + t (`predict`'s output, the pyfunc model's)
+PREDICTION_PREFIX = "pred_"
+
+
+def eval_stream(spec, data_path: str | Path, batch_size: int, rank: int = 0, world_size: int = 1):
+    """Every row once, in file order, this rank's row groups (no shuffle, no loader workers, short last batch)."""
     from recsys_mtl.data.stream import ParquetStream
-    from recsys_mtl.train.evaluation import predict
 
-    stream = ParquetStream(str(data_path), spec, batch_size, rank=0, world_size=1, num_workers=0, seed=0,
+    stream = ParquetStream(str(data_path), spec, batch_size, rank=rank, world_size=world_size, num_workers=0, seed=0,
                            shuffle=False, shuffle_buffer_rows=0, drop_remainder=False)
     if stream.num_rows == 0:
         from recsys_mtl.data.errors import DataError
 
         raise DataError(f"{data_path}: the eval set has no rows; expected at least one labelled row to score")
     stream.set_epoch(0)
+    return stream
+
+
+def _same_reader(a, b) -> bool:
+    """Whether two specs read the same columns into the same tensors (then one read serves both models)."""
+    return a == b
+
+
+@torch.inference_mode()
+def score_statistics(models: Sequence[torch.nn.Module], specs: Sequence, data_path: str | Path, batch_size: int, *,
+                     n_boot: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
+                     on_batch: Callable[[int], None] | None = None):
+    """Streaming statistics of `models` (1, or candidate then baseline) on the same rows of `data_path`.
+
+    Models whose specs differ each get their own reader over the same files (row order is the same); their
+    labels must agree. With `world_size` > 1 this rank reads its row groups and the statistics are all-reduced:
+    every rank returns the totals. `on_batch(rows)` is called after each batch (progress)."""
+    if len(models) not in (1, 2) or len(specs) != len(models):
+        raise ValueError("score_statistics: one model, or a candidate and a baseline, each with its spec")
+    streams = [eval_stream(specs[0], data_path, batch_size, rank, world_size)]
+    if len(models) == 2 and not _same_reader(specs[0], specs[1]):
+        streams.append(eval_stream(specs[1], data_path, batch_size, rank, world_size))
+    evaluator = evaluator_for(specs[0], n_models=len(models), n_boot=n_boot if len(models) == 2 else 0, seed=seed)
+    positions = streams[0].batch_row_positions()
+    for batches in zip(*streams):
+        batch = batches[0]
+        if len(batches) == 2 and not (batches[1].labels.equal(batch.labels)
+                                      and batches[1].label_mask.equal(batch.label_mask)):
+            from recsys_mtl.config.loader import ConfigError
+
+            raise ConfigError(f"the baseline's feature spec reads other labels from {data_path} than the model's: "
+                              "compare models whose specs name the same label columns")
+        inputs = batches if len(batches) == len(models) else batches * len(models)  # one read for both models
+        logits = [model(b.dense, b.sparse) for model, b in zip(models, inputs)]
+        evaluator.update(logits, batch.labels, batch.label_mask, next(positions))
+        if on_batch is not None:
+            on_batch(batch.batch_size)
+    return evaluator.all_reduce_() if world_size > 1 else evaluator
+
+
+def score_eval_set(model: torch.nn.Module, spec, data_path: str | Path,
+                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every row of `data_path` once, [N, T] each, in memory (the exact path). `predict` pads the last batch with
+    unlabelled rows; they are cut off."""
+    from recsys_mtl.train.evaluation import predict
+
+    stream = eval_stream(spec, data_path, batch_size)
     logits, labels, mask = predict(model, stream, spec, batch_size, torch.device("cpu"), 1)
     n = stream.num_rows
     return logits[:n], labels[:n], mask[:n]
 
 
-__all__ = ["score_eval_set"]
+def prediction_columns(spec) -> list[str]:
+    return [PREDICTION_PREFIX + name for name in spec.task_names]
+
+
+def features_only(spec):
+    """The spec without its tasks: the columns a model reads to score (labels are not needed)."""
+    import dataclasses
+
+    return dataclasses.replace(spec, tasks=[])
+
+
+def to_predictions(logits, spec) -> np.ndarray:
+    """[B, T] logits -> predictions: sigmoid for binary tasks, the label transform undone for regression tasks."""
+    import torch
+
+    types, transforms = task_kinds(spec)
+    out = torch.sigmoid(logits.float())
+    for t, (kind, transform) in enumerate(zip(types, transforms)):
+        if kind == "regression":
+            out[:, t] = torch.expm1(logits[:, t]) if transform == "log1p" else logits[:, t]
+    return out.numpy()
+
+
+def score_table(model, spec, table, where: str, batch_size: int = 8192) -> np.ndarray:
+    """[rows, T] float32 predictions of an Arrow table holding the spec's feature columns (others are ignored).
+
+    A missing feature column or one of the wrong type is a one-line ConfigError naming it (and `where`)."""
+    import torch
+
+    from recsys_mtl.data.arrow import ArrowConverter
+
+    features = features_only(spec)
+    features.check_schema(table.schema, where)
+    columns = ArrowConverter(features).convert(table, where)
+    keys = features.sparse_names
+    out = np.empty((columns.n, spec.num_tasks), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, columns.n, batch_size):
+            stop = min(start + batch_size, columns.n)
+            batch = columns.slice(start, stop).to_batch(keys)
+            out[start:stop] = to_predictions(model(batch.dense, batch.sparse), spec)
+    return out
+
+
+__all__ = ["PREDICTION_PREFIX", "prediction_columns", "features_only", "to_predictions", "score_table", "eval_stream", "evaluator_for", "score_statistics", "score_eval_set", "task_kinds"]

@@ -2,8 +2,9 @@
 
 For each date partition D (in order), with N the next date:
   train     warm-start from the current champion's checkpoint, train on D (tracked run)
-  evaluate  score the candidate and that champion on N, the same rows; exact per-task NE,
-            relative NE change with bootstrap CIs (candidate vs champion)
+  evaluate  score the candidate and that champion on N, the same rows, in one streaming pass
+            (memory independent of the day's size); per-task NE, relative NE change with
+            Poisson-bootstrap CIs (candidate vs champion)
   decide    the gate: better on average, guarded tasks not worse beyond tolerance
   promote   accepted: register the candidate in the MLflow model registry and move the
             alias to it; rejected: nothing (the run records why)
@@ -32,6 +33,7 @@ from recsys_mtl.pipeline.config import DailyPipelineConfig
 from recsys_mtl.pipeline.gate import decide
 from recsys_mtl.pipeline.registry import ChampionRegistry
 from recsys_mtl.pipeline.state import STEPS, StepStore
+from recsys_mtl.train.lock import OutputDirLock
 
 log = logging.getLogger(__name__)
 DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
@@ -136,8 +138,9 @@ class DailyPipeline:
         ev, dec, pro = (self.store.get(date, s) for s in ("evaluate", "decide", "promote"))
         return DateOutcome(
             date=date, eval_date=ev["eval_date"], candidate_ne=ev["candidate_mean_ne"], champion_ne=ev["champion_mean_ne"],
-            mean_rel_ne_change=ev["mean_rel_ne_change"], decision="accepted" if dec["accepted"] else "rejected",
-            reason=dec["reason"], version=pro.get("version"), ran_steps=ran,
+            mean_rel_ne_change=ev["mean_rel_ne_change"],
+            decision="accepted" if dec["accepted"] and not pro.get("refused") else "rejected",
+            reason=pro.get("refused") or dec["reason"], version=pro.get("version"), ran_steps=ran,
         )
 
     # -- steps -------------------------------------------------------------------------------
@@ -170,6 +173,8 @@ class DailyPipeline:
         if artifacts:
             overrides.append(f"tracking.artifact_location={q(artifacts)}")
         config = TrainConfig.load(self.config.train_config, overrides)
+        with OutputDirLock(out):  # no live attempt can own a RUNNING run of this date while we hold its folder
+            _end_orphan_runs(self.tracking_uri, self.config.tracking.experiment, f"{self.config.name}-{date}")
         callback = TrackingCallback()
         trainer = Trainer(config, callbacks=[callback])
         trainer.fit()
@@ -185,64 +190,69 @@ class DailyPipeline:
 
         from recsys_mtl.evaluate.loading import MODEL_ARTIFACT, local_artifact_dir
 
-        run = MlflowClient(self.tracking_uri).get_run(run_id)
+        from recsys_mtl.tracking.model_manifest import verify_run_model
+
+        client = MlflowClient(self.tracking_uri)
+        run = client.get_run(run_id)
         local = local_artifact_dir(run.info.artifact_uri)
         if local is None or not (local / MODEL_ARTIFACT).is_dir():
             import mlflow.artifacts
 
-            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT,
-                                                            dst_path=str(self.work / "models" / run_id),
-                                                            tracking_uri=self.tracking_uri))
-        return local / MODEL_ARTIFACT
+            model_dir = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT,
+                                                                 dst_path=str(self.work / "models" / run_id),
+                                                                 tracking_uri=self.tracking_uri))
+        else:
+            model_dir = local / MODEL_ARTIFACT
+        verify_run_model(client, run_id, model_dir, f"run {run_id}'s model")
+        return model_dir
 
-    def _scores(self, model_dir: str, data: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], int, dict]:
-        """Predictions (probabilities; regression tasks: values), labels, mask, task names, how many logits are
-        NaN or infinite (a sigmoid hides an infinity), and the tasks' types and label transforms."""
-        import torch
-
+    def _statistics(self, model_dirs: list[str], data: Path):
+        """Streaming per-task statistics of the candidate (and the champion, on the same rows, with the bootstrap):
+        memory does not grow with the day's rows. Also the tasks, their kinds, and the candidate's count of NaN or
+        infinite logits (a sigmoid hides an infinity)."""
         from recsys_mtl.evaluate.loading import load_model
-        from recsys_mtl.evaluate.scoring import score_eval_set
-        from recsys_mtl.losses import task_predictions
+        from recsys_mtl.evaluate.scoring import score_statistics
 
-        loaded = load_model(model_dir)
-        with torch.no_grad():
-            logits, labels, mask = score_eval_set(loaded.model, loaded.spec, data, batch_size=8192)
-        non_finite = int((~torch.isfinite(logits)).sum())
-        regression = torch.tensor([t.is_regression for t in loaded.spec.tasks])
-        kinds = {"task_types": loaded.spec.task_types, "label_transforms": [t.transform for t in loaded.spec.tasks]}
-        return (task_predictions(logits, regression).numpy(), labels.numpy(), mask.numpy(), loaded.spec.task_names,
-                non_finite, kinds)
+        loaded = [load_model(d) for d in model_dirs]
+        kinds = [{"task_types": m.spec.task_types, "label_transforms": [t.transform for t in m.spec.tasks]}
+                 for m in loaded]
+        if len(loaded) == 2 and (loaded[1].spec.task_names != loaded[0].spec.task_names or kinds[1] != kinds[0]):
+            raise RuntimeError(f"the champion {model_dirs[1]} scores other tasks or task types than the candidate")
+        non_finite = _NonFiniteCount()
+        models = [non_finite.wrap(loaded[0].model)] + [m.model for m in loaded[1:]]
+        stats = score_statistics(models, [m.spec for m in loaded], data, batch_size=8192,
+                                 n_boot=self.config.gate.bootstrap_samples, seed=0)
+        return stats, loaded[0].spec.task_names, kinds[0], non_finite.count
 
     def _step_evaluate(self, date: str) -> dict[str, Any]:
         from recsys_mtl.metrics.names import normalized_error_name
-        from recsys_mtl.metrics.offline import compare_models, task_metrics
-        from recsys_mtl.tracking.tracker import RunTracker
+        from recsys_mtl.tracking.model_manifest import verify_run_model
 
         train = self.store.get(date, "train")
         eval_date = train["eval_date"]
         data = self.partitions[eval_date]
-        cand, labels, mask, tasks, non_finite, kinds = self._scores(train["model_dir"], data)
-        exact = task_metrics(cand, labels, mask, **kinds)
+        verify_run_model(self._registry().client, train["run_id"], train["model_dir"], f"{date}'s candidate")
+        dirs = [train["model_dir"]]
+        champion = None
+        if train["champion_version"] is not None:
+            champion = self._registry().version(train["champion_version"])
+            dirs.append(champion.checkpoint)
+        stats, tasks, kinds, non_finite = self._statistics(dirs, data)
         # "ne" in the record: each task's normalized error (NE of binary tasks, NMSE of regression tasks)
+        cand_ne = stats.normalized_error(0)
         record: dict[str, Any] = {
-            "eval_date": eval_date, "tasks": tasks, "candidate_ne": _floats(exact.normalized_error),
+            "eval_date": eval_date, "tasks": tasks, "candidate_ne": _floats(cand_ne),
             "candidate_non_finite": non_finite,  # NaN/inf logits: a diverged model, never promoted
-            "candidate_mean_ne": float(np.nanmean(exact.normalized_error)), "champion_ne": None,
-            "champion_mean_ne": None, "rel_ne_change": None, "mean_rel_ne_change": None, "mean_rel_ne_change_ci": None,
+            "candidate_mean_ne": float(np.nanmean(cand_ne)), "champion_ne": None, "champion_mean_ne": None,
+            "rel_ne_change": None, "mean_rel_ne_change": None, "mean_rel_ne_change_ci": None,
             "task_types": kinds["task_types"],
         }
         metrics = {f"eval/{normalized_error_name(k)}/{t}": float(v)
-                   for t, k, v in zip(tasks, kinds["task_types"], exact.normalized_error) if np.isfinite(v)}
-        if train["champion_version"] is not None:
-            champion = self._registry().version(train["champion_version"])
-            champ, champ_labels, champ_mask, champ_tasks, _, champ_kinds = self._scores(champion.checkpoint, data)
-            if champ_tasks != tasks or champ_kinds != kinds or not np.array_equal(champ_mask, mask):
-                raise RuntimeError(f"{date}: champion version {champion.version} scores other tasks, task types or "
-                                   "rows than the candidate")
-            cmp = compare_models(champ, cand, labels, mask, n_boot=self.config.gate.bootstrap_samples, seed=0, **kinds)
-            champ_exact = task_metrics(champ, labels, mask, **kinds)
-            record.update(champion_ne=_floats(champ_exact.normalized_error),
-                          champion_mean_ne=float(np.nanmean(champ_exact.normalized_error)),
+                   for t, k, v in zip(tasks, kinds["task_types"], cand_ne) if np.isfinite(v)}
+        if champion is not None:
+            cmp = stats.comparison()
+            champ_ne = stats.normalized_error(1)
+            record.update(champion_ne=_floats(champ_ne), champion_mean_ne=float(np.nanmean(champ_ne)),
                           rel_ne_change=_floats(cmp.rel_ne_change), mean_rel_ne_change=float(cmp.mean_rel_ne_change),
                           mean_rel_ne_change_ci=_floats(cmp.mean_rel_ne_change_ci))
             metrics.update({f"eval/rel_ne_change_vs_champion/{t}": float(v)
@@ -276,9 +286,55 @@ class DailyPipeline:
             return {"version": None}
         train = self.store.get(date, "train")
         registry = self._registry()
+        refused = _promote_refusal(registry, train)
+        if refused:  # e.g. killed after decide, and a later date promoted meanwhile: the gate's verdict is stale
+            own = registry.version_of_run(train["run_id"])
+            if own is not None:  # registered before the kill: say in the registry that it never became champion
+                registry.tag_version(own, {PROMOTE_REFUSED_TAG: refused})
+            _tag_run(self.tracking_uri, train["run_id"], {"recsys_mtl.pipeline.decision": "rejected",
+                                                          "recsys_mtl.pipeline.reason": refused})
+            log.warning("%s: %s", date, refused)
+            return {"version": None, "refused": refused}
         version = registry.register(train["run_id"], source=train["model_dir"], checkpoint=train["model_dir"], date=date)
         registry.promote(version)
         return {"version": version}
+
+
+class _NonFiniteCount:
+    """Counts a model's NaN or infinite logits as it scores (a sigmoid would hide an infinity)."""
+
+    def __init__(self) -> None:
+        self._count = None
+
+    def wrap(self, model):
+        import torch
+
+        def scored(dense, sparse):
+            logits = model(dense, sparse)
+            found = (~torch.isfinite(logits)).sum()
+            self._count = found if self._count is None else self._count + found
+            return logits
+
+        return scored
+
+    @property
+    def count(self) -> int:
+        return 0 if self._count is None else int(self._count)
+
+
+PROMOTE_REFUSED_TAG = "recsys_mtl.pipeline.promote_refused"
+
+
+def _promote_refusal(registry: ChampionRegistry, train: dict[str, Any]) -> str | None:
+    """Why the candidate of `train` may not become champion now, or None.
+
+    Its gate compared it with the champion its train record pinned; the alias must still name that version, or
+    this candidate's own (a promote that died after moving the alias and before its record)."""
+    pinned, now = train["champion_version"], registry.champion_version()
+    if now == pinned or (now is not None and now == registry.version_of_run(train["run_id"])):
+        return None
+    return (f"promote refused: this candidate was compared with champion version {pinned or '(none)'}, and the "
+            f"champion is now version {now or '(none)'}")
 
 
 def _yaml_string(value: Any) -> str:
@@ -301,6 +357,27 @@ def _log_to_run(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> No
     items = [Metric(k, v, now, 0) for k, v in metrics.items()]
     for i in range(0, len(items), 1000):
         client.log_batch(run_id, metrics=items[i : i + 1000])
+
+
+def _end_orphan_runs(tracking_uri: str, experiment: str, run_name: str) -> list[str]:
+    """Mark KILLED the runs named `run_name` still RUNNING: a kill -9 of an earlier attempt left them so (a run the
+    retry continues from its checkpoint is set RUNNING again by the tracker). Returns their ids."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    ended = []
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=1000):
+        if run.info.run_name == run_name:
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    if ended:
+        log.warning("marked %d run(s) of an earlier, killed attempt KILLED: %s", len(ended), ", ".join(ended))
+    return ended
 
 
 def _tag_run(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:

@@ -58,6 +58,10 @@ class ChampionRegistry:
             import mlflow.artifacts
 
             checkpoint = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=self.client.tracking_uri)
+        from recsys_mtl.tracking.model_manifest import verify_run_model
+
+        # checked whenever the champion is looked up: it is then warm-started from and scored
+        verify_run_model(self.client, mv.run_id, checkpoint, f"{self.model_name} version {mv.version}")
         return Champion(version=str(mv.version), run_id=mv.run_id, checkpoint=str(checkpoint))
 
     def register(self, run_id: str, source: str, checkpoint: str, date: str) -> str:
@@ -68,14 +72,28 @@ class ChampionRegistry:
             self.client.get_registered_model(self.model_name)
         except MlflowException:
             self.client.create_registered_model(self.model_name, description="recsys-mtl daily pipeline champion history")
-        existing = self.client.search_model_versions(f"name = '{self.model_name}' and run_id = '{run_id}'")
-        if existing:
-            return str(existing[0].version)
+        existing = self.version_of_run(run_id)
+        if existing is not None:
+            return existing
         mv = self.client.create_model_version(
             self.model_name, source=source, run_id=run_id, tags={CHECKPOINT_TAG: checkpoint, DATE_TAG: date},
             description=f"candidate trained on {date}",
         )
         return str(mv.version)
+
+    def version_of_run(self, run_id: str) -> str | None:
+        """The version registered for `run_id`, or None (also when the model is not registered yet)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            existing = self.client.search_model_versions(f"name = '{self.model_name}' and run_id = '{run_id}'")
+        except MlflowException:
+            return None
+        return str(existing[0].version) if existing else None
+
+    def tag_version(self, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.model_name, version, key, value)
 
     def promote(self, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, self.alias, version)

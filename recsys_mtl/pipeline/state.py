@@ -11,7 +11,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from recsys_mtl.config.loader import ConfigError
+
 STEPS = ("train", "evaluate", "decide", "promote")
+
+
+def _why(record: object) -> str:
+    if isinstance(record, json.JSONDecodeError):
+        return f"not JSON: {record.msg} at line {record.lineno} column {record.colno}"
+    if isinstance(record, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return f"a JSON {type(record).__name__}, not an object"
 
 
 class StepStore:
@@ -23,7 +33,16 @@ class StepStore:
 
     def get(self, date: str, step: str) -> dict[str, Any] | None:
         path = self.folder(date) / f"{step}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            record = exc
+        if not isinstance(record, dict):  # written atomically by put(): damaged or edited since
+            raise ConfigError(f"{path}: pipeline state file is damaged ({_why(record)}); delete it to run the "
+                              f"{step} step of {date} again (or restore it from a backup)")
+        return record
 
     def put(self, date: str, step: str, record: dict[str, Any]) -> None:
         folder = self.folder(date)

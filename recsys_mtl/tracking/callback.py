@@ -17,11 +17,13 @@ What a run holds:
   tasks), `eval/mean_nmse` (regression tasks);
 - system metrics (`system/...`), heatmaps `plots/train_weight.png`, `plots/train_group.png`;
 - a training resumed from a checkpoint continues the same run (`tracking.continue_run`): its first params stay,
-  changed ones are listed in a tag, the resume steps are in `recsys_mtl.resumed_at_steps`, and steps logged
-  between the checkpoint and the interruption appear twice in a metric's history (the later value is the
-  resumed process's);
-- at the end: the model as `model/` (config.yaml, feature_spec.yaml and the final DCP
-  checkpoint directory `model/checkpoint/`, as saved by every rank), `train_log.jsonl`,
+  changed ones are listed in a tag, the resume steps are in `recsys_mtl.resumed_at_steps`; each step's metrics
+  are in the run once, even after a kill -9: everything up to a checkpoint is delivered (or spooled, fsynced)
+  before the checkpoint commits, and a resumed process does not log again a (metric, step) the store already
+  holds from the interrupted one (that one's value stays; system metrics are sampled by time and excluded);
+- at the end: the model as `model/` (config.yaml, feature_spec.yaml, the final DCP
+  checkpoint directory `model/checkpoint/`, as saved by every rank, and `manifest.json`, the SHA-256 of each of
+  those files, whose own hash is the tag `recsys_mtl.model_manifest_sha256`), `train_log.jsonl`,
   and a model-registry version when `tracking.register_model` is set.
 """
 
@@ -112,6 +114,15 @@ class TrackingCallback(TrainerCallback):
                 out[f"eval/mean_{key}"] = sum(vals) / len(vals)
         self.tracker.log_metrics(step, out)
 
+    def on_checkpoint(self, trainer: "Trainer", step: int) -> None:
+        """Every metric up to `step` is delivered or in the fsynced spool before the checkpoint commits: a kill -9
+        after it loses none of them (a resume starts after `step` and does not log them again)."""
+        timeout = 2 * trainer.config.tracking.http_timeout_s + 10  # one delivery attempt, then the spool write
+        spool = self.tracker.spool_path
+        if not self.tracker.flush(timeout=timeout) and not (spool is not None and spool.exists()):
+            log.warning("tracking: the metrics up to step %d were not all delivered before its checkpoint (the "
+                        "store is slow); a kill now may lose some of them", step)
+
     # -- end ---------------------------------------------------------------------------------
     def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None:
         t, tcfg = self.tracker, trainer.config.tracking
@@ -139,13 +150,26 @@ class TrackingCallback(TrainerCallback):
             return False
         # the checkpoint's own config and spec (those of the process that saved it: a re-run under other settings
         # that trains nothing logs the model as it was trained); a checkpoint older than them: this run's
+        from recsys_mtl.tracking.model_manifest import MANIFEST_FILE, MANIFEST_TAG, write_manifest
+
         work = trainer.output_dir / "tracking"
         t = self.tracker
-        for name in (CONFIG_FILE, SPEC_FILE):
-            src = checkpoint / name if (checkpoint / CONFIG_FILE).is_file() else work / name
+        files = {name: checkpoint / name if (checkpoint / CONFIG_FILE).is_file() else work / name
+                 for name in (CONFIG_FILE, SPEC_FILE)}
+        for src in files.values():
             t.log_artifact(src, MODEL_ARTIFACT)
         t.log_artifact(checkpoint, f"{MODEL_ARTIFACT}/{CHECKPOINT_DIR}/{checkpoint.name}")  # the name keeps the step
-        t.set_tags({"recsys_mtl.model": MODEL_ARTIFACT, "recsys_mtl.checkpoint": checkpoint.name})
+        from recsys_mtl.evaluate.pyfunc import MLMODEL, write_mlmodel
+
+        # the model folder is also an MLflow pyfunc model (mlflow.pyfunc.load_model, mlflow models serve)
+        files[MLMODEL] = write_mlmodel(work / "pyfunc", trainer.spec, run_id=self.run_id)
+        t.log_artifact(files[MLMODEL], MODEL_ARTIFACT)
+        files.update({f"{CHECKPOINT_DIR}/{checkpoint.name}/{f.relative_to(checkpoint).as_posix()}": f
+                      for f in checkpoint.rglob("*") if f.is_file()})
+        manifest_sha = write_manifest(files, work / MANIFEST_FILE)  # what a load from the store is checked against
+        t.log_artifact(work / MANIFEST_FILE, MODEL_ARTIFACT)
+        t.set_tags({"recsys_mtl.model": MODEL_ARTIFACT, "recsys_mtl.checkpoint": checkpoint.name,
+                    MANIFEST_TAG: manifest_sha})
         return True
 
     def _register(self, name: str, retrained: bool = True) -> None:

@@ -107,6 +107,19 @@ def _params_on_continue(run, params: Mapping[str, Any], step: int) -> tuple[dict
     return new, tags
 
 
+def _logged_after(client, run_id: str, step: int) -> frozenset[tuple[str, int]]:
+    """(metric, step) pairs of run `run_id` past `step` (system metrics aside: they are sampled by time)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        keys = [k for k in client.get_run(run_id).data.metrics if not k.startswith("system/")]
+        return frozenset((k, m.step) for k in keys for m in client.get_metric_history(run_id, k) if m.step > step)
+    except MlflowException as exc:  # a store that answered create/reopen a moment ago: rare; duplicates, not loss
+        log.warning("could not read run %s's metrics past step %d (%s): steps after it may appear twice", run_id,
+                    step, str(exc)[:200])
+        return frozenset()
+
+
 class NullTracker:
     """What ranks other than 0 (and disabled tracking) get: every call does nothing."""
 
@@ -216,6 +229,8 @@ class RunTracker(NullTracker):
         self._name_ok: dict[str, bool] = {}
         self._key_cache: dict[tuple, list[str | None]] = {}
         self._last_step = 0
+        #: (metric, step) pairs the store holds already (a continued run's, past its checkpoint): not logged again
+        self.already_logged: frozenset[tuple[str, int]] = frozenset()
         self._retry_at = 0.0  # monotonic time before which the store is not tried again
         self._backoff = config.retry_initial_s
         self._closed = False
@@ -263,19 +278,23 @@ class RunTracker(NullTracker):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(config.http_timeout_s))
         from mlflow.tracking import MlflowClient  # lazy: `import mlflow` costs seconds
 
+        from recsys_mtl.tracking.sqlite_store import check_sqlite_store, quiet_sqlalchemy_dump
+
+        check_sqlite_store(uri, "tracking.tracking_uri")
         work_dir = Path(work_dir).resolve()
         spool_dir = work_dir / SPOOL_DIRNAME
         try:
-            client = MlflowClient(tracking_uri=uri)
-            exp = client.get_experiment_by_name(config.experiment)
-            if exp is None:
-                exp_id = client.create_experiment(config.experiment,
-                                                  artifact_location=config.resolved_artifact_location())
-            else:
-                exp_id = exp.experiment_id
-            run = _reopen(client, continue_run_id, exp_id, config.experiment) if continue_run_id else None
-            if run is None:
-                run = client.create_run(exp_id, run_name=run_name)
+            with quiet_sqlalchemy_dump():  # the one line below says what failed
+                client = MlflowClient(tracking_uri=uri)
+                exp = client.get_experiment_by_name(config.experiment)
+                if exp is None:
+                    exp_id = client.create_experiment(config.experiment,
+                                                      artifact_location=config.resolved_artifact_location())
+                else:
+                    exp_id = exp.experiment_id
+                run = _reopen(client, continue_run_id, exp_id, config.experiment) if continue_run_id else None
+                if run is None:
+                    run = client.create_run(exp_id, run_name=run_name)
         except Exception as exc:  # noqa: BLE001 - any store error
             reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             raise TrackingUnavailable(
@@ -289,6 +308,8 @@ class RunTracker(NullTracker):
             for path, ok in spool.flush_spool_dir(spool_dir).items():
                 log.info("uploaded spool %s" if ok else "spool %s still not fully uploaded", path)
         tracker = cls(client, run.info.run_id, config, uri, work_dir, resumed_at_step=step if continued else None)
+        if continued:  # after the spool upload above: what the interrupted process delivered past its checkpoint
+            tracker.already_logged = _logged_after(client, run.info.run_id, step)
         all_params: dict[str, Any] = {}
         if config_obj is not None:
             from recsys_mtl.config.loader import flatten, to_yaml
@@ -434,7 +455,7 @@ class RunTracker(NullTracker):
             _, step, ts, metrics = item
             self._last_step = max(self._last_step, step)
             for key, value in metrics.items():
-                if self._valid_name(key):
+                if self._valid_name(key) and (key, step) not in self.already_logged:
                     self._metrics.append((key, float(value.item() if hasattr(value, "item") else value), ts, step))
         elif kind == "v":
             _, step, ts, prefix, names, values, skip_non_finite = item
@@ -447,7 +468,8 @@ class RunTracker(NullTracker):
                 log.error("log_vector(%r): %d names for %d values; dropped", prefix, len(names), len(values))
                 return
             self._metrics.extend((k, v, ts, step) for k, v in zip(self._vector_keys(prefix, names), values)
-                                 if k is not None and not (skip_non_finite and not math.isfinite(v)))
+                                 if k is not None and not (skip_non_finite and not math.isfinite(v))
+                                 and (k, step) not in self.already_logged)
             if self.config.plots and prefix in PLOTTED_PREFIXES:
                 hist = self._histories.get(prefix)
                 if hist is None or hist.names != list(names):

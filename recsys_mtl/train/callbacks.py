@@ -19,6 +19,8 @@ class TrainerCallback:
     def on_eval(self, trainer: "Trainer", step: int, epoch: int, metrics: dict[str, dict[str, float]]) -> None: ...
     def on_train_metrics(self, trainer: "Trainer", step: int, metrics: dict[str, torch.Tensor]) -> None:
         """Streaming per-task metrics ({"ne": [T], "ne_lifetime": [T], ...}, recsys_mtl.metrics.streaming)."""
+    def on_checkpoint(self, trainer: "Trainer", step: int) -> None:
+        """Step `step` is about to be checkpointed: what was reported up to it should be made durable now."""
     def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None: ...
     def on_train_error(self, trainer: "Trainer", exc: BaseException) -> None:
         """`fit` is raising `exc` (an error, Ctrl-C or SIGTERM); called before it propagates."""

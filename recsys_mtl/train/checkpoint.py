@@ -17,6 +17,8 @@ tensor is loaded.
 
 from __future__ import annotations
 
+import base64
+import errno
 import json
 import logging
 import os
@@ -34,6 +36,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from recsys_mtl.config.loader import ConfigError, to_dict
 from recsys_mtl.config.train import LEGACY_ARCHITECTURE_SECTIONS
+from recsys_mtl.train.distributed import computed_on_rank0
 from recsys_mtl.weighting import weighting_signature  # the package: every method registered
 
 if TYPE_CHECKING:
@@ -48,14 +51,45 @@ CHECKPOINTS_DIR = "checkpoints"  # under train.output_dir, unless train.checkpoi
 CONFIG_FILE = "config.yaml"  # the resolved training config, in every checkpoint the trainer saves
 SPEC_FILE = "feature_spec.yaml"  # the feature spec the model was built from, beside it
 CHECKPOINT_DIR = "checkpoint"  # a model directory's (a tracked run's `model/` artifact) final checkpoint folder
-RNG_KEY = "rng"  # the trainer's key for every rank's RNG states (a pickled list by rank)
-METRICS_KEY = "train_metrics"  # every rank's streaming-metric lifetime states (a pickled list by rank, or None)
+RNG_KEY = "rng"  # the trainer's key for every rank's RNG states (a packed list by rank)
+METRICS_KEY = "train_metrics"  # every rank's streaming-metric lifetime states (a packed list by rank, or None)
 _PREFIX = "step-"
 _TMP_PREFIX = ".tmp-"
 
 
 RESUME_ADVICE = ("Resume with the config (and feature spec) it was trained with, or start fresh: set "
                  "train.checkpoint.resume: false or point train.checkpoint.dir (or train.output_dir) at a new directory.")
+
+
+class DiskFull(OSError):
+    """A checkpoint could not be written for want of space; the earlier ones are intact."""
+
+    exit_code = 1  # the CLI prints it as one line
+
+
+def _free_bytes(directory: Path) -> int:
+    for path in (directory, *directory.parents):
+        if path.exists():
+            return shutil.disk_usage(path).free
+    return 0
+
+
+def _is_disk_full(exc: BaseException, free: int, newest: Path | None) -> bool:
+    """ENOSPC/EDQUOT anywhere in `exc` (DCP wraps each rank's error), or torch's zip writer's own message for a
+    short write ('unexpected pos', 'file write failed') when less is free than the newest checkpoint takes."""
+    errors = [e for e, _ in exc.failures.values()] if isinstance(exc, CheckpointException) else [exc]
+    seen: list[BaseException] = []
+    while errors:
+        e = errors.pop()
+        if e is None or e in seen:
+            continue
+        seen.append(e)
+        errors += [e.__cause__, e.__context__]
+    if any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in seen):
+        return True
+    short_write = any(m in str(e) for e in seen for m in ("unexpected pos", "file write failed", "No space left"))
+    needed = sum(f.stat().st_size for f in newest.iterdir() if f.is_file()) if newest else 1 << 20
+    return short_write and free < needed
 
 
 def model_signature(spec: FeatureSpec, config: TrainConfig) -> dict[str, Any]:
@@ -205,7 +239,7 @@ class CheckpointManager:
     # -- saving --------------------------------------------------------------------------
     def save(self, step: int, state: dict[str, Any], signature: dict[str, Any],
              files: dict[str, str] | None = None) -> Path:
-        """Write `state` (model/optimizer state dicts, bytes objects) as checkpoint `step`, with `files`
+        """Write `state` (model/optimizer state dicts, packed payloads) as checkpoint `step`, with `files`
         (name -> text, written by rank 0) inside it, so they appear together with the checkpoint or not at all."""
         if files and SIGNATURE in files:
             raise ValueError(f"{SIGNATURE} is the checkpoint's own signature file; name the extra file otherwise")
@@ -221,34 +255,60 @@ class CheckpointManager:
             dcp.save(_without_empty_dicts(state), checkpoint_id=str(tmp))
         except CheckpointException as exc:
             _raise_interrupt(exc)
+            self._raise_if_disk_full(exc, step, tmp)
             raise
         self._barrier()
-        if self.rank == 0:
-            for file_name, text in {SIGNATURE: json.dumps(signature, indent=1, sort_keys=True), **(files or {})}.items():
-                with open(tmp / file_name, "w") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-            _fsync_dir(tmp)
-            if final.exists():  # same step saved again (e.g. the end of a resumed run)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.directory)
-            _write_atomic(self.directory / LATEST, name + "\n")
-            # removed: checkpoints not of this run (an earlier run's, see start_fresh, and any of a higher step, which
-            # this run, whose steps only grow, did not write: a fresh run that died before removing the earlier
-            # run's leaves them), then this run's beyond the newest `keep`
-            ours = []
-            for old in self.complete_checkpoints():
-                if old != final and (old in self._earlier_run or step_number(old) > step):
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    ours.append(old)
-            for old in ours[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+
+        def commit() -> None:  # rank 0; its failure (a full disk) reaches every rank instead of hanging them
+            try:
+                self._commit(step, name, tmp, final, signature, files)
+            except OSError as exc:
+                self._raise_if_disk_full(exc, step, tmp)
+                raise
+
+        computed_on_rank0(commit, self.world_size)
         self._earlier_run = []
         self._barrier()
         return final
+
+    def _raise_if_disk_full(self, exc: BaseException, step: int, tmp: Path) -> None:
+        """A save that failed for want of space: remove its partial folder (rank 0) and raise DiskFull."""
+        free = _free_bytes(self.directory)
+        newest = self.latest()
+        if not _is_disk_full(exc, free, newest):
+            return
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise DiskFull(
+            f"checkpoint step {step} not saved: the disk holding {self.directory} is full ({free / 2**20:.1f} MiB "
+            f"free); the earlier checkpoints are intact ({f'newest {newest.name}' if newest else 'none yet'}): free "
+            "space (or set train.checkpoint.dir elsewhere), then run the same command to resume") from None
+
+    def _commit(self, step: int, name: str, tmp: Path, final: Path, signature: dict[str, Any],
+                files: dict[str, str] | None) -> None:
+        """Rank 0: the side files into the temp folder, then the folder and `latest` into place, then rotation."""
+        for file_name, text in {SIGNATURE: json.dumps(signature, indent=1, sort_keys=True), **(files or {})}.items():
+            with open(tmp / file_name, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if final.exists():  # same step saved again (e.g. the end of a resumed run)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(self.directory)
+        _write_atomic(self.directory / LATEST, name + "\n")
+        # removed: checkpoints not of this run (an earlier run's, see start_fresh, and any of a higher step, which
+        # this run, whose steps only grow, did not write: a fresh run that died before removing the earlier
+        # run's leaves them), then this run's beyond the newest `keep`
+        ours = []
+        for old in self.complete_checkpoints():
+            if old != final and (old in self._earlier_run or step_number(old) > step):
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                ours.append(old)
+        for old in ours[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
     # -- loading -------------------------------------------------------------------------
     def check_signature(self, path: Path, signature: dict[str, Any], advice: str = RESUME_ADVICE,
@@ -268,6 +328,7 @@ class CheckpointManager:
         self.check_signature(path, signature, advice)
         loaded = _without_empty_dicts(state)
         try:
+            _payload_placeholders(path, loaded)
             dcp.load(loaded, checkpoint_id=str(path))
         except DCP_ERRORS as exc:
             _raise_interrupt(exc)
@@ -286,9 +347,10 @@ class CheckpointManager:
         return key in CheckpointManager.top_level_keys(path)
 
     def read_object(self, path: Path, key: str) -> Any:
-        """One bytes object of checkpoint `path`, unpacked; read by this rank alone (no collective)."""
+        """One packed payload of checkpoint `path`, unpacked; read by this rank alone (no collective)."""
         state = {key: b""}
         try:
+            _payload_placeholders(path, state)
             dcp.load(state, checkpoint_id=str(path), no_dist=True)
         except DCP_ERRORS as exc:
             _raise_interrupt(exc)
@@ -348,17 +410,101 @@ def _unloadable(path: Path, exc: BaseException, advice: str) -> CheckpointMismat
         "damaged (a disk error, a copy cut short), delete that step's folder to use the previous checkpoint. " + advice)
 
 
-def pack(obj: Any) -> bytes:
-    """Non-tensor state (data position, RNG, counters) travels through DCP as one bytes object."""
-    return pickle.dumps(obj)
+PAYLOAD_MAGIC = b"recsys-mtl-json-1\n"  # a payload's first bytes; pickled ones (before JSON) start with 0x80
+
+
+def pack(obj: Any) -> torch.Tensor:
+    """Non-tensor state (data position, RNG, counters) as one uint8 tensor of tagged JSON: DCP stores it as a
+    tensor (a bytes object would go through pickle on save and torch.load(weights_only=False) on load), and
+    reading it back runs no code. Tensors and arrays inside are tagged with dtype, shape and base64 data."""
+    text = json.dumps(_to_json(obj), separators=(",", ":"), allow_nan=True)
+    return torch.frombuffer(bytearray(PAYLOAD_MAGIC + text.encode()), dtype=torch.uint8)
 
 
 def unpack(data: Any) -> Any:
-    if isinstance(data, (bytes, bytearray)):
-        return pickle.loads(data)
-    if hasattr(data, "read"):
-        return pickle.loads(data.read())
-    raise TypeError(f"unexpected checkpoint object {type(data).__name__}")
+    if isinstance(data, torch.Tensor):
+        data = data.numpy().tobytes()
+    elif hasattr(data, "read"):
+        data = data.read()
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"unexpected checkpoint object {type(data).__name__}")
+    if bytes(data[:len(PAYLOAD_MAGIC)]) == PAYLOAD_MAGIC:
+        return _from_json(json.loads(bytes(data[len(PAYLOAD_MAGIC):])))
+    # A checkpoint written before JSON payloads: read on resume only (the run's own output_dir, which it trusts as
+    # before); the model loads of evaluate and warm starts never read payloads
+    log.warning("a checkpoint payload is in the pickled format of recsys-mtl before JSON payloads: read with pickle, "
+                "as before (your own checkpoint); the next checkpoint is written as JSON")
+    return pickle.loads(bytes(data))
 
 
-__all__ = ["CheckpointManager", "model_signature", "CHECKPOINT_DIR", "CHECKPOINTS_DIR", "CONFIG_FILE", "SPEC_FILE", "CheckpointMismatchError", "RESUME_ADVICE", "METRICS_KEY", "RNG_KEY", "pack", "unpack", "rng_state", "set_rng_state"]
+_DTYPES = {str(t).removeprefix("torch."): t for t in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                                                       torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                                                       torch.bool)}
+
+
+def _to_json(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        raw = t.view(torch.uint8) if t.dim() else t.reshape(1).view(torch.uint8)
+        return {"__tensor__": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+                "data": base64.b64encode(raw.numpy().tobytes()).decode()}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.dtype.str, "shape": list(obj.shape),
+                "data": base64.b64encode(np.ascontiguousarray(obj).tobytes()).decode()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_to_json(v) for v in obj]}
+    if isinstance(obj, list):
+        return [_to_json(v) for v in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and not any(k.startswith("__") for k in obj):
+            return {k: _to_json(v) for k, v in obj.items()}
+        return {"__items__": [[_to_json(k), _to_json(v)] for k, v in obj.items()]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint payload: cannot store a {type(obj).__name__} as JSON")
+
+
+def _from_json(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [_from_json(v) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "__tensor__" in obj:
+        dtype = _DTYPES[obj["__tensor__"]]  # a KeyError for anything else: nothing but these is built
+        raw = torch.frombuffer(bytearray(base64.b64decode(obj["data"])), dtype=torch.uint8)
+        return raw.view(dtype).reshape(obj["shape"]).clone() if raw.numel() else torch.empty(obj["shape"], dtype=dtype)
+    if "__ndarray__" in obj:
+        dtype = np.dtype(obj["__ndarray__"])
+        if dtype.hasobject:
+            raise ValueError("checkpoint payload: an object array is not data")
+        return np.frombuffer(base64.b64decode(obj["data"]), dtype=dtype).reshape(obj["shape"]).copy()
+    if "__tuple__" in obj:
+        return tuple(_from_json(v) for v in obj["__tuple__"])
+    if "__items__" in obj:
+        return {_hashable(_from_json(k)): _from_json(v) for k, v in obj["__items__"]}
+    return {k: _from_json(v) for k, v in obj.items()}
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
+def _payload_placeholders(path: Path, state: dict) -> None:
+    """Give each top-level bytes placeholder of `state` that the checkpoint holds as a tensor (a JSON payload) a
+    uint8 tensor of the saved size, which DCP loads in place; a bytes item (a pickled payload of an older
+    checkpoint) keeps its placeholder."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = None
+    for key, value in state.items():
+        if isinstance(value, (bytes, bytearray)):
+            if metadata is None:
+                metadata = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+            saved = metadata.get(key)
+            if isinstance(saved, TensorStorageMetadata):
+                state[key] = torch.empty(saved.size, dtype=torch.uint8)
+
+
+__all__ = ["CheckpointManager", "model_signature", "CHECKPOINT_DIR", "CHECKPOINTS_DIR", "CONFIG_FILE", "SPEC_FILE", "CheckpointMismatchError", "DiskFull", "RESUME_ADVICE", "METRICS_KEY", "RNG_KEY", "pack", "unpack", "rng_state", "set_rng_state"]

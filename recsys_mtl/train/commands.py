@@ -92,6 +92,18 @@ def torchrun_args(config: str, overrides: list[str], nproc: int, nnodes: int = 1
 
 def launch_torchrun(config: str, overrides: list[str], nproc: int, nnodes: int = 1,
                     rdzv_endpoint: str | None = None, rdzv_id: str = "recsys-mtl") -> int:
+    """`train CONFIG --set ...` under torchrun in this process; returns the exit code."""
+    return _run_torchrun(torchrun_args(config, overrides, nproc, nnodes, rdzv_endpoint, rdzv_id), nproc, "training")
+
+
+def launch_command(argv: list[str], nproc: int, what: str) -> int:
+    """`recsys-mtl ARGV` as N torchrun workers on this machine (evaluate, predict); returns the exit code."""
+    # "--" ends torchrun's options: its parser would take --run, --nproc (prefixes of its own) as ambiguous
+    return _run_torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "recsys_mtl.cli", "--"] + list(argv),
+                         nproc, what)
+
+
+def _run_torchrun(torchrun_argv: list[str], nproc: int, what: str) -> int:
     """torchrun in this process (its agent stops the workers on SIGTERM/SIGINT); returns the exit code.
 
     A worker's own error (a config error: exit 2) has already been printed by the worker; torchrun's
@@ -102,7 +114,7 @@ def launch_torchrun(config: str, overrides: list[str], nproc: int, nnodes: int =
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
 
-    args = parse_args(torchrun_args(config, overrides, nproc, nnodes, rdzv_endpoint, rdzv_id))
+    args = parse_args(torchrun_argv)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     # torchrun gives each worker 1 thread (and warns) unless told; share the machine's cores instead
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
@@ -110,7 +122,7 @@ def launch_torchrun(config: str, overrides: list[str], nproc: int, nnodes: int =
         torchrun(args)
     except ChildFailedError as exc:
         codes = {rank: f.exitcode for rank, f in sorted(exc.failures.items())}
-        print(f"recsys-mtl: training failed (exit codes by rank: {codes}); the workers' errors are above",
+        print(f"recsys-mtl: {what} failed (exit codes by rank: {codes}); the workers' errors are above",
               file=sys.stderr)
         return 2 if 2 in codes.values() else 1
     except SignalException as exc:

@@ -1,8 +1,11 @@
-"""Evaluation during training: exact per-task AUC, NE and log loss over the whole eval set.
+"""Evaluation during training: per-task AUC, NE, log loss and calibration over the whole eval set.
 
-Each rank scores its share of the eval data; predictions are gathered to rank 0,
-which computes the metrics on the full set and sends them to the other ranks.
+Each rank scores its share of the eval data into streaming per-task statistics
+(recsys_mtl.metrics.streaming_eval: sums and fine logit histograms); one all-reduce
+sums them, so every rank holds the same metrics and nothing is gathered row by row.
 `TrainerEvaluation.evaluate` is the trainer's evaluation (mixed into Trainer).
+`predict` (every row's logits, gathered to rank 0) and `task_metrics` (exact) stay for
+callers that need the rows.
 """
 
 from __future__ import annotations
@@ -17,9 +20,38 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.config.features import FeatureSpec
 from recsys_mtl.data.batch import Batch
-from recsys_mtl.train.distributed import computed_on_rank0
 
 log = logging.getLogger(__name__)
+
+
+def metrics_by_task(evaluator, task_names: list[str]) -> dict[str, dict[str, float]]:
+    """task -> {auc, ne, logloss, calibration, count} of binary tasks, {nmse, mse, rmse, mae, mae_raw, count} of
+    regression tasks, from a StreamingEvaluator's statistics (the keys of `task_metrics`)."""
+    from recsys_mtl.metrics import names
+
+    m = evaluator.task_metrics()
+    out = {}
+    for t, name in enumerate(task_names):
+        keys = names.REGRESSION_METRICS if m.task_types[t] == names.REGRESSION else names.BINARY_METRICS
+        out[name] = {key: float(getattr(m, key)[t]) for key in keys}
+        out[name][names.COUNT] = int(m.n_labelled[t])
+    return out
+
+
+@torch.no_grad()
+def eval_statistics(model: torch.nn.Module, batches: Sized, spec: FeatureSpec, batch_size: int, device: torch.device,
+                    world_size: int):
+    """Streaming per-task statistics of the whole eval set, summed over the ranks (every rank gets the totals).
+
+    `model(dense, sparse) -> logits`; ranks may hold different numbers of eval rows: short batches are padded
+    and missing batches filled with empty ones, all masked out (sharded lookups are collective)."""
+    from recsys_mtl.metrics.streaming_eval import evaluator_for
+
+    evaluator = evaluator_for(spec, device=device)
+    for batch in _equal_count(batches, spec, batch_size, world_size, device):
+        batch = pad_batch(batch, batch_size).to(device)
+        evaluator.update(model(batch.dense, batch.sparse), batch.labels, batch.label_mask)
+    return evaluator.all_reduce_() if world_size > 1 else evaluator
 
 
 def task_metrics(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
@@ -139,14 +171,13 @@ class TrainerEvaluation:
             batch_size = self.config.data.eval_batch_size or self.config.data.batch_size
             self.eval_data.set_epoch(0)
             self.eval_data.load_state_dict(self.eval_data.position_after(0))
-            predictions = predict(self.module.model, self.eval_data, self.spec, batch_size, self.device,
-                                  self.env.world_size)
+            statistics = eval_statistics(self.module.model, self.eval_data, self.spec, batch_size, self.device,
+                                         self.env.world_size)
         finally:
             self.dmp.train()
             self._reattach()
-        # rank 0 holds the whole set; every rank keeps the same last_eval (it goes into the checkpoint)
-        metrics = computed_on_rank0(lambda: task_metrics(*predictions, self.spec.task_names, self.spec.tasks),
-                                    self.env.world_size)
+        # all-reduced statistics: every rank computes the same last_eval (it goes into the checkpoint)
+        metrics = metrics_by_task(statistics, self.spec.task_names)
         self.last_eval, self._evaluated_at = metrics, self.step
         if self.env.is_main:
             epochs_done = self.epoch + (self.step_in_epoch / self._steps_in_epoch if self._steps_in_epoch else 0)

@@ -25,8 +25,12 @@ class OutputDirLock:
     def acquire(self) -> "OutputDirLock":
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # read-only folder or file system, a file where the folder should be
+            raise ConfigError(f"train.output_dir {self.path.parent}: cannot write there ({exc.strerror}: "
+                              f"{exc.filename}); set train.output_dir to a folder this user can write") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

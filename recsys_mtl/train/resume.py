@@ -85,6 +85,8 @@ class TrainerCheckpoints:
             dist.all_gather_object(per_rank, local)
         state[RNG_KEY] = pack([rng for rng, _ in per_rank])
         state[METRICS_KEY] = pack([metrics for _, metrics in per_rank])
+        for cb in self.callbacks if self.env.is_main else ():  # callbacks written before the hook lack it
+            getattr(cb, "on_checkpoint", lambda *_: None)(self, self.step)
         path = self.checkpoints.save(self.step, state, self.signature, files=self._self_description)
         self._saved_step = self.step
         if self.env.is_main:

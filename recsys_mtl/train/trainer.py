@@ -31,6 +31,7 @@ from recsys_mtl.config.loader import ConfigError
 from recsys_mtl.config.train import TrainConfig
 from recsys_mtl.data.batch import Batch
 from recsys_mtl.data.errors import DataError
+from recsys_mtl.data.label_check import check_labels
 from recsys_mtl.train.callbacks import TrainerCallback, TrainResult
 from recsys_mtl.train.checkpoint import CHECKPOINTS_DIR, CheckpointManager, model_signature
 from recsys_mtl.train.distributed import DistEnv, computed_on_rank0, init_distributed
@@ -107,6 +108,10 @@ class Trainer(TrainerOptimizers, TrainerCheckpoints, TrainerStepLog, TrainerEval
             if getattr(self.eval_data, "num_rows", None) == 0:  # found now, not by the evaluation after the whole training
                 raise DataError(f"data.eval_path {config.data.eval_path}: the eval set has no rows; point it at "
                                 "data with labelled rows, or set it to null to train without evaluation")
+        if hasattr(self.train_data, "units"):  # a Parquet source: its label columns are checked before training
+            computed_on_rank0(lambda: check_labels(self.train_data.units, self.spec, config.data.train_path,
+                              config.data.batch_size * self.env.world_size, config.data.unlabelled_tasks,
+                                           getattr(self.train_data, "fragments", None)), self.env.world_size)
         self.schedule = self._build_schedule()  # after train_data: its length plans the decay
 
         ckpt_dir = Path(tc.checkpoint.dir) if tc.checkpoint.dir else self.output_dir / CHECKPOINTS_DIR

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -13,13 +15,20 @@ def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "recsys_mtl.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-def test_data_synth_then_summary(tmp_path, capsys):
+def test_data_synth_then_summary_reports_each_tasks_coverage_and_base_rate(tmp_path, capsys):
     out = tmp_path / "syn"
     assert main(["data", "synth", "--tasks", "5", "--rows", "3000", "--days", "2", "--table-scale", "0.001", "--out", str(out)]) == 0
     assert "wrote 3,000 rows, 5 tasks, 2 days" in capsys.readouterr().out
     assert main(["data", "summary", str(out)]) == 0
     text = capsys.readouterr().out
     assert "3,000 rows in 2 files" in text and "click" in text and "multi-valued features" in text
+    spec = yaml.safe_load((out / "_feature_spec.yaml").read_text())
+    table = pq.read_table(sorted(out.rglob("*.parquet")))
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[2:] if len(line.split()) == 3}
+    for task in spec["tasks"]:
+        column = table.column(task.get("label") or task["name"])
+        labelled = len(column) - column.null_count
+        assert rows[task["name"]] == [f"{labelled / len(column):.1%}", f"{pc.sum(column).as_py() / labelled:.4f}"]
 
 
 def test_synth_into_existing_folder_fails_cleanly_with_exit_code_2(tmp_path):

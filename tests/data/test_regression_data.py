@@ -133,8 +133,8 @@ def test_shipped_play_time_spec_matches_the_converter(kuairand_dir, repo_root):
 def test_the_play_time_config_and_its_baseline_differ_only_in_the_spec_and_output(repo_root):
     with_head = read_yaml(repo_root / "configs" / "kuairand_play_time.yaml")
     without = read_yaml(repo_root / "configs" / "kuairand_play_time_baseline.yaml")
-    assert with_head["data"].pop("spec") == "feature_specs/kuairand_play_time.yaml"
-    assert without["data"].pop("spec") == "feature_specs/kuairand.yaml"
+    assert with_head["data"].pop("spec") == "../feature_specs/kuairand_play_time.yaml"  # relative to configs/
+    assert without["data"].pop("spec") == "../feature_specs/kuairand.yaml"
     assert with_head["train"].pop("output_dir") != without["train"].pop("output_dir")
     assert with_head == without and with_head["weighting"] == {"method": "equal"}
     for name in ("kuairand_play_time", "kuairand_play_time_baseline", "synthetic_regression"):

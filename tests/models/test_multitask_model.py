@@ -65,14 +65,17 @@ def test_embedding_init_on_the_gpu_equals_the_cpu_bit_for_bit():
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=0)
 
 
-def test_same_seed_same_model():
+def test_same_seed_same_model_and_another_seed_other_tables():
+    """The dense layers come from the global generator (the trainer seeds it); the tables from `seed` alone."""
     spec = tiny_spec()
-    torch.manual_seed(0)
-    a = MultiTaskModel(spec, ModelConfig(architecture="ple"), seed=1)
-    torch.manual_seed(0)
-    b = MultiTaskModel(spec, ModelConfig(architecture="ple"), seed=1)
-    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert torch.equal(p, q), n
+    models = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        torch.manual_seed(0)
+        models[name] = MultiTaskModel(spec, ModelConfig(architecture="ple"), seed=seed).state_dict()
+    for n, p in models["a"].items():
+        assert torch.equal(p, models["b"][n]), n
+    tables = [n for n in models["a"] if n.startswith("ebc.")]
+    assert tables and all(not torch.equal(models["a"][n], models["c"][n]) for n in tables)
 
 
 def test_unknown_architecture_is_a_config_error_listing_the_choices():

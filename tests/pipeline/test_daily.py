@@ -73,6 +73,16 @@ def test_backfill_over_three_days_registers_and_moves_the_champion(tmp_path, day
     run = client.get_run(pipeline.store.get("2026-01-02", "train")["run_id"])
     assert run.data.tags["recsys_mtl.pipeline.decision"] == outcomes[1].decision
     assert "eval/ne/click" in run.data.metrics and "eval/mean_rel_ne_change_vs_champion" in run.data.metrics
+    # the gate's figures are the streaming statistics: they agree with the exact in-memory NE of the same rows
+    from recsys_mtl.evaluate.loading import load_model
+    from recsys_mtl.evaluate.scoring import score_eval_set
+    from recsys_mtl.metrics.offline import task_metrics
+
+    record = pipeline.store.get("2026-01-02", "evaluate")
+    candidate = load_model(pipeline.store.get("2026-01-02", "train")["model_dir"])
+    exact = task_metrics(*score_eval_set(candidate.model, candidate.spec, pipeline.partitions["2026-01-03"], 4096),
+                         from_logits=True)
+    assert record["candidate_ne"] == pytest.approx(list(exact.ne), rel=1e-5)
 
 
 def test_rerunning_completed_dates_changes_nothing(tmp_path, days):
@@ -195,3 +205,106 @@ def test_a_candidate_that_predicts_non_finite_values_is_rejected_even_without_a_
     assert outcome.decision == "rejected" and outcome.version is None
     assert outcome.reason == "the candidate predicts 7 non-finite values (NaN/inf) on the eval day: its training diverged"
     assert pipeline._registry().champion_version() is None
+
+
+def test_a_date_killed_before_promote_cannot_move_the_alias_off_a_newer_champion(tmp_path, days):
+    """Day 2 is accepted and the job dies before promote; day 3 is promoted; day 2's retried promote is refused
+    (its gate compared it with version 1), names both versions, and registers nothing, however often retried."""
+    config = make_config(tmp_path, days, gate={"guarded_tasks": [], "min_mean_improvement": -1.0, "bootstrap_samples": 20})
+    pipeline = DailyPipeline.load(config, echo=lambda *_: None)
+    assert pipeline.run("2026-01-01", "2026-01-01")[0].version == "1"
+    for step in ("train", "evaluate", "decide"):
+        pipeline.store.put("2026-01-02", step, getattr(pipeline, f"_step_{step}")("2026-01-02"))
+    assert pipeline.store.get("2026-01-02", "decide")["accepted"]  # then the job died
+    (day3,) = pipeline.run("2026-01-03", "2026-01-03")
+    assert day3.version == "2"
+    before = registry_state(pipeline)
+    for _ in range(2):
+        (day2,) = DailyPipeline.load(config, echo=lambda *_: None).run("2026-01-02", "2026-01-02")
+        assert day2.decision == "rejected" and day2.version is None
+        assert day2.reason == ("promote refused: this candidate was compared with champion version 1, and the "
+                               "champion is now version 2")
+        assert registry_state(pipeline) == before  # alias on version 2, no version for day 2
+    run = pipeline._registry().client.get_run(pipeline.store.get("2026-01-02", "train")["run_id"])
+    assert run.data.tags["recsys_mtl.pipeline.decision"] == "rejected"
+
+
+def test_a_promote_that_died_after_registering_completes_on_retry_with_one_version(tmp_path, days):
+    config = make_config(tmp_path, days, gate={"guarded_tasks": [], "min_mean_improvement": -1.0, "bootstrap_samples": 20})
+    pipeline = DailyPipeline.load(config, echo=lambda *_: None)
+    for step in ("train", "evaluate", "decide"):
+        pipeline.store.put("2026-01-01", step, getattr(pipeline, f"_step_{step}")("2026-01-01"))
+    train = pipeline.store.get("2026-01-01", "train")
+    registry = pipeline._registry()
+    registry.promote(registry.register(train["run_id"], source=train["model_dir"], checkpoint=train["model_dir"],
+                                       date="2026-01-01"))  # the alias moved, then the job died before the record
+    (day1,) = DailyPipeline.load(config, echo=lambda *_: None).run("2026-01-01", "2026-01-01")
+    assert day1.decision == "accepted" and day1.version == "1"
+    assert registry_state(pipeline)[:2] == ([1], "1")
+
+
+KILL_IN_TRAINING = """
+import os, signal, sys
+from recsys_mtl.tracking.callback import TrackingCallback
+from recsys_mtl.pipeline.daily import DailyPipeline
+
+def on_log(self, trainer, records):  # a real kill -9 mid-training, before any checkpoint
+    os.kill(os.getpid(), signal.SIGKILL)
+
+TrackingCallback.on_log = on_log
+DailyPipeline.load(sys.argv[1], echo=lambda *_: None).run("2026-01-01", "2026-01-01")
+"""
+
+
+def test_a_retry_after_kill_9_marks_the_killed_attempts_run_killed(tmp_path, days):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    config = make_config(tmp_path, days, train_overrides=[
+        "data.batch_size=256", "train.progress_bar=false", "model.mmoe.expert_hidden=[16]", "train.log_every=2"])
+    proc = subprocess.run([sys.executable, "-c", KILL_IN_TRAINING, str(config)], cwd=tmp_path, capture_output=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    pipeline = DailyPipeline.load(config, echo=lambda *_: None)
+    client = pipeline._registry().client
+    experiment = client.get_experiment_by_name("test-daily").experiment_id
+    (orphan,) = client.search_runs([experiment])
+    assert orphan.info.status == "RUNNING"
+    (day1,) = pipeline.run("2026-01-01", "2026-01-01")
+    assert day1.decision == "accepted"
+    status = {r.info.run_id: r.info.status for r in client.search_runs([experiment])}
+    assert status.pop(orphan.info.run_id) == "KILLED"
+    assert list(status.values()) == ["FINISHED"]
+
+
+def test_a_damaged_state_file_is_one_line_naming_it_and_what_to_do(tmp_path, days, capsys):
+    from recsys_mtl.cli import main
+
+    config = make_config(tmp_path, days)
+    pipeline = DailyPipeline.load(config, echo=lambda *_: None)
+    state = tmp_path / "work" / "state" / "2026-01-01" / "train.json"
+    for damage in (b'{"run_id": "ab', b"\xff\xfe", b"[1, 2]"):
+        pipeline.store.put("2026-01-01", "train", {"run_id": "x"})
+        state.write_bytes(damage)  # a copy cut short, a disk error, an edit
+        assert main(["pipeline", "status", str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"recsys-mtl: error: {state}: pipeline state file is damaged (") and "\n" not in err
+        assert err.endswith("delete it to run the train step of 2026-01-01 again (or restore it from a backup)")
+
+
+@pytest.mark.parametrize("click, like, accepted", [
+    (0.051, -0.2, False),  # a guarded task past tolerance: rejected, however much the mean improves
+    (0.049, -0.2, True),  # within tolerance
+    (-0.2, 0.1, True),  # an unguarded task may get worse
+])
+def test_the_gate_rejects_a_guarded_task_past_its_tolerance(click, like, accepted):
+    from recsys_mtl.pipeline.config import GateConfig
+    from recsys_mtl.pipeline.gate import decide
+
+    gate = GateConfig(guarded_tasks=["click"], tolerance=0.05)
+    decision = decide(["click", "like"], [click, like], (click + like) / 2, gate)
+    assert decision.accepted == accepted
+    if not accepted:
+        assert decision.reason == f"guarded task(s) worse than tolerance 5.0000%: click {click:+.4%}"

@@ -23,10 +23,27 @@ def test_weight_heatmap_with_64_tasks_grows_tall_enough_for_one_label_per_task(t
     assert height >= T * 15, "at least ~15 px per task row so the names do not overlap"
 
 
-def test_group_heatmap_uses_discrete_colours(tmp_path):
+def _pixel_colours(path):
+    import collections
+
+    import matplotlib.image
+
+    rgb = (matplotlib.image.imread(path)[..., :3] * 255).round().astype(int)
+    return collections.Counter(map(tuple, rgb.reshape(-1, 3)))
+
+
+def test_group_heatmap_uses_one_discrete_colour_per_group(tmp_path):
+    import matplotlib
+
     groups = np.random.default_rng(1).integers(0, 5, (50, T))
     path = plot_task_heatmap(groups, np.arange(50), NAMES, tmp_path / "g.png", discrete=True)
-    assert path.stat().st_size > 10_000
+    tab10 = [tuple(round(c * 255) for c in matplotlib.colormaps["tab10"](i)[:3]) for i in range(6)]
+    pixels = _pixel_colours(path)
+    heat = sum(pixels.values()) // 20  # the mesh fills well over half the figure: each group over 1/20 of it
+    assert all(pixels[colour] > heat for colour in tab10[:5]), [pixels[c] for c in tab10]
+    assert pixels[tab10[5]] < 100  # five groups, five colours (a few pixels of the colorbar's edge at most)
+    smooth = _pixel_colours(plot_task_heatmap(groups, np.arange(50), NAMES, tmp_path / "c.png"))
+    assert all(smooth[colour] < heat for colour in tab10[:5])  # a continuous map does not paint them
 
 
 def test_relative_ne_change_bars_with_ci_whiskers_for_one_and_several_runs(tmp_path):

@@ -25,17 +25,27 @@ def test_git_commit_reads_head_and_dirty_state(tmp_path):
     (tmp_path / "a.txt").write_text("1")
     subprocess.run(["git", "-C", str(tmp_path), "add", "a.txt"], check=True)
     subprocess.run(["git", "-C", str(tmp_path), "commit", "-qm", "c"], check=True, env=env)
-    sha, dirty = git_commit(tmp_path)
-    assert len(sha) == 40 and not dirty
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert git_commit(tmp_path) == (head, False)
+    (tmp_path / "sub").mkdir()
     (tmp_path / "a.txt").write_text("2")
-    assert git_commit(tmp_path) == (sha, True)
-    assert git_commit(tmp_path / "..") is None or git_commit(tmp_path / "..")[0] != sha
+    assert git_commit(tmp_path / "sub") == (head, True)  # the repository holding the folder, now dirty
+    outside = tmp_path.parent / f"{tmp_path.name}-not-a-repo"
+    outside.mkdir()
+    assert git_commit(outside) is None
 
 
 def test_run_tags_name_commit_data_and_every_tracked_package(tmp_path):
     (tmp_path / "d.parquet").write_bytes(b"1")
     tags = run_tags([tmp_path / "d.parquet"])
     assert tags["data.fingerprint"].startswith("sha256:")
+    import mlflow
+    import pyarrow
+    import torch
+
     for pkg in ("torch", "torchrec", "fbgemm_gpu", "pyarrow", "mlflow", "recsys_mtl"):
         assert tags[f"version.{pkg}"] == package_versions()[pkg]
-    assert package_versions()["torch"] != "not installed"
+    assert (tags["version.torch"], tags["version.pyarrow"], tags["version.mlflow"]) == \
+        (torch.__version__, pyarrow.__version__, mlflow.__version__)  # what is installed, not a constant
+    assert package_versions(["no_such_package_xyz"]) == {"no_such_package_xyz": "not installed"}

@@ -69,6 +69,8 @@ def final_state(out: Path) -> dict[str, torch.Tensor]:
     ckpt = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
     dcp_to_torch_save(ckpt, out / "final.pt")
     state = torch.load(out / "final.pt", weights_only=False)
+    for payload in ("train_state", "rng", "train_metrics"):  # the packed non-tensor state (it names output_dir)
+        state.pop(payload, None)
     return {k: v for k, v in _flatten(state).items() if isinstance(v, torch.Tensor)}
 
 
