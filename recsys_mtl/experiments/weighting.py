@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 #: experiment configs shipped for `--dataset NAME`
 DATASET_CONFIGS = {
     "kuairand": "configs/experiments/weighting_kuairand.yaml",
+    "kuairand_play_time": "configs/experiments/weighting_kuairand_play_time.yaml",
     "synthetic64": "configs/experiments/weighting_synthetic64.yaml",
 }
 RUN_DONE = "run.json"
