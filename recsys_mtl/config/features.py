@@ -13,9 +13,16 @@ A spec is YAML under `feature_specs/`, loaded with `FeatureSpec.load(path)`:
       - {name: price, transform: log1p}
     tasks:
       - {name: click}                                      # label column defaults to the name
-      - {name: conversion, label: is_conversion}
+      - {name: conversion, label: is_conversion, depends_on: click}   # a cascade (below)
 
 A null label means "no label for this task on this row": it is masked, not 0.
+
+Cascades (ESMM, Ma et al. 2018): a binary task with `depends_on: <parent>` (a binary task) is post-parent: its head
+predicts p(child | parent), and its own loss (`child_loss`, default true) covers rows where the parent is 1. The spec
+then gains a derived product task, named `<parent>_<child>` unless `product_name` says otherwise, predicting
+p(parent and child) = p(parent) p(child | parent) (along the whole chain when the parent depends on another task),
+with label "parent and child are 1" on every row where the parent is labelled (0 where it is 0; unlabelled where the
+parent is 1 and the child is null). Derived tasks follow the declared ones in `tasks` and have no head of their own.
 """
 
 from __future__ import annotations
@@ -103,10 +110,19 @@ class TaskSpec:
     transform: Literal["none", "log1p"] = "none"
     delta: float = 1.0
     clip: list[float] | None = None
+    depends_on: str | None = None  # the parent task: this head predicts p(this | parent)
+    child_loss: bool = True  # with depends_on: train this head on its own labels (parent-positive rows) too
+    product_name: str | None = None  # with depends_on: the derived product task's name (default <parent>_<child>)
+    product_of: list[str] | None = None  # set by the framework on a derived task: [parent, child]
 
     @property
     def source(self) -> str:
         return self.label or self.name
+
+    @property
+    def is_derived(self) -> bool:
+        """A product task of a cascade: no head and no label column of its own."""
+        return self.product_of is not None
 
     @property
     def is_regression(self) -> bool:
@@ -118,6 +134,13 @@ class TaskSpec:
         return self.loss or ("mse" if self.is_regression else "bce")
 
     def validate(self, where: Where) -> None:
+        if self.depends_on is None:
+            for key, default in (("child_loss", True), ("product_name", None)):
+                if getattr(self, key) != default:
+                    raise where.child(key).error(f"task {self.name!r}: {key} applies to a task with depends_on only")
+        elif self.is_regression:
+            raise where.child("depends_on").error(f"task {self.name!r} is a regression task: depends_on (a cascade) "
+                                                  "takes binary tasks only")
         if self.is_regression:
             if self.loss_name not in ("mse", "huber"):
                 raise where.child("loss").error(f"task {self.name!r} is a regression task: expected loss 'mse' or "
@@ -150,6 +173,19 @@ class FeatureSpec:
     dense: list[DenseFeature] = dataclasses.field(default_factory=list)
     description: str = ""
 
+    def __post_init__(self) -> None:
+        # the derived product tasks of cascades follow the declared tasks (the heads), in the children's order;
+        # a product already listed (a spec written back by to_yaml) is kept as it is
+        declared = [t for t in self.tasks if not t.is_derived]
+        listed = {tuple(t.product_of): t for t in self.tasks if t.is_derived}
+        derived = []
+        for t in declared:
+            if t.depends_on is not None:
+                key = (t.depends_on, t.name)
+                derived.append(listed.pop(key, None) or TaskSpec(name=t.product_name or f"{t.depends_on}_{t.name}",
+                                                                 product_of=list(key)))
+        object.__setattr__(self, "tasks", declared + derived + list(listed.values()))
+
     @classmethod
     def load(cls, path: str | Path) -> "FeatureSpec":
         return load_yaml(path, cls)
@@ -157,7 +193,39 @@ class FeatureSpec:
     # -- derived views -------------------------------------------------------------------
     @property
     def task_names(self) -> list[str]:
+        """Every task the model outputs: the declared ones (with heads), then the cascades' derived products."""
         return [t.name for t in self.tasks]
+
+    @property
+    def head_tasks(self) -> list[TaskSpec]:
+        """The tasks with a head and a label column of their own: the first `num_heads` of `tasks`."""
+        return [t for t in self.tasks if not t.is_derived]
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.head_tasks)
+
+    @property
+    def has_cascades(self) -> bool:
+        return any(t.is_derived for t in self.tasks)
+
+    def cascade_paths(self) -> dict[str, list[str]]:
+        """Derived task -> the head tasks whose probabilities it multiplies (root parent first, then down the chain).
+        Call on a validated spec."""
+        by_name = {t.name: t for t in self.tasks}
+        out = {}
+        for t in self.tasks:
+            if t.is_derived:
+                chain = [t.product_of[1]]
+                while by_name[chain[0]].depends_on is not None and len(chain) <= len(self.tasks):  # cycles: validate
+                    chain.insert(0, by_name[chain[0]].depends_on)
+                out[t.name] = chain
+        return out
+
+    @property
+    def loss_tasks(self) -> list[bool]:
+        """Per task: does it train on its own labels (False: a cascade's child with child_loss: false)."""
+        return [t.child_loss for t in self.tasks]
 
     @property
     def task_types(self) -> list[str]:
@@ -169,11 +237,15 @@ class FeatureSpec:
         return any(t.is_regression for t in self.tasks)
 
     def task_type_signature(self) -> dict[str, dict[str, str]]:
-        """What a checkpoint must agree on about task types: {} for all-binary specs (as before types existed),
-        else each regression task's type and transform (its head predicts that scale)."""
-        if not self.has_regression:
-            return {}
-        return {"task_types": {t.name: f"regression/{t.transform}" for t in self.tasks if t.is_regression}}
+        """What a checkpoint must agree on about task types: {} for all-binary specs without cascades (as before
+        types existed), else each regression task's type and transform (its head predicts that scale) and each
+        cascade child's parent (its head predicts a conditional)."""
+        out = {}
+        if self.has_regression:
+            out["task_types"] = {t.name: f"regression/{t.transform}" for t in self.tasks if t.is_regression}
+        if self.has_cascades:
+            out["cascades"] = {t.name: t.depends_on for t in self.tasks if t.depends_on is not None}
+        return out
 
     @property
     def sparse_names(self) -> list[str]:
@@ -194,7 +266,8 @@ class FeatureSpec:
     def columns(self) -> list[str]:
         """Every column the reader projects, in a stable order, without repeats."""
         cols = [f.source for f in self.sparse] + [f.source for f in self.dense]
-        cols += [t.source for t in self.tasks] + [t.weight_column for t in self.tasks if t.weight_column]
+        tasks = self.head_tasks
+        cols += [t.source for t in tasks] + [t.weight_column for t in tasks if t.weight_column]
         return list(dict.fromkeys(cols))
 
     def features_of_table(self, table: str) -> list[str]:
@@ -211,6 +284,11 @@ class FeatureSpec:
             for i, item in enumerate(items):
                 if not item.name:
                     raise where.child(section).child(i).child("name").error("must not be empty")
+                if item.name in seen and getattr(item, "is_derived", False):
+                    parent, child = (list(item.product_of) + ["?", "?"])[:2]
+                    raise where.child(section).error(
+                        f"derived task {item.name!r} (the product of {parent!r} and {child!r}, which depends on it) "
+                        f"has the name of another task (in {seen[item.name]}); set product_name on task {child!r}")
                 if item.name in seen:
                     raise where.child(section).child(i).child("name").error(
                         f"duplicate name {item.name!r} (already used in {seen[item.name]})"
@@ -230,10 +308,40 @@ class FeatureSpec:
         for i, f in enumerate(self.sparse):
             if sparse_cols.count(f.source) > 1:
                 raise where.child("sparse").child(i).error(f"column {f.source!r} is used by two sparse features")
-        label_cols = [t.source for t in self.tasks]
-        for i, t in enumerate(self.tasks):
+        label_cols = [t.source for t in self.head_tasks]
+        for i, t in enumerate(self.head_tasks):
             if label_cols.count(t.source) > 1:
                 raise where.child("tasks").child(i).error(f"label column {t.source!r} is used by two tasks")
+        self._validate_cascades(where)
+
+    def _validate_cascades(self, where: Where) -> None:
+        """Each depends_on names a binary task, without cycles; each derived task belongs to one child."""
+        by_name = {t.name: t for t in self.head_tasks}
+        for i, t in enumerate(self.tasks):
+            if t.is_derived:
+                parent, child = (t.product_of + [None, None])[:2]
+                if len(t.product_of) != 2 or by_name.get(child) is None or by_name[child].depends_on != parent:
+                    raise where.child("tasks").child(i).child("product_of").error(
+                        f"derived task {t.name!r}: product_of {t.product_of} is not [parent, child] of a task with "
+                        "depends_on (derived tasks are added by the framework; declare depends_on on the child)")
+                continue
+            if t.depends_on is None:
+                continue
+            at = where.child("tasks").child(i).child("depends_on")
+            parent = by_name.get(t.depends_on)
+            if parent is None:
+                raise at.error(f"task {t.name!r} depends on unknown task {t.depends_on!r}; the spec's tasks are "
+                               f"{', '.join(by_name)}")
+            if parent.is_regression:
+                raise at.error(f"task {t.name!r} depends on {parent.name!r}, a regression task; a cascade's parent "
+                               "must be binary")
+            chain, node = [t.name], parent
+            while node is not None:
+                if node.name in chain:
+                    cycle = " -> ".join(chain[chain.index(node.name):] + [node.name])
+                    raise at.error(f"task {t.name!r}: depends_on forms a cycle ({cycle})")
+                chain.append(node.name)
+                node = by_name.get(node.depends_on) if node.depends_on is not None else None
 
     def check_schema(self, schema: pa.Schema, source: str) -> None:
         """Raise ConfigError if a column is missing or of the wrong type in `source`'s schema."""
@@ -268,7 +376,7 @@ class FeatureSpec:
             t = field(f.source, f"dense feature {f.name!r}")
             if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)):
                 raise ConfigError(f"{source}: column {f.source!r} (dense feature {f.name!r}) has type {t}, expected numbers")
-        for task in self.tasks:
+        for task in self.head_tasks:
             t = field(task.source, f"label of task {task.name!r}")
             if task.is_regression:
                 if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)):

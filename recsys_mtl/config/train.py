@@ -18,6 +18,7 @@
                 deterministic, progress_bar, progress_every_s, checkpoint: {every, keep, dir, resume}}
     tracking:  {enabled, tracking_uri, experiment, run_name, train_metrics, train_metrics_every_n_steps,
                 log_model, register_model, ...}   (recsys_mtl/config/tracking.py)
+    evaluation: {gauc_group}   (`recsys-mtl evaluate`: the Parquet column whose groups GAUC averages over, e.g. user_id)
 
 Paths written in a config file are relative to that file (`data.spec: ../feature_specs/x.yaml` next to
 `configs/`), paths given with `--set` to the working directory; both become absolute when loaded, so the
@@ -337,6 +338,17 @@ class TrainSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """How `recsys-mtl evaluate` scores this model (not part of training)."""
+
+    gauc_group: str | None = None  # a Parquet column of group ids (e.g. user_id): adds grouped AUC per task
+
+    def validate(self, where: Where) -> None:
+        if self.gauc_group is not None and not self.gauc_group:
+            raise where.child("gauc_group").error("must name a column (or be null for no GAUC)")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -345,6 +357,7 @@ class TrainConfig:
     weighting: WeightingConfig = dataclasses.field(default_factory=WeightingConfig)
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None, *,
@@ -448,6 +461,7 @@ __all__ = [
     "WeightingConfig",
     "TrainSection",
     "CheckpointConfig",
+    "EvaluationConfig",
     "SHARDING_TYPES",
     "apply_overrides",
     "resolve_paths",

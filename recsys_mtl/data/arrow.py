@@ -278,6 +278,33 @@ def regression_labels(col: pa.Array, task: TaskSpec, where: str) -> tuple[np.nda
     return np.where(labelled, x, 0.0).astype(np.float32), labelled
 
 
+def cascade_label_plan(spec: FeatureSpec) -> np.ndarray | None:
+    """int64 [D, 3] for `cascade_labels_` (None without cascades): per derived task, (derived, chain, child) columns,
+    the chain being the parent's product when the parent is itself a child, else the parent; shallow chains first,
+    so a product reads its parent's finished product."""
+    if not spec.has_cascades:
+        return None
+    index = {t.name: j for j, t in enumerate(spec.tasks)}
+    by_name = {t.name: t for t in spec.tasks}
+    product_of_child = {t.product_of[1]: index[t.name] for t in spec.tasks if t.is_derived}
+    depth = {name: len(chain) for name, chain in spec.cascade_paths().items()}
+    plan = []
+    for t in sorted((t for t in spec.tasks if t.is_derived), key=lambda t: depth[t.name]):
+        parent, child = t.product_of
+        chain = product_of_child[parent] if by_name[parent].depends_on is not None else index[parent]
+        plan.append((index[t.name], chain, index[child]))
+    return np.array(plan, dtype=np.int64)
+
+
+def cascade_labels_(labels: np.ndarray, plan: np.ndarray) -> None:
+    """In place on int8 [n, T] labels (-1 = unlabelled): a child is labelled only where its whole chain of parents
+    is 1 (its head predicts the conditional); a derived task is 0 where that chain is 0, the child's label where
+    the chain is 1, unlabelled where the chain is."""
+    for derived, chain, child in plan:  # one step per cascade level, vectorised over rows
+        labels[:, child] = np.where(labels[:, chain] == 1, labels[:, child], -1)
+        labels[:, derived] = np.where(labels[:, chain] == 1, labels[:, child], labels[:, chain])
+
+
 class ArrowConverter:
     """Converts projected Arrow tables of one feature spec into validated `Columns`."""
 
@@ -289,6 +316,7 @@ class ArrowConverter:
         self._regression_index = np.array([j for j, t in enumerate(spec.tasks) if t.is_regression], dtype=np.int64)
         self._regression_column = {int(j): r for r, j in enumerate(self._regression_index)}
         self._has_regression = len(self._regression_index) > 0
+        self._cascades = cascade_label_plan(spec)
 
     def convert(self, table: pa.Table, where: str) -> Columns:
         """`where` names the file (and row group) for error messages."""
@@ -350,7 +378,7 @@ class ArrowConverter:
         labels = np.empty((n, len(self.spec.tasks)), dtype=np.int8)
         weights = np.ones((n, len(self.spec.tasks)), dtype=np.float32) if self._has_weights else None
         targets = np.empty((n, len(self._regression_index)), dtype=np.float32) if self._has_regression else None
-        for j, t in enumerate(self.spec.tasks):
+        for j, t in enumerate(self.spec.head_tasks):
             col = _array(table.column(t.source))
             if t.is_regression:
                 y, labelled = regression_labels(col, t, where)
@@ -367,6 +395,8 @@ class ArrowConverter:
                     raise DataError(f"{where}: column {t.weight_column!r} (sample weight of task {t.name!r}) has "
                                     f"{w[row]} at row {row}; expected finite weights >= 0 (null = 0)")
                 weights[:, j] = w
+        if self._cascades is not None:
+            cascade_labels_(labels, self._cascades)
         return Columns(n=n, ids=ids, offsets=offsets, dense=dense, labels=labels, weights=weights, targets=targets,
                        regression_index=self._regression_index if self._has_regression else None)
 

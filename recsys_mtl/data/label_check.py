@@ -43,7 +43,8 @@ def label_coverage(units: Sequence, spec: FeatureSpec, max_rows: int = MAX_ROWS_
     `fragments`: its Parquet fragments by path (ParquetStream.fragments: any pyarrow filesystem), else local files.
     Integer label columns are counted from their null counts; float ones from their data (a NaN is unlabelled too,
     and statistics do not count NaNs)."""
-    columns = [t.source for t in spec.tasks]
+    tasks = spec.head_tasks  # a cascade's derived tasks have no column: their labels come from these
+    columns = [t.source for t in tasks]
     rows = sum(u.num_rows for u in units)
     labelled = [0] * len(columns)
     stride = max(1, -(-rows // max_rows))  # read every stride-th row group: at most ~max_rows rows, spread out
@@ -73,9 +74,9 @@ def label_coverage(units: Sequence, spec: FeatureSpec, max_rows: int = MAX_ROWS_
                 present = pc.and_(present, pc.invert(pc.is_nan(col)))
             if t in from_data:
                 labelled[t] += int(pc.sum(present).as_py() or 0)
-            if not spec.tasks[t].is_regression:
+            if not tasks[t].is_regression:
                 positives[t] += int(pc.sum(pc.equal(col, 1)).as_py() or 0)
-    return LabelCoverage(spec.task_names, columns, rows, labelled, read_rows, positives)
+    return LabelCoverage([t.name for t in tasks], columns, rows, labelled, read_rows, positives)
 
 
 def check_labels(units: Sequence, spec: FeatureSpec, where: str, global_batch: int, unlabelled: str = "warn",
@@ -92,7 +93,7 @@ def check_labels(units: Sequence, spec: FeatureSpec, where: str, global_batch: i
         if unlabelled == "error":
             raise DataError(f"{message}. Fix the data, or drop the task from the feature spec ({SETTING}: error)")
         log.warning("%s. Set %s: error to stop instead", message, SETTING)
-    rare = [f"{name} {per:.2g}" for task, name, per, n in zip(spec.tasks, coverage.task_names,
+    rare = [f"{name} {per:.2g}" for task, name, per, n in zip(spec.head_tasks, coverage.task_names,
                                                                coverage.positives_per_batch(global_batch),
                                                                coverage.labelled)
             if n and per < 1 and not task.is_regression]

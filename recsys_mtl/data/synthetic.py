@@ -103,6 +103,9 @@ class SynthConfig:
     table_scale: float = 1.0  # shrink every table (tests, laptops)
     drift: float = 0.0        # per-day rotation of task directions
     regression_tasks: int = 0  # watch-time-like continuous targets after the binary tasks
+    # also write each post-click task's label on every row as `<task>_all` (what the row would have done had it been
+    # clicked: the labels are drawn for every row before the mask), to evaluate conditional heads over all impressions
+    post_click_all_labels: bool = False
 
     def __post_init__(self) -> None:  # ConfigError: the CLI prints one line
         from recsys_mtl.config.loader import ConfigError
@@ -321,6 +324,8 @@ def _chunk(world: _World, chunk_index: int, n: int, day: int) -> pa.Table:
         elif world.partial[t]:
             mask = rng.random(n) >= 0.3
         out[name] = pa.array(labels[:, t], type=pa.int8(), mask=mask)
+        if cfg.post_click_all_labels and world.post_click[t]:
+            out[f"{name}_all"] = pa.array(labels[:, t], type=pa.int8())
     if cfg.regression_tasks:
         reg_rng = np.random.default_rng([cfg.seed, chunk_index + 1, 0x7E6])  # binary labels stay as without them
         y = world.regression_targets(cols["user_id"], cols["item_id"], cols["channel"], cols["_dense_std"],

@@ -13,6 +13,9 @@ the normalized error (NE, or NMSE) and AUC get 95% CIs from a Poisson bootstrap 
 `--nproc N` runs N processes (torchrun), each scoring its row groups; their statistics are summed, so
 results equal one process's to float tolerance. `--exact` keeps every row in memory (one process): exact
 AUC and a paired bootstrap over row buckets, the reference for small sets.
+`--gauc-group user_id` (or the config's `evaluation.gauc_group`) adds each binary task's grouped AUC (GAUC: the
+AUC within each user, averaged with the user's labelled rows as weights, single-class users skipped; exact in both
+modes, recsys_mtl.metrics.grouped), logged as `eval/gauc/<task>` (with a baseline also `eval/delta_gauc/<task>`).
 
 Logging: when the model comes from an MLflow run, a new *eval run* is created in that run's
 experiment, nested under it (`mlflow.parentRunId`), holding `eval/<metric>/<task>` (at the
@@ -58,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-set", dest="baseline_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="as --set, for --baseline (repeatable)")
     p.add_argument("--tracking-uri", help="default: sqlite:///mlflow.db in the current directory")
+    p.add_argument("--gauc-group", metavar="COLUMN", help="add grouped AUC per task over the groups of this Parquet "
+                   "column (e.g. user_id); default: the model config's evaluation.gauc_group")
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -151,13 +156,18 @@ def _evaluate(args: argparse.Namespace, tmp: Path, rank: int = 0, world_size: in
             differ = [n for n, a, b in zip(names, kinds(base.spec), kinds(loaded.spec)) if a != b]
             raise ConfigError(f"--baseline {args.baseline}: task(s) {differ} have another type or label transform "
                               "than the model's: compare models that predict the same targets")
+    gauc_group = getattr(args, "gauc_group", None) or loaded.config.evaluation.gauc_group
+    if gauc_group:  # a bad column is found before anything is scored
+        from recsys_mtl.evaluate.scoring import check_group_column
+
+        check_group_column(args.data, gauc_group, loaded.spec)
     if rank == 0:
         what = f" with baseline {base.source}" if base is not None else ""
         how = "exact, in memory" if args.exact else f"streaming, {world_size} process{'es' * (world_size > 1)}"
         print(f"scoring {args.data} with {loaded.source} (checkpoint {loaded.checkpoint.name}, {len(names)} tasks)"
               f"{what} [{how}]", flush=True)
-    report = (_exact_report(args, loaded, base) if args.exact else
-              _streaming_report(args, loaded, base, rank, world_size))
+    report = (_exact_report(args, loaded, base, gauc_group) if args.exact else
+              _streaming_report(args, loaded, base, rank, world_size, gauc_group))
     if rank != 0:  # rank 0 prints and logs what every rank computed
         return EvalOutcome(report, run_id, None)
     table = report.to_table()
@@ -211,9 +221,9 @@ def _metrics_record(report) -> dict[str, Any]:
     return record
 
 
-def _exact_report(args: argparse.Namespace, loaded, base):
+def _exact_report(args: argparse.Namespace, loaded, base, gauc_group: str | None = None):
     """Every row's logits in memory: exact AUC, paired bootstrap over row buckets."""
-    from recsys_mtl.evaluate.scoring import score_eval_set
+    from recsys_mtl.evaluate.scoring import eval_set_groups, score_eval_set
     from recsys_mtl.metrics.offline import evaluate_predictions
 
     logits, labels, mask = score_eval_set(loaded.model, loaded.spec, args.data, args.batch_size)
@@ -225,13 +235,16 @@ def _exact_report(args: argparse.Namespace, loaded, base):
 
             raise ConfigError(f"--baseline {args.baseline}: its feature spec reads other labels from {args.data} than "
                               "the model's: compare models whose specs name the same label columns")
+    groups = eval_set_groups(args.data, gauc_group, loaded.spec, labels, mask) if gauc_group else None
     return evaluate_predictions(logits, labels, mask, loaded.spec.task_names, from_logits=True,
                                 baseline_predictions=baseline_logits, baseline=args.baseline, n_boot=args.n_boot,
                                 seed=args.seed, task_types=loaded.spec.task_types,
-                                label_transforms=[t.transform for t in loaded.spec.tasks])
+                                label_transforms=[t.transform for t in loaded.spec.tasks], groups=groups,
+                                gauc_group=gauc_group)
 
 
-def _streaming_report(args: argparse.Namespace, loaded, base, rank: int, world_size: int):
+def _streaming_report(args: argparse.Namespace, loaded, base, rank: int, world_size: int,
+                      gauc_group: str | None = None):
     """Per-task statistics streamed over this rank's row groups, summed over the ranks."""
     from recsys_mtl.evaluate.scoring import score_statistics
 
@@ -243,8 +256,13 @@ def _streaming_report(args: argparse.Namespace, loaded, base, rank: int, world_s
     with _progress(rank, args.data) as bar:
         evaluator = score_statistics([m.model for m in models], [m.spec for m in models], args.data, args.batch_size,
                                      n_boot=args.n_boot, seed=args.seed, rank=rank, world_size=world_size,
-                                     on_batch=bar.update)
-    return evaluator.report(loaded.spec.task_names, baseline=args.baseline)
+                                     on_batch=bar.update, gauc_group=gauc_group)
+    report = evaluator.report(loaded.spec.task_names, baseline=args.baseline)
+    if evaluator.grouped_scores is not None and rank == 0:  # exact GAUC from the rows gathered on rank 0
+        report.gauc, report.gauc_group = evaluator.grouped_scores.gauc(0).gauc, gauc_group
+        if base is not None:
+            report.baseline_gauc = evaluator.grouped_scores.gauc(1).gauc
+    return report
 
 
 def _progress(rank: int, data: str):

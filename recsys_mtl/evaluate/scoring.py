@@ -43,12 +43,14 @@ def _same_reader(a, b) -> bool:
 @torch.inference_mode()
 def score_statistics(models: Sequence[torch.nn.Module], specs: Sequence, data_path: str | Path, batch_size: int, *,
                      n_boot: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
-                     on_batch: Callable[[int], None] | None = None):
+                     on_batch: Callable[[int], None] | None = None, gauc_group: str | None = None):
     """Streaming statistics of `models` (1, or candidate then baseline) on the same rows of `data_path`.
 
     Models whose specs differ each get their own reader over the same files (row order is the same); their
     labels must agree. With `world_size` > 1 this rank reads its row groups and the statistics are all-reduced:
-    every rank returns the totals. `on_batch(rows)` is called after each batch (progress)."""
+    every rank returns the totals. `on_batch(rows)` is called after each batch (progress). `gauc_group`: a column of
+    group ids; the evaluator's `grouped_scores` then keeps each labelled row's group, scores and labels (exact GAUC
+    needs them: 8 + T (4 models + 1) bytes per row), gathered on rank 0."""
     if len(models) not in (1, 2) or len(specs) != len(models):
         raise ValueError("score_statistics: one model, or a candidate and a baseline, each with its spec")
     streams = [eval_stream(specs[0], data_path, batch_size, rank, world_size)]
@@ -56,6 +58,12 @@ def score_statistics(models: Sequence[torch.nn.Module], specs: Sequence, data_pa
         streams.append(eval_stream(specs[1], data_path, batch_size, rank, world_size))
     evaluator = evaluator_for(specs[0], n_models=len(models), n_boot=n_boot if len(models) == 2 else 0, seed=seed)
     positions = streams[0].batch_row_positions()
+    grouped, group_ids = None, None
+    if gauc_group:
+        from recsys_mtl.metrics.grouped import GroupedScores
+
+        group_ids = group_ids_by_position(data_path, gauc_group, specs[0])
+        grouped = GroupedScores(n_models=len(models), task_types=specs[0].task_types)
     for batches in zip(*streams):
         batch = batches[0]
         if len(batches) == 2 and not (batches[1].labels.equal(batch.labels)
@@ -66,9 +74,15 @@ def score_statistics(models: Sequence[torch.nn.Module], specs: Sequence, data_pa
                               "compare models whose specs name the same label columns")
         inputs = batches if len(batches) == len(models) else batches * len(models)  # one read for both models
         logits = [model(b.dense, b.sparse) for model, b in zip(models, inputs)]
-        evaluator.update(logits, batch.labels, batch.label_mask, next(positions))
+        rows = next(positions)
+        evaluator.update(logits, batch.labels, batch.label_mask, rows)
+        if grouped is not None:
+            grouped.update(group_ids[rows], logits, batch.labels, batch.label_mask)
         if on_batch is not None:
             on_batch(batch.batch_size)
+    if grouped is not None and world_size > 1:
+        grouped.gather_()
+    evaluator.grouped_scores = grouped
     return evaluator.all_reduce_() if world_size > 1 else evaluator
 
 
@@ -82,6 +96,79 @@ def score_eval_set(model: torch.nn.Module, spec, data_path: str | Path,
     logits, labels, mask = predict(model, stream, spec, batch_size, torch.device("cpu"), 1)
     n = stream.num_rows
     return logits[:n], labels[:n], mask[:n]
+
+
+def check_group_column(data_path: str | Path, column: str, spec) -> None:
+    """Before any scoring: `column` exists in the data and holds integer or string ids (from the schema alone)."""
+    _group_dataset(data_path, column, spec)
+
+
+def _group_dataset(data_path: str | Path, column: str, spec):
+    import pyarrow as pa
+
+    from recsys_mtl.config.loader import ConfigError
+    from recsys_mtl.data.stream import _discover
+
+    dataset, _, fragments = _discover(data_path, spec)
+    if column not in dataset.schema.names:
+        raise ConfigError(f"{data_path}: GAUC group column {column!r} (evaluation.gauc_group) is missing; the data "
+                          f"has: {', '.join(dataset.schema.names)}")
+    t = dataset.schema.field(column).type
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)):
+        raise ConfigError(f"{data_path}: GAUC group column {column!r} has type {t}, expected integer or string ids")
+    return dataset, fragments
+
+
+def _group_table(data_path: str | Path, column: str, spec, extra: list[str]):
+    """`column` (checked: present, integer or string ids, no nulls) as int64 ids, and the `extra` columns, of every
+    row in position order (the reader's files sorted by path, rows in file order)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from recsys_mtl.config.loader import ConfigError
+
+    dataset, fragments = _group_dataset(data_path, column, spec)
+    cols = list(dict.fromkeys([column, *extra]))
+    table = pa.concat_tables([frag.to_table(schema=dataset.schema, columns=cols) for frag in fragments])
+    ids = table.column(column).combine_chunks()
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+    if ids.null_count:
+        raise ConfigError(f"{data_path}: GAUC group column {column!r} has {ids.null_count} null ids; expected an id "
+                          "on every row")
+    if not pa.types.is_integer(ids.type):  # string ids (the type is checked above)
+        ids = pc.dictionary_encode(ids).indices
+    return np.array(ids.cast(pa.int64()).to_numpy(zero_copy_only=False)), table  # a writable copy
+
+
+def group_ids_by_position(data_path: str | Path, column: str, spec):
+    """[rows] int64 group ids indexed by row position in the data set (what a stream's `batch_row_positions`
+    gives): integer ids kept, string ids as dictionary indices."""
+    return _group_table(data_path, column, spec, [])[0]
+
+
+def eval_set_groups(data_path: str | Path, column: str, spec, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N] int64 group ids of `column` for the rows `score_eval_set` scored (in its order: files sorted by path, rows
+    in file order), checked against the scored labels of the first task so a different order cannot pass
+    unnoticed. A missing column, another type than integer or string ids, or a null id is an error naming it."""
+    import numpy as np
+
+    from recsys_mtl.data.arrow import binary_labels, regression_labels
+
+    first = spec.head_tasks[0]
+    ids, table = _group_table(data_path, column, spec, [first.source])
+    label_col = table.column(first.source).combine_chunks()
+    if first.is_regression:
+        y, labelled = regression_labels(label_col, first, str(data_path))
+    else:
+        y8 = binary_labels(label_col, first, str(data_path))
+        y, labelled = np.maximum(y8, 0).astype(np.float32), y8 >= 0
+    if len(y) != len(labels) or not (np.array_equal(labelled, mask[:, 0].numpy())
+                                     and np.array_equal(y[labelled], labels[:, 0].numpy()[labelled])):
+        raise RuntimeError(f"{data_path}: the rows of column {column!r} are not in the order the eval set was scored")
+    return torch.from_numpy(ids)
 
 
 def prediction_columns(spec) -> list[str]:
@@ -128,4 +215,5 @@ def score_table(model, spec, table, where: str, batch_size: int = 8192) -> np.nd
     return out
 
 
-__all__ = ["PREDICTION_PREFIX", "prediction_columns", "features_only", "to_predictions", "score_table", "eval_stream", "evaluator_for", "score_statistics", "score_eval_set", "task_kinds"]
+__all__ = ["PREDICTION_PREFIX", "prediction_columns", "features_only", "to_predictions", "score_table", "eval_stream", "evaluator_for", "score_statistics", "score_eval_set", "task_kinds", "eval_set_groups",
+           "group_ids_by_position", "check_group_column"]

@@ -196,6 +196,7 @@ class SyntheticDataset(ExperimentDatasetKind):
 class ExperimentEvaluation:
     n_boot: int = 200  # paired bootstrap replicates (pooled over seeds)
     bootstrap_seed: int = 0
+    gauc_group: str | None = None  # a test-split column of group ids (e.g. user_id): adds per-task GAUC tables
 
     def validate(self, where) -> None:
         if self.n_boot < 10:
@@ -286,11 +287,25 @@ def train_base_rates(data_dir: Path, spec_name: str = SPEC_FILE) -> dict[str, fl
 
     spec = FeatureSpec.load(metadata_file(data_dir, spec_name))
     table = pads.dataset(data_dir / "train", format="parquet", partitioning="hive").to_table(
-        columns=[t.source for t in spec.tasks])
+        columns=[t.source for t in spec.head_tasks])
     rates = {}
-    for t in spec.tasks:
+    for t in spec.head_tasks:
         col = table.column(t.source).cast("float64")
         rates[t.name] = float(pc.mean(col).as_py() or 0.0)
+    if spec.has_cascades:  # a child's rate over its parent-positive rows, a product's over every parent label
+        import numpy as np
+
+        from recsys_mtl.data.arrow import binary_labels, cascade_label_plan, cascade_labels_
+
+        labels = np.full((table.num_rows, spec.num_tasks), -1, dtype=np.int8)
+        for j, t in enumerate(spec.head_tasks):
+            if not t.is_regression:
+                labels[:, j] = binary_labels(table.column(t.source).combine_chunks(), t, str(data_dir / "train"))
+        cascade_labels_(labels, cascade_label_plan(spec))
+        for j, t in enumerate(spec.tasks):
+            if not t.is_regression:
+                labelled = labels[:, j] >= 0
+                rates[t.name] = float(labels[labelled, j].mean()) if labelled.any() else 0.0
     return rates
 
 
@@ -556,6 +571,7 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
     # predictions saved before task types existed are all binary
     kinds = {"task_types": first.get("task_types"), "label_transforms": first.get("label_transforms")}
     metrics = {key: task_metrics(p["logits"], labels, mask, from_logits=True, **kinds) for key, p in preds.items()}
+    gauc = _grouped_aucs(cfg, out, preds, labels, mask, kinds["task_types"])
     error = {key: m.normalized_error for key, m in metrics.items()}  # NE, or NMSE for regression tasks
     base = cfg.baseline
     import yaml
@@ -574,6 +590,8 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
         "labelled_test_rows": mask.sum(0).tolist(),
         "test_base_rate": [float(x) for x in metrics[next(iter(metrics))].base_rate], "methods": {},
     }
+    if gauc:
+        result["gauc_group"] = cfg.evaluation.gauc_group
     for method in methods:
         seeds_done = [s for s in seeds if (method, s) in runs]
         m: dict[str, Any] = {"args": cfg.methods[method], "seeds_done": seeds_done, "per_seed": {},
@@ -584,6 +602,10 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
         m["ne_std"] = (ne.std(0, ddof=1) if len(seeds_done) > 1 else np.zeros(T)).tolist()
         m["auc_mean"] = np.nanmean(auc, 0).tolist()
         m["auc_std"] = (auc.std(0, ddof=1) if len(seeds_done) > 1 else np.zeros(T)).tolist()
+        if gauc:
+            g = np.stack([gauc[(method, s)] for s in seeds_done]) if seeds_done else np.full((1, T), np.nan)
+            m["gauc_mean"] = np.nanmean(g, 0).tolist()
+            m["gauc_std"] = (g.std(0, ddof=1) if len(seeds_done) > 1 else np.zeros(T)).tolist()
         rels = []
         for s in seeds_done:
             r = runs[(method, s)]
@@ -592,6 +614,8 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
                         "mean_auc": float(np.nanmean(metrics[(method, s)].auc)),
                         "train_seconds": r["train_seconds"], "steps": r["steps"], "last_loss": r["last_loss"],
                         "finite_predictions": r["finite_predictions"], "mean_weights": r.get("mean_weights", {})}
+            if gauc:
+                seed_row["gauc"] = gauc[(method, s)].tolist()
             if (base, s) in metrics:
                 rel = error[(method, s)] / error[(base, s)] - 1
                 seed_row["rel_ne_change"] = rel.tolist()
@@ -620,6 +644,25 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
                                      "n_buckets": c.n_buckets}
         result["methods"][method] = m
     return result
+
+
+def _grouped_aucs(cfg: WeightingExperimentConfig, out: Path, preds: dict, labels, mask,
+                  task_types) -> dict[tuple[str, int], Any]:
+    """Each run's per-task GAUC over the groups of `evaluation.gauc_group` in the test split ({} when not set)."""
+    column = cfg.evaluation.gauc_group
+    if not column:
+        return {}
+    from recsys_mtl.config.features import FeatureSpec
+    from recsys_mtl.evaluate.scoring import eval_set_groups
+    from recsys_mtl.metrics.grouped import grouped_auc
+
+    run_dir = out / "runs" / next(iter(preds))[0] / f"seed{next(iter(preds))[1]}"
+    import yaml
+
+    spec_path = yaml.safe_load((run_dir / "train_config.yaml").read_text())["data"]["spec"]
+    test_path = json.loads((run_dir / "run_meta.json").read_text())["test_path"]
+    groups = eval_set_groups(test_path, column, FeatureSpec.load(spec_path), labels.float(), mask)
+    return {key: grouped_auc(p["logits"], labels, mask, groups, task_types=task_types).gauc for key, p in preds.items()}
 
 
 def _f(x: float, spec: str) -> str:
@@ -705,6 +748,9 @@ def to_markdown(res: dict[str, Any], title: str) -> str:
         cells = [_f(100 * methods[n]["rel_ne_change_mean"][t], "+.2f") for n in names if n != base]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     per_task("auc_mean", "auc_std", "AUC", ".4f")
+    if res.get("gauc_group"):
+        per_task("gauc_mean", "gauc_std", f"GAUC by {res['gauc_group']} (each group's AUC weighted by its labelled "
+                 "rows; single-class groups skipped)", ".4f")
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,7 @@ AUC = "auc"
 CALIBRATION = "calibration"
 LOGLOSS = "logloss"
 BINARY_METRICS = (NE, AUC, CALIBRATION, LOGLOSS)
+GAUC = "gauc"  # grouped AUC (recsys_mtl.metrics.grouped), where evaluation names a group column
 
 NMSE = "nmse"
 MSE = "mse"

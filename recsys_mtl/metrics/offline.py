@@ -492,6 +492,9 @@ class EvalReport:
     metrics: TaskMetrics
     comparison: Comparison | None = None
     baseline: str | None = None  # e.g. the baseline run id
+    gauc: np.ndarray | None = None  # [T] grouped AUC by `gauc_group` (recsys_mtl.metrics.grouped), if asked for
+    gauc_group: str | None = None
+    baseline_gauc: np.ndarray | None = None
 
     @property
     def task_types(self) -> list[str]:
@@ -512,6 +515,8 @@ class EvalReport:
         if names.REGRESSION in self.task_types:
             cols.update({names.NMSE: m.nmse, names.MSE: m.mse, names.RMSE: m.rmse, names.MAE: m.mae,
                          names.MAE_RAW: m.mae_raw})
+        if self.gauc is not None:
+            cols[names.GAUC] = self.gauc
         for metric, values in cols.items():
             for task, v in zip(self.task_names, values):
                 if np.isfinite(v):
@@ -527,6 +532,8 @@ class EvalReport:
                                     ("delta_auc", c.delta_auc)):
                     if np.isfinite(values[t]):
                         out[f"{prefix}/{key}/{task}"] = float(values[t])
+                if self.gauc is not None and self.baseline_gauc is not None and np.isfinite(self.gauc[t] - self.baseline_gauc[t]):
+                    out[f"{prefix}/delta_{names.GAUC}/{task}"] = float(self.gauc[t] - self.baseline_gauc[t])
             if np.isfinite(c.mean_rel_ne_change):
                 out[f"{prefix}/mean_rel_ne_change"] = c.mean_rel_ne_change
         return out
@@ -553,6 +560,9 @@ class EvalReport:
         regression = "regression" in types
         error = normalized_error_label(types)
         head = ["task", "rows", "base_rate" if not regression else "base_rate|mean", error, "AUC", "calib", "logloss"]
+        grouped = self.gauc is not None
+        if grouped:
+            head += ["GAUC"] + (["dGAUC"] if self.baseline_gauc is not None else [])
         if regression:
             head += ["RMSE", "MAE", "MAE raw"]
         if c is not None:
@@ -562,6 +572,10 @@ class EvalReport:
         for t, name in enumerate(self.task_names):
             row = [name, str(int(m.n_labelled[t])), _fmt(m.base_rate[t], ".4f"), _fmt(nerr[t], ".5f"),
                    _fmt(m.auc[t], ".5f"), _fmt(m.calibration[t], ".4f"), _fmt(m.logloss[t], ".5f")]
+            if grouped:
+                row.append(_fmt(float(self.gauc[t]), ".5f"))
+                if self.baseline_gauc is not None:
+                    row.append(_fmt(float(self.gauc[t] - self.baseline_gauc[t]), "+.5f"))
             if regression:
                 row += [_fmt(m.rmse[t], ".5f"), _fmt(m.mae[t], ".5f"), _fmt(m.mae_raw[t], ".5g")]
             if c is not None:
@@ -576,6 +590,10 @@ class EvalReport:
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
         lines = ["  ".join(h.ljust(wd) for h, wd in zip(head, widths))]
         lines += ["  ".join(v.ljust(wd) for v, wd in zip(r, widths)) for r in rows]
+        if grouped:
+            lines.append(f"GAUC: AUC within each {self.gauc_group or 'group'}, averaged with the group's labelled rows "
+                         "as weights; groups with one class are skipped" + (" (dGAUC: point change, no CI)"
+                                                                            if self.baseline_gauc is not None else ""))
         if regression:
             lines.append(f"{error}: NE for binary tasks, NMSE (MSE / label variance) for tasks marked (nmse); RMSE and "
                          "MAE on the transformed label, MAE raw on the label's own scale")
@@ -592,10 +610,12 @@ class EvalReport:
 
 def evaluate_predictions(predictions, labels, mask=None, task_names: Sequence[str] | None = None, weights=None, *,
                          from_logits: bool = False, baseline_predictions=None, baseline: str | None = None,
-                         n_boot: int = 200, seed: int = 0, task_types=None, label_transforms=None) -> EvalReport:
+                         n_boot: int = 200, seed: int = 0, task_types=None, label_transforms=None, groups=None,
+                         gauc_group: str | None = None) -> EvalReport:
     """Exact per-task metrics of `predictions` ([N, T]); with `baseline_predictions` on the same rows,
     adds candidate-minus-baseline deltas with paired-bootstrap 95% CIs. `task_types` / `label_transforms`:
-    per task, as in the feature spec (None: all binary)."""
+    per task, as in the feature spec (None: all binary). `groups` ([N] integer ids of the `gauc_group` column):
+    adds each task's grouped AUC."""
     metrics = task_metrics(predictions, labels, mask, weights, from_logits=from_logits, task_types=task_types,
                            label_transforms=label_transforms)
     T = len(metrics.ne)
@@ -607,7 +627,15 @@ def evaluate_predictions(predictions, labels, mask=None, task_names: Sequence[st
         comparison = compare_models(baseline_predictions, predictions, labels, mask, weights,
                                     n_boot=n_boot, seed=seed, from_logits=from_logits, task_types=task_types,
                                     label_transforms=label_transforms)
-    return EvalReport(task_names=names, metrics=metrics, comparison=comparison, baseline=baseline)
+    gauc = baseline_gauc = None
+    if groups is not None:
+        from recsys_mtl.metrics.grouped import grouped_auc
+
+        gauc = grouped_auc(predictions, labels, mask, groups, weights, task_types=task_types).gauc
+        if baseline_predictions is not None:
+            baseline_gauc = grouped_auc(baseline_predictions, labels, mask, groups, weights, task_types=task_types).gauc
+    return EvalReport(task_names=names, metrics=metrics, comparison=comparison, baseline=baseline, gauc=gauc,
+                      gauc_group=gauc_group, baseline_gauc=baseline_gauc)
 
 
 __all__ = [

@@ -4,7 +4,8 @@
     its features) -> pooled [B, dim] per feature, read by key
     dense [B, D] -> dense tower MLP
     concat -> architecture (shared_bottom | mmoe | ple) -> [B, T, H]
-    -> T task towers as one batched MLP -> T logits as one batched linear
+    -> H task towers as one batched MLP -> H logits as one batched linear
+    -> cascades: the derived product tasks' logits appended (recsys_mtl.models.cascade) -> T = H + D logits
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.config.features import FeatureSpec
 from recsys_mtl.models.architectures import architectures, build_architecture
+from recsys_mtl.models.cascade import TaskCascade
 from recsys_mtl.models.embedding_init import init_embedding_state_
 from recsys_mtl.models.layers import MLP, BatchedLinear, BatchedMLP
 
@@ -31,8 +33,8 @@ TABLE_DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
 
 
 def wide_columns(spec: FeatureSpec, wide: bool) -> int:
-    """Extra columns per table row for the wide part: T, rounded up to a multiple of 4 (FBGEMM rows)."""
-    return -(-spec.num_tasks // 4) * 4 if wide else 0
+    """Extra columns per table row for the wide part: one per head, rounded up to a multiple of 4 (FBGEMM rows)."""
+    return -(-spec.num_heads // 4) * 4 if wide else 0
 
 
 def embedding_bag_configs(spec: FeatureSpec, wide: bool = False, dtype: str = "fp32") -> list[EmbeddingBagConfig]:
@@ -87,19 +89,22 @@ class MultiTaskModel(nn.Module):
         self.spec = spec
         self.seed = seed
         self.sparse_names = spec.sparse_names
-        self.num_tasks = spec.num_tasks
+        self.num_tasks = spec.num_tasks  # outputs: the heads, then the cascades' derived tasks
+        self.num_heads = spec.num_heads
+        head_names = [t.name for t in spec.head_tasks]
         self.wide = config.wide
         for key in ("wide_l2_tasks", "wide_id_scale"):
-            unknown = sorted(set(getattr(config, key)) - set(spec.task_names))
+            unknown = sorted(set(getattr(config, key)) - set(head_names))
             if unknown:
                 from recsys_mtl.config.loader import ConfigError
 
                 raise ConfigError(f"model.{key}: unknown task(s) {unknown}; the spec's tasks are "
-                                  f"{', '.join(spec.task_names)}")
-        l2 = [float(config.wide_l2_tasks.get(t, config.wide_l2)) for t in spec.task_names]
+                                  f"{', '.join(head_names)}" + (" (a cascade's derived task has no head and no wide "
+                                                               "weights)" if spec.has_cascades else ""))
+        l2 = [float(config.wide_l2_tasks.get(t, config.wide_l2)) for t in head_names]
         self.wide_l2 = any(l2)
         self.register_buffer("wide_l2_per_task", torch.tensor(l2, device=device or "cpu"), persistent=False)
-        scale = [float(config.wide_id_scale.get(t, 1.0)) for t in spec.task_names]
+        scale = [float(config.wide_id_scale.get(t, 1.0)) for t in head_names]
         self.register_buffer("wide_id_scale", torch.tensor(scale, device=device or "cpu")
                              if config.wide and config.wide_id_scale else None, persistent=False)
         unknown = sorted(set(config.feature_dropout) - set(self.sparse_names))
@@ -122,16 +127,17 @@ class MultiTaskModel(nn.Module):
             emb_out = sum(spec.tables[f.table].embedding_dim for f in spec.sparse)
             args = config.architecture_args()
             try:
-                self.architecture = build_architecture(config.architecture, emb_out + dense_out, self.num_tasks, args,
+                self.architecture = build_architecture(config.architecture, emb_out + dense_out, self.num_heads, args,
                                                        config.dropout)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"model.args: cannot build {config.architecture!r} with {args}: {exc}") from None
-            self.task_towers = BatchedMLP(self.num_tasks, self.architecture.out_dim, config.task_tower, config.dropout)
-            self.heads = BatchedLinear(self.num_tasks, self.task_towers.out_dim, 1)
-            self.wide_dense = nn.Linear(spec.num_dense, self.num_tasks) if config.wide and spec.num_dense else None
+            self.task_towers = BatchedMLP(self.num_heads, self.architecture.out_dim, config.task_tower, config.dropout)
+            self.heads = BatchedLinear(self.num_heads, self.task_towers.out_dim, 1)
+            self.wide_dense = nn.Linear(spec.num_dense, self.num_heads) if config.wide and spec.num_dense else None
             if self.wide_dense is not None:  # the wide part starts at 0, like the wide id columns (a logistic regression)
                 nn.init.zeros_(self.wide_dense.weight)
                 nn.init.zeros_(self.wide_dense.bias)
+        self.cascade = TaskCascade(head_names, spec.cascade_paths(), device) if spec.has_cascades else None
 
     def _drop_features(self, pooled: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training only: zero each dropped feature's pooled row for a Bernoulli(p) subset of rows (no rescaling:
@@ -146,10 +152,11 @@ class MultiTaskModel(nn.Module):
     @torch.no_grad()
     def set_head_bias_from_rates_(self, rates: torch.Tensor) -> None:
         """`rates` [T]: each task's mean label. A binary head starts at its base rate p (bias log(p / (1 - p))), a
-        regression head at the mean of its transformed label (the prior's analogue: the best constant under MSE)."""
-        means = rates.to(self.heads.bias)
+        regression head at the mean of its transformed label (the prior's analogue: the best constant under MSE).
+        A cascade's child has its rate over parent-positive rows (its labelled ones): the conditional's prior."""
+        means = rates.to(self.heads.bias)[: self.num_heads]
         p = means.clamp(1e-4, 1 - 1e-4)
-        regression = torch.tensor([t.is_regression for t in self.spec.tasks], device=means.device)
+        regression = torch.tensor([t.is_regression for t in self.spec.head_tasks], device=means.device)
         bias = torch.where(regression, means, torch.log(p / (1 - p)))
         self.heads.bias.copy_(bias.view_as(self.heads.bias))
 
@@ -175,8 +182,8 @@ class MultiTaskModel(nn.Module):
 
     def logits_and_wide_l2(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, T], wide_l2 penalty [T]): per task, `wide_l2` times the mean over rows of the squared wide id
-        weights looked up (0 without it). Training adds the penalty of the tasks it trains to the loss; evaluation
-        needs only the logits."""
+        weights looked up (0 without it; 0 for derived tasks, which have no weights of their own). Training adds
+        the penalty of the tasks it trains to the loss; evaluation needs only the logits."""
         pooled = self.ebc(sparse).to_dict()  # by key: column order changes after sharding
         if self.training and self.feature_dropout:
             pooled = self._drop_features(pooled)
@@ -192,8 +199,8 @@ class MultiTaskModel(nn.Module):
         if self.wide:
             parts = [pooled[name][:, :dim] for name, dim in zip(self.sparse_names, self.deep_dims)]
             wide_ids = torch.stack(
-                [pooled[name][:, dim : dim + self.num_tasks] for name, dim in zip(self.sparse_names, self.deep_dims)]
-            )  # [F, B, T]
+                [pooled[name][:, dim : dim + self.num_heads] for name, dim in zip(self.sparse_names, self.deep_dims)]
+            )  # [F, B, H]
             if self.wide_l2:
                 penalty = self.wide_l2_per_task * wide_ids.square().sum(dim=0).mean(dim=0)
             wide = wide_ids.sum(dim=0)
@@ -207,5 +214,12 @@ class MultiTaskModel(nn.Module):
             parts.append(self.dense_tower(dense))
         x = torch.cat(parts, dim=1)
         h = self.task_towers(self.architecture(x))  # [B, T, H]
-        logits = self.heads(h).squeeze(-1)  # [B, T]
-        return (logits + wide if self.wide else logits), (logits.new_zeros(self.num_tasks) if penalty is None else penalty)
+        logits = self.heads(h).squeeze(-1)  # [B, H]
+        if self.wide:
+            logits = logits + wide
+        if penalty is None:
+            penalty = logits.new_zeros(self.num_heads)
+        if self.cascade is not None:
+            logits = self.cascade(logits)
+            penalty = torch.cat([penalty, penalty.new_zeros(self.num_tasks - self.num_heads)])
+        return logits, penalty

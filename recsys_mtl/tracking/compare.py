@@ -1,7 +1,7 @@
 """Compare runs task by task from their logged eval metrics (built on MlflowClient.search_runs).
 
 Reads the latest `eval/ne/<task>`, `eval/auc/<task>`, `eval/calibration/<task>` and
-`eval/logloss/<task>` of each run's binary tasks, and `eval/nmse/<task>`, `eval/rmse/<task>` of its
+`eval/logloss/<task>` (and `eval/gauc/<task>` where an evaluation logged grouped AUC) of each run's binary tasks, and `eval/nmse/<task>`, `eval/rmse/<task>` of its
 regression tasks; the first run is the reference for the change of each task's normalized error (NE, or
 NMSE for a regression task).
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-METRICS = ("ne", "nmse", "auc", "calibration", "logloss", "rmse")
+METRICS = ("ne", "nmse", "auc", "calibration", "logloss", "rmse", "gauc")
 #: the metrics that say a run was evaluated on a task: its normalized error (NE, or NMSE for regression tasks)
 _NORMALIZED_ERROR_PREFIXES = ("eval/ne/", "eval/nmse/")
 
@@ -65,22 +65,26 @@ class RunComparison:
         types = self.task_types
         regression = "regression" in types
         error_name = normalized_error_label(types)
+        grouped = bool(np.isfinite(self.values["gauc"]).any()) if "gauc" in self.values else False
         head = ["task", "run", error_name, "AUC", "calib", "logloss"] + (["RMSE"] if regression else [])
+        head += ["GAUC"] if grouped else []
         head += [f"{error_name} chg % vs first"]
         rows = []
         rel, error = self.rel_ne_change, self.normalized_error
         for t, task in enumerate(self.tasks):
             label = f"{task} (nmse)" if regression and types[t] == "regression" else task
             for r, name in enumerate(self.run_names):
-                v = {m: self.values[m][r, t] for m in METRICS}
+                v = {m: self.values[m][r, t] if m in self.values else math.nan for m in METRICS}
                 rows.append([label if r == 0 else "", name, f(error[r, t], ".5f"), f(v["auc"], ".5f"),
                              f(v["calibration"], ".4f"), f(v["logloss"], ".5f")]
                             + ([f(v["rmse"], ".5f")] if regression else [])
+                            + ([f(v["gauc"], ".5f")] if grouped else [])
                             + ["ref" if r == 0 else f(100 * rel[r, t], "+.3f")])
         for r, name in enumerate(self.run_names[1:], start=1):
             with np.errstate(all="ignore"):
                 mean = np.nanmean(rel[r]) if np.isfinite(rel[r]).any() else float("nan")
-            rows.append(["(mean)", name, "", "", "", ""] + ([""] if regression else []) + [f(100 * mean, "+.3f")])
+            rows.append(["(mean)", name, "", "", "", ""] + ([""] if regression else []) + ([""] if grouped else [])
+                        + [f(100 * mean, "+.3f")])
         widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]

@@ -30,13 +30,16 @@ class WeightedTaskLoss(nn.Module):
     Holds no sharded module, so the pipeline's tracer treats it as one leaf.
     The weighting is not a submodule: it has no gradients for DDP to reduce and
     the checkpoint saves its state on its own. `task_kinds` (None: all binary) picks each task's loss
-    and tells the weighting's label statistics which tasks are binary.
+    and tells the weighting's label statistics which tasks are binary. `loss_tasks` ([T] bool, None: all) leaves
+    out the labels of tasks that do not train on their own (a cascade's child with child_loss: false, trained
+    through its derived product only): the weighting sees them as unlabelled.
     """
 
     def __init__(self, weighting: WeightingMethod, world_size: int = 1,
                  process_group: dist.ProcessGroup | None = None, compile: bool = False,
-                 task_kinds: TaskKinds | None = None) -> None:
+                 task_kinds: TaskKinds | None = None, loss_tasks: torch.Tensor | None = None) -> None:
         super().__init__()
+        self.register_buffer("loss_tasks", loss_tasks, persistent=False)
         # per-task loss kinds (None: all binary), as buffers so they move with the module; not in checkpoints
         for name, value in (task_kinds._asdict() if task_kinds is not None else {}).items():
             self.register_buffer(f"kind_{name}", value, persistent=False)
@@ -73,6 +76,8 @@ class WeightedTaskLoss(nn.Module):
         """(this rank's sums[T] with grad, global L[T], present[T], global label counts clamped to >= 1,
         global LabelStats)."""
         kinds = TaskKinds(self.kind_regression, self.kind_huber, self.kind_delta) if self.has_task_kinds else None
+        if self.loss_tasks is not None:
+            mask = mask & self.loss_tasks
         sums, counts = masked_task_loss_sums(logits, labels, mask, kinds, sample_weights)
         num_tasks = sums.shape[0]
         # unlabelled rows may hold anything (NaN): where, not multiply
@@ -96,10 +101,14 @@ class MultiTaskTrainModule(nn.Module):
                  task_kinds: TaskKinds | None = None) -> None:
         super().__init__()
         self.model = model
-        if task_kinds is None and getattr(model, "spec", None) is not None and model.spec.has_regression:
-            task_kinds = TaskKinds.from_spec(model.spec, model.heads.bias.device)
+        spec = getattr(model, "spec", None)
+        if task_kinds is None and spec is not None and spec.has_regression:
+            task_kinds = TaskKinds.from_spec(spec, model.heads.bias.device)
+        loss_tasks = None
+        if spec is not None and not all(spec.loss_tasks):
+            loss_tasks = torch.tensor(spec.loss_tasks, dtype=torch.bool, device=model.heads.bias.device)
         self.task_loss = WeightedTaskLoss(weighting, world_size, process_group, compile=compile_weighting,
-                                          task_kinds=task_kinds)
+                                          task_kinds=task_kinds, loss_tasks=loss_tasks)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         # the penalty is a per-rank mean over rows; averaging gradients over ranks makes it the global batch's mean

@@ -87,3 +87,20 @@ def test_invalid_generator_settings_are_rejected():
         SynthConfig(tasks=129)
     with pytest.raises(ValueError, match="table_scale"):
         SynthConfig(table_scale=0)
+
+
+def test_post_click_all_labels_writes_each_post_click_label_on_every_row_agreeing_where_clicked(tmp_path):
+    import numpy as np
+    import pyarrow.dataset as pads
+
+    from recsys_mtl.data.synthetic import SynthConfig, generate_synthetic
+
+    out = generate_synthetic(tmp_path / "d", SynthConfig(tasks=8, rows=2000, days=1, seed=0, table_scale=0.001,
+                                                         post_click_all_labels=True))
+    table = pads.dataset(out, format="parquet", partitioning="hive").to_table(
+        columns=["click", "conversion", "conversion_all"])
+    click, all_rows = table.column("click").to_numpy(), table.column("conversion_all").to_numpy()
+    conversion = table.column("conversion").to_numpy(zero_copy_only=False)
+    assert table.column("conversion_all").null_count == 0 and table.column("conversion").null_count > 0
+    clicked = click == 1
+    assert np.array_equal(conversion[clicked], all_rows[clicked])

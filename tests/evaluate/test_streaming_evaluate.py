@@ -83,3 +83,21 @@ def test_exact_with_several_processes_is_refused_in_one_line(trained, capsys):
     assert main(["evaluate", "--checkpoint", str(trained["run0"]), "--data", str(trained["data"]), "--no-log",
                  "--exact", "--nproc", "2"]) == 2
     assert "--exact keeps every row in one process" in capsys.readouterr().err
+
+
+def test_gauc_is_the_same_exact_value_streamed_in_one_or_two_processes_and_in_memory(trained, tmp_path):
+    """GAUC keeps every labelled row (group, scores, labels): no approximation in any mode."""
+    gauc = ("--gauc-group", "user_id")
+    streamed = _evaluate(trained, tmp_path / "stream", *gauc)
+    exact = _evaluate(trained, tmp_path / "exact", "--exact", *gauc)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "recsys_mtl.cli", "evaluate", "--checkpoint", str(trained["run0"]), "--baseline",
+         str(trained["run1"]), "--data", str(trained["data"]), "--no-log", "--out", str(tmp_path / "two"),
+         "--n-boot", "100", "--nproc", "2", *gauc], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "eval_metrics.json").read_text())["metrics"]
+    for metric in ("gauc", "delta_gauc"):
+        assert len(_values(exact, metric)) == 4
+        np.testing.assert_allclose(_values(streamed, metric), _values(exact, metric), atol=1e-6, err_msg=metric)
+        np.testing.assert_allclose(_values(two, metric), _values(exact, metric), atol=1e-6, err_msg=metric)

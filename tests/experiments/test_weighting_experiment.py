@@ -254,3 +254,27 @@ def test_a_registered_dataset_kind_is_prepared_and_stamped_without_a_branch_on_i
     with pytest.raises(ConfigError, match=r"x: kind: unknown dataset kind 'test_tiny_kind'; set it to one of: "
                                           r"kuairand, synthetic"):
         from_dict(exp.ExperimentDataset, {"kind": "test_tiny_kind", "dir": "d"}, "x")
+
+
+def test_a_gauc_group_adds_per_task_gauc_equal_to_a_direct_per_user_computation(finished, tmp_path):
+    import numpy as np
+    import pyarrow.dataset as pads
+    import torch
+
+    from tests.metrics.test_grouped_auc import direct_gauc
+
+    cfg, out, _ = finished
+    doc = yaml.safe_load((Path(cfg.dataset.dir).parent / "experiment.yaml").read_text())
+    doc["evaluation"]["gauc_group"] = "user_id"
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    grouped = exp.WeightingExperimentConfig.load(path)
+    runs = {(m, 0): json.loads((out / "runs" / m / "seed0" / exp.RUN_DONE).read_text()) for m in ("equal", "go4align")}
+    res = exp.summarize(grouped, out, ["equal", "go4align"], [0], runs)
+    test = Path(cfg.dataset.dir) / "test"
+    users = pads.dataset(sorted(str(p) for p in test.rglob("*.parquet"))).to_table(columns=["user_id"])
+    users = users.column("user_id").to_numpy()
+    p = torch.load(out / "runs" / "go4align" / "seed0" / exp.PREDICTIONS)
+    want = direct_gauc(p["logits"].double().numpy(), p["labels"].numpy(), p["mask"].numpy(), users)
+    np.testing.assert_allclose(res["methods"]["go4align"]["gauc_mean"], want, rtol=1e-9)
+    assert "## Per-task test GAUC by user_id" in exp.to_markdown(res, "t")

@@ -89,3 +89,26 @@ def test_compare_by_experiment_takes_the_newest_runs_and_leaves_out_unevaluated_
     assert cli.main(["compare", "--experiment", "newest"]) == 0
     out = capsys.readouterr().out
     assert out.index(ids["old"][:8]) < out.index(ids["mid"][:8])  # oldest first: the reference
+
+
+def test_compare_shows_the_gauc_an_evaluation_logged(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.05, 0.95, (600, 2))
+    y = (rng.uniform(size=p.shape) < p).astype(np.int64)
+    users = rng.integers(0, 40, 600)
+    ids, gaucs = [], []
+    for name, pred in (("a", np.clip(p + rng.normal(0, 0.3, p.shape), 0.01, 0.99)), ("b", p)):
+        cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="cmp_gauc",
+                             artifact_location=(tmp_path / "artifacts").as_uri(),
+                             system_metrics_interval_s=0, flush_interval_s=0.2)
+        report = evaluate_predictions(pred, y, None, ["ctr", "like"], groups=users, gauc_group="user_id")
+        with RunTracker.start(cfg, run_name=name, work_dir=tmp_path / name, rank=0) as tracker:
+            tracker.log_metrics(1, report.to_metrics())
+        ids.append(tracker.run_id)
+        gaucs.append(report.gauc)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["recsys_mtl.tracking.commands"])
+    assert cli.main(["compare", *ids]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "GAUC" in lines[0].split()
+    assert f"{gaucs[0][0]:.5f}" in lines[1] and f"{gaucs[1][0]:.5f}" in lines[2]  # ctr: run a, then run b

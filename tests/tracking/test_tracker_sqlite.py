@@ -181,9 +181,11 @@ def test_continue_run_reopens_it_keeps_first_params_and_plots_the_history_up_to_
     hist = tracker._histories["train/weight"]
     assert hist.steps == list(range(1, 13))
     assert [row[0] for row in hist.rows] == [float(s) for s in range(1, 7)] + [100.0 + s for s in range(7, 13)]
-    # the metric history itself has steps 7-10 twice: the interrupted process's and the resumed one's
+    # the metric history has every step once: a resumed run does not log again a step the store already holds
+    # (issue 21 item 2), so steps 7-10 keep the interrupted process's values and 11-12 are the resumed one's
     values = sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "train/weight/task0"))
-    assert [v for s, v in values if s == 8] == [8.0, 108.0]
+    assert [s for s, _ in values] == list(range(1, 13))
+    assert [v for s, v in values if s in (8, 11)] == [8.0, 111.0]
 
 
 def test_continue_run_starts_a_new_run_when_the_old_one_is_gone_or_elsewhere(tmp_path, caplog):
