@@ -12,6 +12,7 @@ import pytest
 import torch
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from recsys_mtl.data.folder import spec_file
 from recsys_mtl.train import Trainer
 from recsys_mtl.train.checkpoint import CheckpointMismatchError
 from recsys_mtl.train.trainer import TRAIN_LOG
@@ -142,7 +143,7 @@ def test_a_bf16_run_tracks_fp32_losses_over_200_steps(four_tasks, tmp_path):
         sections = {k: dict(v) for k, v in MODES[mode].items()}
         cfg = tiny_config(
             tmp_path / name,
-            data={"train_path": str(four_tasks), "spec": str(four_tasks / "feature_spec.yaml"), "batch_size": 64,
+            data={"train_path": str(four_tasks), "spec": str(spec_file(four_tasks)), "batch_size": 64,
                   "shuffle": False},
             model={"dense_tower": [32], "task_tower": [16], "mmoe": {"num_experts": 2, "expert_hidden": [32]},
                    **sections.get("model", {})},
