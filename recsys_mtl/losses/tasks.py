@@ -7,7 +7,8 @@ Per element (b, t), chosen by the task's kind without a loop over tasks:
     regression, huber: 0.5 e^2 if |e| <= delta else delta (|e| - 0.5 delta),   e = logit - y
 
 A regression head's output is its prediction of the transformed label; a binary head's is a logit.
-Masking is as in `masked_bce_sums`: per-task sums and counts over labelled rows, which ranks all-reduce.
+Masking: per-task sums and counts over labelled rows (what ranks all-reduce); an unlabelled row adds nothing.
+`losses/bce.py` keeps the all-binary names (`masked_bce`, `masked_bce_sums`) as calls of this op.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from recsys_mtl.losses.bce import TaskLosses
+
+class TaskLosses(NamedTuple):
+    losses: torch.Tensor  # [T] mean masked loss per task (0 where absent)
+    present: torch.Tensor  # [T] bool, the task has at least one label
 
 
 class TaskKinds(NamedTuple):
