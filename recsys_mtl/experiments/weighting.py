@@ -53,6 +53,7 @@ DATASET_CONFIGS = {
     "kuairand": "configs/experiments/weighting_kuairand.yaml",
     "kuairand_play_time": "configs/experiments/weighting_kuairand_play_time.yaml",
     "synthetic64": "configs/experiments/weighting_synthetic64.yaml",
+    "synthetic_mixed": "configs/experiments/weighting_synthetic_mixed.yaml",
 }
 RUN_DONE = "run.json"
 PREDICTIONS = "predictions.pt"
