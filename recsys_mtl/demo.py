@@ -19,6 +19,8 @@ import time
 import sys
 from pathlib import Path
 
+from recsys_mtl.metrics.names import AUC
+
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
@@ -97,7 +99,7 @@ def _train(args, data: Path, store: str, artifacts: Path, method: str, weighting
     except BaseException:
         callback.close("FAILED")
         raise
-    aucs = [m["auc"] for m in (result.eval_metrics or {}).values() if m.get("auc", math.nan) == m.get("auc")]
+    aucs = [m[AUC] for m in (result.eval_metrics or {}).values() if m.get(AUC, math.nan) == m.get(AUC)]
     print(f"      {method}: {result.steps} steps in {time.perf_counter() - t0:.0f}s "
           f"({result.samples_per_second:,.0f} samples/s), held-out mean AUC {sum(aucs) / max(len(aucs), 1):.4f}, "
           f"MLflow run {callback.run_id}", flush=True)

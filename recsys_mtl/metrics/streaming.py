@@ -28,20 +28,31 @@ import math
 import torch
 import torch.distributed as dist
 
-#: our name (logged as train/<name>/<task>) -> (TorchRec metric class, its report name, prefix)
+from recsys_mtl.metrics.names import AUC, BINARY, CALIBRATION, LOGLOSS, MAE, MSE, NE, NMSE, REGRESSION, RMSE
+
+LIFETIME = "_lifetime"  # suffix of our name for a lifetime value ("ne_lifetime"); the plain name is the window value
+#: TorchRec metric classes by the name this module keys them with (also the keys of `state_dict`, in checkpoints)
+_NE_KIND, _CALIBRATION_KIND, _AUC_KIND, _MSE_KIND, _MAE_KIND = NE, CALIBRATION, AUC, MSE, MAE
+
+
+def _reports(pairs: list[tuple[str, str, str]], *, lifetime: bool = True) -> dict[str, tuple[str, str, str]]:
+    """our name (logged as train/<name>/<task>) -> (metric kind, TorchRec `MetricName` member, `MetricPrefix` member),
+    for the window value and, with `lifetime`, the lifetime value (<name>_lifetime)."""
+    out = {}
+    for ours, kind, torchrec_name in pairs:
+        out[ours] = (kind, torchrec_name, "WINDOW")
+        if lifetime:
+            out[ours + LIFETIME] = (kind, torchrec_name, "LIFETIME")
+    return out
+
+
 _REPORTS = {
-    "ne": ("ne", "ne", "window_"), "ne_lifetime": ("ne", "ne", "lifetime_"),
-    "logloss": ("ne", "logloss", "window_"), "logloss_lifetime": ("ne", "logloss", "lifetime_"),
-    "calibration": ("calibration", "calibration", "window_"),
-    "calibration_lifetime": ("calibration", "calibration", "lifetime_"),
-    "auc": ("auc", "auc", "window_"),
+    **_reports([(NE, _NE_KIND, "NE"), (LOGLOSS, _NE_KIND, "LOG_LOSS"), (CALIBRATION, _CALIBRATION_KIND, "CALIBRATION")]),
+    **_reports([(AUC, _AUC_KIND, "AUC")], lifetime=False),  # TorchRec's AUC is windowed only
 }
-_REGRESSION_REPORTS = {
-    "mse": ("mse", "mse", "window_"), "mse_lifetime": ("mse", "mse", "lifetime_"),
-    "rmse": ("mse", "rmse", "window_"), "rmse_lifetime": ("mse", "rmse", "lifetime_"),
-    "nmse": ("mse", "r_squared", "window_"), "nmse_lifetime": ("mse", "r_squared", "lifetime_"),  # 1 - R^2
-    "mae": ("mae", "mae", "window_"), "mae_lifetime": ("mae", "mae", "lifetime_"),
-}
+_REGRESSION_REPORTS = _reports([(MSE, _MSE_KIND, "MSE"), (RMSE, _MSE_KIND, "RMSE"),
+                                (NMSE, _MSE_KIND, "R_SQUARED"),  # nmse = 1 - R^2
+                                (MAE, _MAE_KIND, "MAE")])
 
 
 class StreamingTaskMetrics:
@@ -67,16 +78,16 @@ class StreamingTaskMetrics:
                 raise ValueError(f"{name} ({rows}) must be at least one global batch ({batch_size} x {world_size} ranks)")
         self.task_names = list(task_names)
         self.num_tasks = len(self.task_names)
-        types = list(task_types) if task_types is not None else ["binary"] * self.num_tasks
+        types = list(task_types) if task_types is not None else [BINARY] * self.num_tasks
         if len(types) != self.num_tasks:
             raise ValueError(f"task_types has {len(types)} entries for {self.num_tasks} tasks")
         self._device = torch.device(device)
-        binary = [i for i, t in enumerate(types) if t != "regression"]
-        regression = [i for i, t in enumerate(types) if t == "regression"]
+        binary = [i for i, t in enumerate(types) if t != REGRESSION]
+        regression = [i for i, t in enumerate(types) if t == REGRESSION]
         # the [T] columns each group of metrics reads (None: all of them, no gather)
         self._binary_index = None if not regression else torch.tensor(binary, dtype=torch.long, device=self._device)
         self._regression_index = torch.tensor(regression, dtype=torch.long, device=self._device) if regression else None
-        self._groups = {"binary": binary, "regression": regression}
+        self._groups = {BINARY: binary, REGRESSION: regression}
 
         def common(group: list[int], rows: int) -> dict:
             tasks = [RecTaskInfo(name=self.task_names[i], label_name=self.task_names[i],
@@ -87,13 +98,13 @@ class StreamingTaskMetrics:
 
         by_kind = {}
         if binary:
-            by_kind["ne"] = NEMetric(**common(binary, window_rows), include_logloss=True)
-            by_kind["calibration"] = CalibrationMetric(**common(binary, window_rows))
+            by_kind[_NE_KIND] = NEMetric(**common(binary, window_rows), include_logloss=True)
+            by_kind[_CALIBRATION_KIND] = CalibrationMetric(**common(binary, window_rows))
             if auc:
-                by_kind["auc"] = AUCMetric(**common(binary, auc_window_rows))
+                by_kind[_AUC_KIND] = AUCMetric(**common(binary, auc_window_rows))
         if regression:
-            by_kind["mse"] = MSEMetric(**common(regression, window_rows), include_r_squared=True)
-            by_kind["mae"] = MAEMetric(**common(regression, window_rows))
+            by_kind[_MSE_KIND] = MSEMetric(**common(regression, window_rows), include_r_squared=True)
+            by_kind[_MAE_KIND] = MAEMetric(**common(regression, window_rows))
         self._by_kind = {kind: m.to(device) for kind, m in by_kind.items()}
         self._metrics = list(self._by_kind.values())
         self._world_size, self._process_group = world_size, process_group
@@ -105,12 +116,12 @@ class StreamingTaskMetrics:
         from torchrec.metrics.metrics_namespace import MetricName, MetricPrefix, compose_metric_key
 
         out = {}
-        for group, reports in (("binary", _REPORTS), ("regression", _REGRESSION_REPORTS)):
+        for group, reports in ((BINARY, _REPORTS), (REGRESSION, _REGRESSION_REPORTS)):
             for ours, (kind, name, prefix) in reports.items():
                 if kind in by_kind:
                     columns = self._groups[group]
                     out[ours] = (columns, [compose_metric_key(by_kind[kind]._namespace, self.task_names[i],
-                                                              MetricName(name), MetricPrefix(prefix)) for i in columns])
+                                                              MetricName[name], MetricPrefix[prefix]) for i in columns])
         return out
 
     @torch.no_grad()
@@ -123,17 +134,17 @@ class StreamingTaskMetrics:
         def columns(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
             return (x if index is None else x.index_select(1, index)).t().contiguous()
 
-        if self._groups["binary"]:
+        if self._groups[BINARY]:
             b = self._binary_index
             inputs = dict(predictions=torch.sigmoid(columns(outputs, b)), labels=columns(labels, b),
                           weights=columns(weights, b))
-            for kind in ("ne", "calibration", "auc"):
+            for kind in (_NE_KIND, _CALIBRATION_KIND, _AUC_KIND):
                 if kind in self._by_kind:
                     self._by_kind[kind].update(**inputs)
-        if self._groups["regression"]:
+        if self._groups[REGRESSION]:
             r = self._regression_index
             inputs = dict(predictions=columns(outputs, r), labels=columns(labels, r), weights=columns(weights, r))
-            for kind in ("mse", "mae"):
+            for kind in (_MSE_KIND, _MAE_KIND):
                 self._by_kind[kind].update(**inputs)
         self.updates += 1
 
@@ -167,8 +178,9 @@ class StreamingTaskMetrics:
             if not all(k in raw for k in keys):  # rank != 0 gets nothing back from TorchRec
                 continue
             values = torch.stack([raw[k].reshape(()).double() for k in keys])
-            values = values * math.log(2) if ours.startswith("logloss") else values
-            values = 1 - values if ours.startswith("nmse") else values  # from R^2
+            base = ours.removesuffix(LIFETIME)
+            values = values * math.log(2) if base == LOGLOSS else values
+            values = 1 - values if base == NMSE else values  # from R^2
             values = torch.where(defined[ours].to(values.device), values, torch.full_like(values, math.nan))
             full = torch.full((self.num_tasks,), math.nan, dtype=values.dtype, device=values.device)
             full[columns] = values  # NaN for the tasks of the other type
@@ -178,15 +190,15 @@ class StreamingTaskMetrics:
     def _defined(self) -> dict[str, torch.Tensor]:
         """Per report, [its tasks] bool: whether its rows (all ranks') hold what the value needs. A collective."""
         parts, regression_parts = [], []
-        if "ne" in self._by_kind:
-            ne = self._by_kind["ne"]._metrics_computations[0]  # the labelled positives/negatives of NE's states
+        if _NE_KIND in self._by_kind:
+            ne = self._by_kind[_NE_KIND]._metrics_computations[0]  # the labelled positives/negatives of NE's states
             parts = [ne.window_pos_labels, ne.window_neg_labels, ne.pos_labels, ne.neg_labels]
-            if "auc" in self._by_kind:  # AUC keeps its (smaller) window's raw labels and weights
-                auc = self._by_kind["auc"]._metrics_computations[0]
+            if _AUC_KIND in self._by_kind:  # AUC keeps its (smaller) window's raw labels and weights
+                auc = self._by_kind[_AUC_KIND]._metrics_computations[0]
                 labels, weights = torch.cat(list(auc.labels), dim=-1), torch.cat(list(auc.weights), dim=-1)
                 parts += [(labels * weights).sum(-1), ((1 - labels) * weights).sum(-1)]
-        if "mse" in self._by_kind:  # labelled rows and the label's sums, window and lifetime
-            mse = self._by_kind["mse"]._metrics_computations[0]
+        if _MSE_KIND in self._by_kind:  # labelled rows and the label's sums, window and lifetime
+            mse = self._by_kind[_MSE_KIND]._metrics_computations[0]
             for prefix in ("window", "lifetime"):
                 state = (mse.get_window_state if prefix == "window" else lambda name: getattr(mse, name))
                 regression_parts += [state("weighted_num_samples"), state("label_sum"), state("label_squared_sum")]
@@ -204,10 +216,10 @@ class StreamingTaskMetrics:
             for ours in _REPORTS:
                 if ours not in self._keys:
                     continue
-                i = 2 if ours == "auc" else int(ours.endswith("_lifetime"))
-                kind = ours.removesuffix("_lifetime")
-                out[ours] = (pos[i] & neg[i] if kind in ("ne", "auc") else pos[i] if kind == "calibration"
-                             else pos[i] | neg[i])
+                i = 2 if ours == AUC else int(ours.endswith(LIFETIME))
+                base = ours.removesuffix(LIFETIME)
+                out[ours] = (pos[i] & neg[i] if base in (NE, AUC) else pos[i] if base == CALIBRATION
+                             else pos[i] | neg[i])  # log loss: a labelled row
         if regression_parts:
             for i, prefix in enumerate(("window", "lifetime")):
                 n, total, total_sq = values[n_binary + 3 * i: n_binary + 3 * i + 3]
@@ -215,16 +227,16 @@ class StreamingTaskMetrics:
                 mean = total / n.clamp_min(1e-12)
                 variance = total_sq / n.clamp_min(1e-12) - mean * mean
                 varied = labelled & (variance > 1e-12 * mean.square().clamp_min(1.0))
-                suffix = "" if prefix == "window" else "_lifetime"
-                for kind in ("mse", "rmse", "mae"):
-                    out[kind + suffix] = labelled
-                out["nmse" + suffix] = varied
+                suffix = "" if prefix == "window" else LIFETIME
+                for name in (MSE, RMSE, MAE):
+                    out[name + suffix] = labelled
+                out[NMSE + suffix] = varied
         return out
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """This rank's lifetime states (TorchRec's persistent ones), on CPU: {metric kind: its state_dict}."""
         return {kind: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
-                for kind, m in self._by_kind.items() if kind != "auc"}  # AUC: windowed only
+                for kind, m in self._by_kind.items() if kind != _AUC_KIND}  # AUC: windowed only
 
     def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         """Continue the lifetime values from `state_dict()` of the same rank; the windows start empty."""

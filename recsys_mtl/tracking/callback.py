@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from recsys_mtl.metrics.names import AUC, BINARY_METRICS, COUNT, NE, NMSE, REGRESSION_METRICS
 from recsys_mtl.train.callbacks import TrainerCallback
 from recsys_mtl.tracking.tracker import NullTracker, RunTracker
 
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EVAL_METRICS = ("ne", "auc", "logloss", "calibration", "nmse", "mse", "rmse", "mae", "mae_raw", "count")
+EVAL_METRICS = (*BINARY_METRICS, *REGRESSION_METRICS, COUNT)
 
 
 class TrackingCallback(TrainerCallback):
@@ -108,7 +109,7 @@ class TrackingCallback(TrainerCallback):
             for key in EVAL_METRICS:
                 if key in m and math.isfinite(m[key]):
                     out[f"eval/{key}/{task}"] = float(m[key])
-        for key in ("ne", "auc", "nmse"):  # each over the tasks that have it (nmse: regression tasks)
+        for key in (NE, AUC, NMSE):  # each over the tasks that have it (nmse: regression tasks)
             vals = [m[key] for m in metrics.values() if key in m and math.isfinite(m[key])]
             if vals:
                 out[f"eval/mean_{key}"] = sum(vals) / len(vals)

@@ -16,11 +16,14 @@ from typing import Sequence
 
 import numpy as np
 
+from recsys_mtl.metrics.names import (AUC, BINARY, CALIBRATION, GAUC, LOGLOSS, NE, NMSE, NORMALIZED_ERRORS, REGRESSION,
+                                       RMSE)
+
 log = logging.getLogger(__name__)
 
-METRICS = ("ne", "nmse", "auc", "calibration", "logloss", "rmse", "gauc")
+METRICS = (NE, NMSE, AUC, CALIBRATION, LOGLOSS, RMSE, GAUC)
 #: the metrics that say a run was evaluated on a task: its normalized error (NE, or NMSE for regression tasks)
-_NORMALIZED_ERROR_PREFIXES = ("eval/ne/", "eval/nmse/")
+_NORMALIZED_ERROR_PREFIXES = tuple(f"eval/{name}/" for name in NORMALIZED_ERRORS)
 
 
 def _normalized_error_task(key: str) -> str | None:
@@ -40,14 +43,14 @@ class RunComparison:
     @property
     def task_types(self) -> list[str]:
         """"regression" for a task some run logged NMSE for, else "binary"."""
-        return ["regression" if np.isfinite(self.values["nmse"][:, t]).any() else "binary"
+        return [REGRESSION if np.isfinite(self.values[NMSE][:, t]).any() else BINARY
                 for t in range(len(self.tasks))]
 
     @property
     def normalized_error(self) -> np.ndarray:
         """[R, T]: NE of binary tasks, NMSE of regression tasks."""
-        regression = np.array([k == "regression" for k in self.task_types], dtype=bool)
-        return np.where(regression[None, :], self.values["nmse"], self.values["ne"])
+        regression = np.array([k == REGRESSION for k in self.task_types], dtype=bool)
+        return np.where(regression[None, :], self.values[NMSE], self.values[NE])
 
     @property
     def rel_ne_change(self) -> np.ndarray:
@@ -65,7 +68,7 @@ class RunComparison:
         types = self.task_types
         regression = "regression" in types
         error_name = normalized_error_label(types)
-        grouped = bool(np.isfinite(self.values["gauc"]).any()) if "gauc" in self.values else False
+        grouped = bool(np.isfinite(self.values[GAUC]).any()) if GAUC in self.values else False
         head = ["task", "run", error_name, "AUC", "calib", "logloss"] + (["RMSE"] if regression else [])
         head += ["GAUC"] if grouped else []
         head += [f"{error_name} chg % vs first"]
@@ -75,10 +78,10 @@ class RunComparison:
             label = f"{task} (nmse)" if regression and types[t] == "regression" else task
             for r, name in enumerate(self.run_names):
                 v = {m: self.values[m][r, t] if m in self.values else math.nan for m in METRICS}
-                rows.append([label if r == 0 else "", name, f(error[r, t], ".5f"), f(v["auc"], ".5f"),
-                             f(v["calibration"], ".4f"), f(v["logloss"], ".5f")]
-                            + ([f(v["rmse"], ".5f")] if regression else [])
-                            + ([f(v["gauc"], ".5f")] if grouped else [])
+                rows.append([label if r == 0 else "", name, f(error[r, t], ".5f"), f(v[AUC], ".5f"),
+                             f(v[CALIBRATION], ".4f"), f(v[LOGLOSS], ".5f")]
+                            + ([f(v[RMSE], ".5f")] if regression else [])
+                            + ([f(v[GAUC], ".5f")] if grouped else [])
                             + ["ref" if r == 0 else f(100 * rel[r, t], "+.3f")])
         for r, name in enumerate(self.run_names[1:], start=1):
             with np.errstate(all="ignore"):

@@ -20,6 +20,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsys_mtl.config.features import FeatureSpec
 from recsys_mtl.data.batch import Batch
+from recsys_mtl.metrics.names import AUC, LOGLOSS, NMSE
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +152,12 @@ def format_eval_line(step: int, epochs_done: float, total_epochs: int, metrics: 
         vals = [m[key] for m in metrics.values() if key in m and m[key] == m[key]]
         return sum(vals) / len(vals) if vals else float("nan")
 
-    per_task = " ".join(f"{name}={m['auc']:.4f}" if "auc" in m else f"{name}=nmse {m['nmse']:.4f}"
+    per_task = " ".join(f"{name}={m[AUC]:.4f}" if AUC in m else f"{name}={NMSE} {m[NMSE]:.4f}"
                         for name, m in metrics.items())
-    regression = any("nmse" in m for m in metrics.values())
+    regression = any(NMSE in m for m in metrics.values())
     done = f"{epochs_done:.0f}" if float(epochs_done).is_integer() else f"{epochs_done:.2f}"
-    return (f"eval step {step} (epoch {done}/{total_epochs}): mean AUC {mean('auc'):.4f}, mean logloss "
-            f"{mean('logloss'):.4f}" + (f", mean NMSE {mean('nmse'):.4f}" if regression else "") + f" | AUC {per_task}")
+    return (f"eval step {step} (epoch {done}/{total_epochs}): mean AUC {mean(AUC):.4f}, mean logloss "
+            f"{mean(LOGLOSS):.4f}" + (f", mean NMSE {mean(NMSE):.4f}" if regression else "") + f" | AUC {per_task}")
 
 
 class TrainerEvaluation:
