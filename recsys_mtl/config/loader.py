@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import os
 import re
 import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -255,8 +256,32 @@ def yaml_problem(exc: Exception) -> str:
     return getattr(exc, "problem", None) or str(exc).splitlines()[0]
 
 
-def load_yaml(path: str | Path, cls: type[T]) -> T:
-    return from_dict(cls, read_yaml(path), Where(str(path)))
+def load_yaml(path: str | Path, cls: type[T], path_keys: Sequence[tuple[str, ...]] = ()) -> T:
+    """`cls` from the YAML file `path`; the settings named by `path_keys` ((section, ..., key) each) are paths
+    written relative to the file, made absolute here (`resolve_paths`)."""
+    data = read_yaml(path)
+    if path_keys:
+        resolve_paths(data, Path(path).parent, path_keys)
+    return from_dict(cls, data, Where(str(path)))
+
+
+def resolve_paths(data: Any, base: Path, path_keys: Sequence[tuple[str, ...]]) -> None:
+    """Make each relative local path setting in `data` (a config's raw mapping) absolute against `base`, in
+    place: the settings at `path_keys` ((section, ..., key) each), a string or a list of strings. URIs,
+    absolute paths and values of other types (the loader reports those) are left alone."""
+    def resolved(value: Any) -> Any:
+        if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+            return os.path.abspath(base / value)
+        return value
+
+    for *sections, key in path_keys:
+        node = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or key not in node:
+            continue
+        value = node[key]
+        node[key] = [resolved(v) for v in value] if isinstance(value, list) else resolved(value)
 
 
 def to_dict(obj: Any) -> Any:
@@ -292,4 +317,4 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-__all__ = ["ConfigError", "Where", "from_dict", "load_yaml", "read_yaml", "yaml_problem", "to_dict", "to_yaml", "flatten"]
+__all__ = ["ConfigError", "Where", "from_dict", "load_yaml", "read_yaml", "resolve_paths", "yaml_problem", "to_dict", "to_yaml", "flatten"]

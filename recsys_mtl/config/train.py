@@ -28,7 +28,6 @@ config saved in a checkpoint means the same wherever it is read. URIs (`s3://...
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -396,15 +395,11 @@ PATH_KEYS = (("data", "train_path"), ("data", "eval_path"), ("data", "spec"), ("
 
 
 def resolve_paths(data: Any, base: Path) -> None:
-    """Make each relative local path setting in `data` (a config's raw mapping) absolute against `base`, in place;
-    URIs, absolute paths and values of other types (the loader reports those) are left alone."""
-    for *sections, key in PATH_KEYS:
-        node = data
-        for section in sections:
-            node = node.get(section) if isinstance(node, dict) else None
-        value = node.get(key) if isinstance(node, dict) else None
-        if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
-            node[key] = os.path.abspath(base / value)
+    """Make each relative local path setting (`PATH_KEYS`) in `data` (a config's raw mapping) absolute against
+    `base`, in place; URIs, absolute paths and values of other types (the loader reports those) are left alone."""
+    from recsys_mtl.config.loader import resolve_paths as resolve
+
+    resolve(data, base, PATH_KEYS)
 
 
 def _drop_args_of_another_method(data: Any, overrides: list[str]) -> None:

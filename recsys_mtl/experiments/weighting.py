@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import copy
 import dataclasses
 import json
 import logging
@@ -49,12 +50,15 @@ from recsys_mtl.data.folder import README_FILE, SPEC_FILE, SYNTHETIC_FILE, metad
 log = logging.getLogger(__name__)
 
 #: experiment configs shipped for `--dataset NAME`
+_EXPERIMENT_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "experiments"
 DATASET_CONFIGS = {
-    "kuairand": "configs/experiments/weighting_kuairand.yaml",
-    "kuairand_play_time": "configs/experiments/weighting_kuairand_play_time.yaml",
-    "synthetic64": "configs/experiments/weighting_synthetic64.yaml",
-    "synthetic_mixed": "configs/experiments/weighting_synthetic_mixed.yaml",
+    "kuairand": str(_EXPERIMENT_CONFIGS / "weighting_kuairand.yaml"),
+    "kuairand_play_time": str(_EXPERIMENT_CONFIGS / "weighting_kuairand_play_time.yaml"),
+    "synthetic64": str(_EXPERIMENT_CONFIGS / "weighting_synthetic64.yaml"),
+    "synthetic_mixed": str(_EXPERIMENT_CONFIGS / "weighting_synthetic_mixed.yaml"),
 }
+#: the experiment config's path settings, relative to the config file
+PATH_KEYS = (("train_config",), ("dataset", "dir"), ("dataset", "src"))
 RUN_DONE = "run.json"
 PREDICTIONS = "predictions.pt"
 
@@ -230,9 +234,14 @@ class WeightingExperimentConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "WeightingExperimentConfig":
-        from recsys_mtl.config.loader import load_yaml
+        """The experiment of the config file `path`; train_config, dataset.dir and dataset.src are relative to the
+        file (a missing train_config is one error naming the key)."""
+        from recsys_mtl.config.loader import ConfigError, load_yaml
 
-        return load_yaml(path, cls)
+        cfg = load_yaml(path, cls, PATH_KEYS)
+        if not Path(cfg.train_config).is_file():
+            raise ConfigError(f"{path}: train_config: {cfg.train_config}: no such file")
+        return cfg
 
 
 # ------------------------------------------------------------------------------ data
@@ -368,11 +377,19 @@ def run_train_config(cfg: WeightingExperimentConfig, data_dir: Path, method: str
     return data
 
 
+def _shown(path: str | None) -> str | None:
+    """A path as recorded in results: relative to the working directory where it lies below it."""
+    if path is None or "://" in path:
+        return path
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _same_training(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Whether two runs' training configs mean the same, once parsed: `lr: 2e-3` read as text by one version
     and as a number by another is the same setting."""
     from recsys_mtl.config.loader import ConfigError, as_number, from_dict, to_dict
-    from recsys_mtl.config.train import TrainConfig
+    from recsys_mtl.config.train import TrainConfig, resolve_paths
 
     def numbers(x: Any) -> Any:
         if isinstance(x, dict):
@@ -380,6 +397,8 @@ def _same_training(saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
         return [numbers(v) for v in x] if isinstance(x, list) else as_number(x)
 
     def parsed(d: dict[str, Any]) -> dict[str, Any]:
+        d = copy.deepcopy(d)
+        resolve_paths(d, Path.cwd())  # runs written when experiment paths were relative to the working directory
         out = to_dict(from_dict(TrainConfig, d, "run"))
         out["weighting"]["args"] = numbers(out["weighting"]["args"])
         return out
@@ -582,7 +601,8 @@ def _summarize(cfg: WeightingExperimentConfig, out: Path, methods: list[str], se
     base_key = (base, seeds[0]) if (base, seeds[0]) in runs else next(iter(runs))
     resolved = yaml.safe_load((out / "runs" / base_key[0] / f"seed{base_key[1]}" / "train_config.yaml").read_text())
     result: dict[str, Any] = {
-        "dataset": dataclasses.asdict(cfg.dataset), "train_config": cfg.train_config, "set": list(cfg.set),
+        "dataset": {k: _shown(v) if k in ("dir", "src") else v for k, v in dataclasses.asdict(cfg.dataset).items()},
+        "train_config": _shown(cfg.train_config), "set": list(cfg.set),
         "resolved_train_config": resolved, "packages": package_versions(),
         "git_commits": sorted({(r.get("git_commit") or "not recorded") + (" (dirty)" if r.get("git_dirty") else "")
                                for r in runs.values()}),

@@ -37,6 +37,8 @@ from recsys_mtl.train.lock import OutputDirLock
 
 log = logging.getLogger(__name__)
 DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+#: the pipeline config's path settings, relative to the config file
+PATH_KEYS = (("data",), ("train_config",), ("work_dir",), ("spec",))
 
 
 @dataclasses.dataclass
@@ -76,7 +78,15 @@ class DailyPipeline:
 
     @classmethod
     def load(cls, path: str | Path, **kwargs) -> "DailyPipeline":
-        return cls(load_yaml(path, DailyPipelineConfig), **kwargs)
+        """The pipeline of the config file `path`; its paths (data, train_config, work_dir, spec) are relative to
+        the file. A missing train_config or spec is one error naming the key."""
+        config = load_yaml(path, DailyPipelineConfig, PATH_KEYS)
+        problems = [f"{key}: {value}: no such file" for key, value in (("train_config", config.train_config),
+                                                                       ("spec", config.spec))
+                    if value is not None and "://" not in value and not Path(value).is_file()]
+        if problems:
+            raise ConfigError(f"{path}: " + "; ".join(problems))
+        return cls(config, **kwargs)
 
     # -- dates -------------------------------------------------------------------------------
     def _discover(self) -> dict[str, Path]:

@@ -308,3 +308,41 @@ def test_the_gate_rejects_a_guarded_task_past_its_tolerance(click, like, accepte
     assert decision.accepted == accepted
     if not accepted:
         assert decision.reason == f"guarded task(s) worse than tolerance 5.0000%: click {click:+.4%}"
+
+
+def test_pipeline_paths_are_relative_to_the_config_file(tmp_path, days, monkeypatch):
+    """A config in its own folder names the data, the train config and the work folder relative to itself; it
+    loads the same from any working directory, and a missing train config is named by its key."""
+    from recsys_mtl.config.loader import ConfigError
+
+    conf_dir = tmp_path / "pipelines"
+    conf_dir.mkdir()
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "base.yaml").write_text((REPO / "configs" / "pipeline_daily.yaml").read_text())
+    (tmp_path / "data").symlink_to(days)
+    raw = yaml.safe_load(make_config(tmp_path, days).read_text())
+    raw.update(data=["../data"], train_config="../configs/base.yaml", work_dir="../work")
+    (conf_dir / "daily.yaml").write_text(yaml.safe_dump(raw))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    pipeline = DailyPipeline.load(conf_dir / "daily.yaml", echo=lambda *_: None)
+    assert Path(pipeline.config.train_config) == tmp_path / "configs" / "base.yaml"
+    assert Path(pipeline.config.work_dir) == tmp_path / "work"
+    assert list(pipeline.partitions) == sorted(p.name.removeprefix("date=") for p in days.glob("date=*"))
+
+    raw["train_config"] = "../configs/missing.yaml"
+    (conf_dir / "daily.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"daily.yaml: train_config: .*configs/missing.yaml: no such file"):
+        DailyPipeline.load(conf_dir / "daily.yaml", echo=lambda *_: None)
+
+
+@pytest.mark.parametrize("name", ["daily.yaml", "kuairand_daily.yaml"])
+def test_shipped_pipeline_configs_name_files_of_this_checkout(name):
+    from recsys_mtl.pipeline.daily import PATH_KEYS
+
+    config = load_yaml(REPO / "pipelines" / name, DailyPipelineConfig, PATH_KEYS)
+    assert Path(config.train_config).is_file()
+    assert config.spec is None or Path(config.spec).is_file()
+    for path in [*config.data, config.work_dir]:
+        assert Path(path).is_relative_to(REPO), path
