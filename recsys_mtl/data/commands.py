@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embedding-dim", type=at_least_one("dimensions"), default=16, help="every table's dimension (default 16)")
     p.add_argument("--max-table-rows", type=at_least_one("rows"), default=5_000_000,
                    help="integer ids whose largest value needs a bigger table are hashed (default 5,000,000)")
+    p.add_argument("--regression-task", action="append", default=[], metavar="COL",
+                   help="a numeric label column to train as a regression task (repeat for several)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(func=_infer_spec)
 
@@ -98,9 +100,11 @@ def _infer_spec(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out}: already exists (pass --overwrite to replace it)")
-    spec, choices = infer_spec(args.data, embedding_dim=args.embedding_dim, max_table_rows=args.max_table_rows)
+    spec, choices = infer_spec(args.data, embedding_dim=args.embedding_dim, max_table_rows=args.max_table_rows,
+                               regression_tasks=args.regression_task)
     if not spec["tasks"]:
-        raise DataError(f"{args.data}: no 0/1 column to train on; a spec needs at least one task")
+        raise DataError(f"{args.data}: no 0/1 column to train on and no --regression-task; a spec needs at least "
+                        "one task")
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(render(spec, choices, str(args.data)))
     os.replace(tmp, args.out)  # whole or not at all

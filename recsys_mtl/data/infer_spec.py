@@ -8,7 +8,9 @@ It reads the schema, then each column once:
 - list columns become multi-valued id features the same way;
 - string columns (and lists of strings) become hashed ids, the table about 10 rows per distinct value;
 - float columns become dense features with `standard` (or `log1p_standard` for skewed non-negative ones) and the
-  mean and std computed on the data.
+  mean and std computed on the data;
+- the columns named by `regression_tasks` (`--regression-task COL`, numbers: watch time, revenue) become regression
+  tasks instead (null = unlabelled), with `transform: log1p` where they are non-negative and skewed.
 
 Every choice is written with a comment saying why, for the user to edit. Hive partition columns (`date=...`) and
 metadata files (`_feature_spec.yaml`, ...) are left out.
@@ -51,6 +53,29 @@ def _rounded_up(n: int) -> int:
         return n
     scale = 10 ** (len(str(n)) - 2)
     return -(-n // scale) * scale
+
+
+def _skewed(x: np.ndarray) -> bool:
+    """Non-negative with a long right tail (99th percentile > 10x the median): log1p first."""
+    return bool(x.min() >= 0 and np.percentile(x, 99) > 10 * max(np.median(x), 1e-9) and x.max() > 10)
+
+
+def regression_task(name: str, column: pa.ChunkedArray) -> Choice:
+    """A numeric column the user named as a regression label: MSE on log1p(y) if it is skewed, else on y."""
+    from recsys_mtl.data.errors import DataError
+
+    t = column.type
+    if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
+        raise DataError(f"column {name!r}: --regression-task needs a numeric column, got {t}")
+    x = column.to_numpy(zero_copy_only=False).astype(np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        raise DataError(f"column {name!r}: --regression-task needs labelled rows, but it has no finite value")
+    skewed = _skewed(x)
+    entry = {"name": name, "type": "regression", "transform": "log1p" if skewed else "none", "loss": "mse"}
+    return Choice("task", entry, f"regression task (--regression-task): values in [{x.min():.4g}, {x.max():.4g}], "
+                                 f"{column.null_count:,} nulls = unlabelled" +
+                  ("; skewed (99th percentile > 10x the median), so MSE on log1p(y)" if skewed else ""))
 
 
 def infer_column(name: str, column: pa.ChunkedArray, *, embedding_dim: int, max_table_rows: int) -> Choice:
@@ -96,33 +121,42 @@ def infer_column(name: str, column: pa.ChunkedArray, *, embedding_dim: int, max_
         x = x[np.isfinite(x)]
         if not len(x):
             return Choice("skip", {"name": name}, "float column with no finite value")
-        skewed = x.min() >= 0 and np.percentile(x, 99) > 10 * max(np.median(x), 1e-9) and x.max() > 10
+        skewed = _skewed(x)
         transform = "log1p_standard" if skewed else "standard"
         z = np.log1p(x) if skewed else x
         entry = {"name": name, "transform": transform, "mean": round(float(z.mean()), 6),
                  "std": round(max(float(z.std()), 1e-6), 6)}
         return Choice("dense", entry, f"float in [{x.min():.4g}, {x.max():.4g}]" +
                       (": skewed (99th percentile > 10x the median), so log1p first" if skewed else "") +
-                      "; mean and std computed on these rows")
+                      "; mean and std computed on these rows (a label? pass --regression-task " + name + ")")
     return Choice("skip", {"name": name}, f"type {t} is not an id, a number or a label")
 
 
 def infer_spec(path: str | Path, *, name: str | None = None, embedding_dim: int = 16,
-               max_table_rows: int = 5_000_000) -> tuple[dict, list[Choice]]:
-    """(spec mapping, the choice made for each column) for the Parquet data at `path`."""
+               max_table_rows: int = 5_000_000, regression_tasks: list[str] | tuple[str, ...] = ()
+               ) -> tuple[dict, list[Choice]]:
+    """(spec mapping, the choice made for each column) for the Parquet data at `path`; the columns named in
+    `regression_tasks` are regression labels."""
+    from recsys_mtl.data.errors import DataError
     from recsys_mtl.data.stream import _data_files
 
     paths = [Path(path)]
     files = _data_files(paths)
     base = str(paths[0]) if paths[0].is_dir() else None
-    dataset = ds.dataset(files, format="parquet", partitioning="hive", partition_base_dir=base)
-    partition_columns = set(dataset.partitioning.schema.names) if dataset.partitioning is not None else set()
+    # hive partitions only under a folder: for a lone file pyarrow reports every column as a partition column
+    dataset = ds.dataset(files, format="parquet", partitioning="hive" if base else None, partition_base_dir=base)
+    partition_columns = set(dataset.partitioning.schema.names) if base and dataset.partitioning is not None else set()
+    unknown = [c for c in regression_tasks if c not in dataset.schema.names or c in partition_columns]
+    if unknown:
+        raise DataError(f"{path}: --regression-task {', '.join(unknown)}: no such column; the data has: "
+                        f"{', '.join(n for n in dataset.schema.names if n not in partition_columns)}")
     choices = []
     for field in dataset.schema:
         if field.name in partition_columns:
             continue
         column = dataset.to_table(columns=[field.name]).column(field.name)
-        choices.append(infer_column(field.name, column, embedding_dim=embedding_dim, max_table_rows=max_table_rows))
+        choices.append(regression_task(field.name, column) if field.name in regression_tasks else
+                       infer_column(field.name, column, embedding_dim=embedding_dim, max_table_rows=max_table_rows))
     spec = {
         "name": name or Path(path).name,
         "tables": {c.entry["table"]: c.table for c in choices if c.kind == "sparse"},
@@ -156,4 +190,4 @@ def render(spec: dict, choices: list[Choice], source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["infer_spec", "infer_column", "render", "Choice"]
+__all__ = ["infer_spec", "infer_column", "regression_task", "render", "Choice"]

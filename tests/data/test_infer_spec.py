@@ -68,3 +68,32 @@ def test_string_ids_are_proposed_hashed_and_the_template_trains_on_the_result(tm
     config.check_paths()
     result = Trainer(config).fit()
     assert result.steps == 3 and result.last_loss == result.last_loss  # finite, not NaN
+
+
+def test_a_named_numeric_label_becomes_a_regression_task_and_reads_back(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    watch = np.exp(rng.normal(3.0, 1.2, n))  # seconds: log-normal, skewed
+    pq.write_table(pa.table({
+        "user_id": pa.array(rng.integers(0, 50, n)),
+        "click": pa.array(rng.integers(0, 2, n), type=pa.int8()),
+        "watch_s": pa.array(watch, mask=rng.random(n) < 0.3),  # unlabelled where null
+        "score": pa.array(rng.normal(size=n)),
+    }), tmp_path / "part.parquet")
+    out = tmp_path / "spec.yaml"
+    assert main(["data", "infer-spec", str(tmp_path / "part.parquet"), "--out", str(out),
+                 "--regression-task", "watch_s"]) == 0
+    spec = FeatureSpec.load(out)
+    assert spec.task_names == ["click", "watch_s"]
+    watch_task = spec.tasks[1]
+    assert watch_task.is_regression and watch_task.transform == "log1p" and watch_task.loss_name == "mse"
+    assert spec.dense_names == ["score"]  # a float column not named stays a feature, with a hint in its comment
+    assert "pass --regression-task score" in out.read_text()
+    assert read_all(tmp_path / "part.parquet", spec) == n
+
+    assert main(["data", "infer-spec", str(tmp_path / "part.parquet"), "--out", str(tmp_path / "x.yaml"),
+                 "--regression-task", "watch"]) == 2
+    assert "--regression-task watch: no such column; the data has: user_id, click, watch_s, score" in capsys.readouterr().err
+    assert not (tmp_path / "x.yaml").exists()
