@@ -182,7 +182,7 @@ def _scoring_part(args: argparse.Namespace, tmp: Path) -> None:
         "train.deterministic=false", "tracking.enabled=false"])
     spec = FeatureSpec.load(config.data.spec)
     env = init_distributed("cpu")
-    training = framework_loop(config, spec, env, warmup, config.train.max_steps - warmup)
+    training, _ = framework_loop(config, spec, env, warmup, config.train.max_steps - warmup)
 
     model = MultiTaskModel(spec, config.model, seed=0, device="cpu", embedding_device="cpu").eval()
     batches = list(eval_stream(spec, data, args.batch_size))

@@ -12,6 +12,19 @@ import torch
 from torch import nn
 
 
+def gate_softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, for gates over a few experts ([B, T, E] with E ~ 2-16).
+
+    PyTorch's CPU softmax is slow when the softmax dimension is the short, innermost one: [4096, 32, 4] took
+    12 ms against 0.5 ms over the leading dimension of the same numbers laid out [4, 4096, 32] (one thread). On CPU
+    the gates are therefore moved to the front, softmaxed there and moved back (a copy of the small gate tensor);
+    the values are the same up to float rounding. Elsewhere, and for long rows, it is `x.softmax(-1)`.
+    """
+    if x.device.type != "cpu" or x.shape[-1] > 64 or x.dim() < 2:
+        return x.softmax(dim=-1)
+    return x.movedim(-1, 0).contiguous().softmax(dim=0).movedim(0, -1)
+
+
 class MLP(nn.Sequential):
     """Linear -> ReLU (-> Dropout) for each size in `hidden`; `out_dim` is the last size."""
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from recsys_mtl.models.architectures.registry import register_architecture
-from recsys_mtl.models.layers import BatchedMLP
+from recsys_mtl.models.layers import BatchedMLP, gate_softmax
 
 
 @register_architecture("mmoe")
@@ -32,5 +32,5 @@ class MMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         experts = self.experts(x)  # [B, E, H]
-        gates = self.gates(x).view(-1, self.num_tasks, self.num_experts).softmax(dim=-1)  # [B, T, E]
+        gates = gate_softmax(self.gates(x).view(-1, self.num_tasks, self.num_experts))  # [B, T, E]
         return torch.bmm(gates, experts)  # [B, T, H]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from recsys_mtl.models.architectures.registry import register_architecture
-from recsys_mtl.models.layers import BatchedLinear, BatchedMLP
+from recsys_mtl.models.layers import BatchedLinear, BatchedMLP, gate_softmax
 
 
 class CGCLevel(nn.Module):
@@ -36,12 +36,12 @@ class CGCLevel(nn.Module):
         h = task_out.shape[-1]
         own = task_out.view(b, self.num_tasks, self.k, h)
         pool = torch.cat([own, shared_out.unsqueeze(1).expand(-1, self.num_tasks, -1, -1)], dim=2)  # [B,T,K+S,H]
-        gates = self.task_gates(task_in).softmax(dim=-1)  # [B, T, K+S]
+        gates = gate_softmax(self.task_gates(task_in))  # [B, T, K+S]
         task_next = torch.einsum("btk,btkh->bth", gates, pool)
         if self.shared_gate is None:
             return task_next, shared_in
         everything = torch.cat([task_out, shared_out], dim=1)  # [B, T*K+S, H]
-        shared_next = torch.einsum("be,beh->bh", self.shared_gate(shared_in).softmax(dim=-1), everything)
+        shared_next = torch.einsum("be,beh->bh", gate_softmax(self.shared_gate(shared_in)), everything)
         return task_next, shared_next
 
 
