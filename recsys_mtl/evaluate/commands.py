@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_mtl.argtypes import at_least_one
+from recsys_mtl.evaluate import SCORING_BATCH_SIZE
 from recsys_mtl.evaluate.loading import ModelRefs, is_path_ref
 
 
@@ -63,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", help="default: sqlite:///mlflow.db in the current directory")
     p.add_argument("--gauc-group", metavar="COLUMN", help="add grouped AUC per task over the groups of this Parquet "
                    "column (e.g. user_id); default: the model config's evaluation.gauc_group")
-    p.add_argument("--batch-size", type=int, default=8192)
+    p.add_argument("--batch-size", type=at_least_one("rows"), default=SCORING_BATCH_SIZE,
+                   help="rows per forward pass (default %(default)s: fastest on CPU, docs/performance.md)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--experiment", help="log a --checkpoint evaluation to this experiment (runs log to their own)")

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from recsys_mtl.argtypes import at_least_one
+from recsys_mtl.evaluate import SCORING_BATCH_SIZE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (once the new output is complete)")
     p.add_argument("--nproc", type=at_least_one("processes"), default=None,
                    help="score with N processes on this machine through torchrun (default: 1)")
-    p.add_argument("--batch-size", type=at_least_one("rows"), default=8192)
+    p.add_argument("--batch-size", type=at_least_one("rows"), default=SCORING_BATCH_SIZE,
+                   help="rows per forward pass (default %(default)s: fastest on CPU, docs/performance.md)")
     p.add_argument("--tracking-uri", help="default: sqlite:///mlflow.db in the current directory")
     p.set_defaults(func=run)
 

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from recsys_mtl.evaluate import SCORING_BATCH_SIZE
 from recsys_mtl.metrics.streaming_eval import evaluator_for, task_kinds
 
 #: the prediction column of task t is PREDICTION_PREFIX + t (`predict`'s output, the pyfunc model's)
@@ -194,7 +195,7 @@ def to_predictions(logits, spec) -> np.ndarray:
     return out.numpy()
 
 
-def score_table(model, spec, table, where: str, batch_size: int = 8192) -> np.ndarray:
+def score_table(model, spec, table, where: str, batch_size: int = SCORING_BATCH_SIZE) -> np.ndarray:
     """[rows, T] float32 predictions of an Arrow table holding the spec's feature columns (others are ignored).
 
     A missing feature column or one of the wrong type is a one-line ConfigError naming it (and `where`)."""

@@ -29,6 +29,7 @@ import numpy as np
 
 from recsys_mtl.config.loader import ConfigError, load_yaml
 from recsys_mtl.data.folder import spec_file
+from recsys_mtl.evaluate import SCORING_BATCH_SIZE
 from recsys_mtl.pipeline.config import DailyPipelineConfig
 from recsys_mtl.pipeline.gate import decide
 from recsys_mtl.pipeline.registry import ChampionRegistry
@@ -230,7 +231,7 @@ class DailyPipeline:
             raise RuntimeError(f"the champion {model_dirs[1]} scores other tasks or task types than the candidate")
         non_finite = _NonFiniteCount()
         models = [non_finite.wrap(loaded[0].model)] + [m.model for m in loaded[1:]]
-        stats = score_statistics(models, [m.spec for m in loaded], data, batch_size=8192,
+        stats = score_statistics(models, [m.spec for m in loaded], data, batch_size=SCORING_BATCH_SIZE,
                                  n_boot=self.config.gate.bootstrap_samples, seed=0)
         return stats, loaded[0].spec.task_names, kinds[0], non_finite.count
 
