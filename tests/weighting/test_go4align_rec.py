@@ -76,7 +76,7 @@ def test_a_weight_never_depends_on_the_loss_of_the_batch_it_multiplies():
         assert not torch.equal(m.risk_avg, other.risk_avg) or not present.any()  # the losses do enter the state
 
 
-def test_weights_have_mean_one_and_largest_over_median_at_most_max_ratio():
+def test_weights_have_mean_one_and_stay_within_max_ratio_of_the_median_both_ways():
     g = torch.Generator().manual_seed(2)
     for max_ratio in (1.0, 3.0, 10.0):
         m = GO4Align(8, num_groups=8, beta=0.01, alpha=1.0, max_ratio=max_ratio).double()
@@ -90,6 +90,7 @@ def test_weights_have_mean_one_and_largest_over_median_at_most_max_ratio():
             assert torch.isfinite(w).all() and (w[~present] == 0).all()
             assert float(wp.mean()) == pytest.approx(1.0, rel=1e-12)
             assert float(wp[-1] / wp[(len(wp) - 1) // 2]) <= max_ratio * (1 + 1e-12)
+            assert float(wp[(len(wp) - 1) // 2] / wp[0]) <= max_ratio * (1 + 1e-12)
 
 
 def test_without_the_bound_the_same_stream_exceeds_it():
@@ -97,6 +98,27 @@ def test_without_the_bound_the_same_stream_exceeds_it():
     m = GO4Align(8, num_groups=8, beta=0.01, alpha=1.0, max_ratio=1e9).double()
     w = m(10.0 ** torch.arange(-6.0, 2.0, dtype=torch.float64))
     assert float(w.max() / w.sort().values[3]) > 100
+
+
+def test_a_high_loss_task_keeps_a_tenth_of_the_median_weight_in_a_long_run():
+    """The smoothness term grows with the run: a task whose risk stays far above the others' (a regression head
+    among binary ones) alone in its group would go to weight ~0; the floor keeps median / max_ratio. Without the
+    floor (max_ratio 1e9) the same stream drives it below 1e-4."""
+    losses = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.05, 3.0], dtype=torch.float64)
+    for max_ratio, check in ((10.0, lambda w: w[-1] >= w.sort().values[3] / 10 * (1 - 1e-12)),
+                             (1e9, lambda w: w[-1] < 1e-4)):
+        m = GO4Align(8, num_groups=8, beta=0.05, alpha=0.25, max_ratio=max_ratio).double()
+        for _ in range(2000):
+            w = m(losses)
+        assert check(w), (max_ratio, w)
+        assert float(w.mean()) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_the_floor_leaves_the_weights_bit_for_bit_where_it_does_not_bind():
+    m = GO4Align(8, num_groups=3, beta=1e-3).double()
+    w = m(torch.linspace(0.1, 0.8, 8, dtype=torch.float64))
+    assert float(w.min()) > float(w.sort().values[3]) / 10
+    assert torch.equal(m._floor(w, torch.ones(8, dtype=torch.bool)), w)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
