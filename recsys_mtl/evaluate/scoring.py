@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from recsys_mtl.metrics.streaming_eval import evaluator_for, task_kinds
 
 #: the prediction column of task t is PREDICTION_PREFIX + t (`predict`'s output, the pyfunc model's)
 PREDICTION_PREFIX = "pred_"
+T = TypeVar("T")
 
 
 def eval_stream(spec, data_path: str | Path, batch_size: int, rank: int = 0, world_size: int = 1):
@@ -34,6 +37,49 @@ def eval_stream(spec, data_path: str | Path, batch_size: int, rank: int = 0, wor
         raise DataError(f"{data_path}: the eval set has no rows; expected at least one labelled row to score")
     stream.set_epoch(0)
     return stream
+
+
+def read_ahead(batches: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """`batches`, produced by a background thread up to `depth` ahead: the next batch is read and assembled
+    (Parquet decode, id remapping, KeyedJaggedTensor) while the model scores the current one. An exception in the
+    reader is raised here, at the batch where it happened; leaving the loop early stops the reader."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            slots.put((done, exc))
+
+    reader = threading.Thread(target=produce, name="scoring-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item, exc = slots.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue, then let it see `stop`
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                pass
+            reader.join(timeout=0.1)
 
 
 def _same_reader(a, b) -> bool:
@@ -65,7 +111,7 @@ def score_statistics(models: Sequence[torch.nn.Module], specs: Sequence, data_pa
 
         group_ids = group_ids_by_position(data_path, gauc_group, specs[0])
         grouped = GroupedScores(n_models=len(models), task_types=specs[0].task_types)
-    for batches in zip(*streams):
+    for batches in read_ahead(zip(*streams)):
         batch = batches[0]
         if len(batches) == 2 and not (batches[1].labels.equal(batch.labels)
                                       and batches[1].label_mask.equal(batch.label_mask)):
