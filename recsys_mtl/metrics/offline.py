@@ -392,6 +392,8 @@ class Comparison:
     n_buckets: int
     seed: int
     task_types: list[str] = dataclasses.field(default_factory=list)
+    #: how replicates resample the rows (the report's footer says it)
+    resampling: str = "row buckets"
 
 
 def compare_models(pred_a, pred_b, labels, mask=None, weights=None, *, n_boot: int = 200, seed: int = 0,
@@ -603,7 +605,7 @@ class EvalReport:
                 f"mean relative {error} change vs {self.baseline or 'baseline'}{' (over all tasks)' if regression else ''}: "
                 f"{_fmt(100 * c.mean_rel_ne_change, '+.3f')}% "
                 f"[{_fmt(100 * lo, '+.3f')}%, {_fmt(100 * hi, '+.3f')}%] (paired bootstrap, {c.n_boot} replicates, "
-                f"{c.n_buckets} row buckets, seed {c.seed})"
+                f"{c.n_buckets} {c.resampling}, seed {c.seed})"
             )
         return "\n".join(lines)
 

@@ -394,6 +394,7 @@ class StreamingEvaluator:
                 rel_ne_change=rel.numpy(), rel_ne_change_ci=ci(rel, rel_rep, rel),
                 mean_rel_ne_change=float(mean_rel), mean_rel_ne_change_ci=(float(mean_ci[0]), float(mean_ci[1])),
                 n_boot=R, n_buckets=self.boot_buckets, seed=self.seed, task_types=list(self.task_types),
+                resampling="row buckets for delta AUC; NE and its changes: Poisson(1) weights per row",
             )
 
     def report(self, task_names: Sequence[str], baseline: str | None = None):
