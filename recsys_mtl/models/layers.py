@@ -53,10 +53,11 @@ class BatchedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
             return torch.einsum("bi,gio->bgo", x, self.weight) + self.bias
-        # [G, B, in] x [G, in, out] + bias in one batched GEMM, on a transposed view (no copy): the result is a
-        # [B, G, out] view of [G, B, out], which the next batched layer reads without a copy either. Against
-        # einsum + add: 3.0 vs 4.3 ms for B 2048, G 32, 64 -> 16 (one CPU thread), the same values.
-        return torch.baddbmm(self.bias.unsqueeze(1), x.transpose(0, 1), self.weight).transpose(0, 1)
+        # [G, B, in] x [G, in, out] as one batched GEMM on a transposed view (no copy): the result is a [B, G, out]
+        # view of [G, B, out], which the next batched layer reads without a copy either. Against einsum + add:
+        # 3.5 vs 5.2 ms for B 2048, G 32, 64 -> 16 (one CPU thread), the same values. The bias is added after
+        # the GEMM, not fused (baddbmm), so under bf16 autocast it is added in float32 as before.
+        return (torch.bmm(x.transpose(0, 1), self.weight) + self.bias.unsqueeze(1)).transpose(0, 1)
 
 
 class BatchedMLP(nn.Module):
