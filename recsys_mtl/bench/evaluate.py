@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,11 +188,15 @@ def _scoring_part(args: argparse.Namespace, tmp: Path) -> None:
 
     model = MultiTaskModel(spec, config.model, seed=0, device="cpu", embedding_device="cpu").eval()
 
-    def timed(fn) -> float:
-        fn()  # warm-up pass
-        t0 = time.perf_counter()
+    def timed(fn, repeats: int = 5) -> float:
+        """The median of `repeats` timed passes after a warm-up one (a single pass moved by +-30% between runs)."""
         fn()
-        return time.perf_counter() - t0
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
 
     print(f"\nscoring vs training: {config.model.architecture}, {spec.num_tasks} tasks, {torch.get_num_threads()} "
           f"threads; training batch {args.batch_size}")
