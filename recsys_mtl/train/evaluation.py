@@ -28,9 +28,13 @@ log = logging.getLogger(__name__)
 def metrics_by_task(evaluator, task_names: list[str]) -> dict[str, dict[str, float]]:
     """task -> {auc, ne, logloss, calibration, count} of binary tasks, {nmse, mse, rmse, mae, mae_raw, count} of
     regression tasks, from a StreamingEvaluator's statistics (the keys of `task_metrics`)."""
+    return _by_task(evaluator.task_metrics(), task_names)
+
+
+def _by_task(m, task_names: list[str]) -> dict[str, dict[str, float]]:
+    """task -> its metrics (the type's metric names, and the labelled count) from a `TaskMetrics`."""
     from recsys_mtl.metrics import names
 
-    m = evaluator.task_metrics()
     out = {}
     for t, name in enumerate(task_names):
         keys = names.REGRESSION_METRICS if m.task_types[t] == names.REGRESSION else names.BINARY_METRICS
@@ -60,18 +64,12 @@ def task_metrics(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
     """task -> {auc, ne, logloss, calibration, count} of binary tasks, {nmse, mse, rmse, mae, mae_raw, count} of
     regression tasks, over labelled rows (exact, recsys_mtl.metrics.offline). `tasks`: the spec's TaskSpecs
     (None: all binary)."""
-    from recsys_mtl.metrics import names
     from recsys_mtl.metrics.offline import task_metrics as offline_task_metrics
 
     types = [t.type for t in tasks] if tasks is not None else None
     transforms = [t.transform for t in tasks] if tasks is not None else None
     m = offline_task_metrics(logits, labels, mask, from_logits=True, task_types=types, label_transforms=transforms)
-    out = {}
-    for t, name in enumerate(task_names):
-        keys = names.REGRESSION_METRICS if m.task_types[t] == names.REGRESSION else names.BINARY_METRICS
-        out[name] = {key: float(getattr(m, key)[t]) for key in keys}
-        out[name][names.COUNT] = int(m.n_labelled[t])
-    return out
+    return _by_task(m, task_names)
 
 
 def pad_batch(batch: Batch, size: int) -> Batch:
